@@ -1,0 +1,169 @@
+"""The one descriptor extractor: uint8 images (RGB, BGR or mono, any size) -> place descriptors.
+
+Map building, the ROS node and evaluation all call :class:`DescriptorExtractor`, so they share
+the release's preprocessing exactly: resize to the model's size (bilinear, antialiased, on the
+uint8 image as torchvision does), scale to [0, 1], ImageNet mean/std.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor, nn
+from torchvision.transforms import InterpolationMode
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ENCODINGS = ("rgb", "bgr", "mono")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become model input; part of the model fingerprint."""
+
+    image_size: tuple[int, int]  # (H, W), multiples of 14
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    antialias: bool = True
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda when present, else cpu. Raises ValueError for an unusable device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return resolved
+
+
+def model_fingerprint(model: nn.Module, preprocessing: Preprocessing) -> str:
+    """sha256 over every weight (name, dtype, shape, bytes) and the preprocessing config."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(asdict(preprocessing), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def to_rgb(image: np.ndarray, encoding: str) -> np.ndarray:
+    """uint8 HxWx3 (rgb/bgr) or HxW / HxWx1 (mono) -> contiguous uint8 HxWx3 RGB."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding {encoding!r} not one of {ENCODINGS}")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 numpy image, got {type(image).__name__} {getattr(image, 'dtype', '')}")
+    if encoding == "mono":
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim != 2:
+            raise ValueError(f"mono image must be HxW or HxWx1, got shape {image.shape}")
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{encoding} image must be HxWx3, got shape {image.shape}")
+    elif encoding == "bgr":
+        image = image[:, :, ::-1]
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"empty image of shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+class DescriptorExtractor:
+    """Batched, device-aware descriptor extraction with the release's preprocessing.
+
+    Args:
+        model: a model mapping (B, 3, H, W) normalised images to (B, D) descriptors; ``image_size``
+            defaults to ``model.image_size``.
+        device: ``auto`` (cuda when present), ``cpu``, ``cuda``, ``cuda:N``.
+        batch_size: images per forward pass.
+        precision: ``auto`` (fp16 autocast on GPU, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "auto",
+        batch_size: int = 16,
+        precision: str = "auto",
+        image_size: tuple[int, int] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} not one of {PRECISIONS}")
+        self.device = resolve_device(device)
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
+        self.batch_size = batch_size
+        size = image_size if image_size is not None else getattr(model, "image_size", None)
+        if size is None:
+            raise ValueError("image_size not given and the model has no image_size attribute")
+        self.preprocessing = Preprocessing(image_size=(int(size[0]), int(size[1])))
+        self.model = model.to(self.device).eval()
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        self._fingerprint: str | None = None
+        self._dim: int | None = getattr(model, "out_dim", None)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.preprocessing.image_size
+
+    @property
+    def fingerprint(self) -> str:
+        """Model fingerprint (weights + preprocessing); maps built with another one are refused."""
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.preprocessing)
+        return self._fingerprint
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.extract([np.zeros((14, 14, 3), np.uint8)]).shape[1])
+        return self._dim
+
+    def preprocess(self, images: Sequence[np.ndarray], encodings: str | Sequence[str] = "rgb") -> Tensor:
+        """uint8 images -> (B, 3, H, W) float32 ImageNet-normalised tensor on ``self.device``."""
+        if isinstance(encodings, str):
+            encodings = [encodings] * len(images)
+        if len(encodings) != len(images):
+            raise ValueError(f"{len(images)} images but {len(encodings)} encodings")
+        resized = []
+        for image, encoding in zip(images, encodings, strict=True):
+            chw = torch.from_numpy(to_rgb(image, encoding)).to(self.device, non_blocking=True).permute(2, 0, 1)
+            resized.append(
+                TF.resize(chw, list(self.image_size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+            )
+        batch = torch.stack(resized).float().div_(255.0)
+        return (batch - self._mean) / self._std
+
+    def _autocast(self) -> torch.autocast:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def extract(self, images: Sequence[np.ndarray], encodings: str | Sequence[str] = "rgb") -> np.ndarray:
+        """Descriptors (N, D) float32, L2-normalised, in input order. Empty input -> (0, D)."""
+        if isinstance(encodings, str):
+            encodings = [encodings] * len(images)
+        outputs = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(images), self.batch_size):
+                stop = start + self.batch_size
+                batch = self.preprocess(images[start:stop], encodings[start:stop])
+                outputs.append(self.model(batch).float().cpu())
+        if not outputs:
+            return np.zeros((0, self.dim), np.float32)
+        return torch.cat(outputs).numpy()

@@ -1,0 +1,19 @@
+"""The QAA place-recognition model: DINOv2 backbone + aggregation head, loading and saving."""
+
+from .backbone import DINOv2Backbone, convert_dinov2_state_dict, load_dinov2_weights
+from .checkpoint import CheckpointError, load_model, save_checkpoint
+from .qaa import QAAAggregator
+from .vpr_model import ModelConfigError, VPRModel, build_model
+
+__all__ = [
+    "CheckpointError",
+    "DINOv2Backbone",
+    "ModelConfigError",
+    "QAAAggregator",
+    "VPRModel",
+    "build_model",
+    "convert_dinov2_state_dict",
+    "load_dinov2_weights",
+    "load_model",
+    "save_checkpoint",
+]

@@ -1,0 +1,57 @@
+"""ament_python build of qaa_vpr_ros (also an ordinary pip-installable package)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'qaa_vpr_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*', 'tests', 'tests.*']),
+    package_data={'training': ['configs/*.yaml']},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+    ],
+    python_requires='>=3.10',
+    # Ranges for real users (a robot keeps its own torch); exact pins live in requirements-dev.txt.
+    install_requires=[
+        'setuptools',
+        'numpy>=1.24',
+        'torch>=2.1',
+        'torchvision>=0.16',
+        'timm>=0.9.16',
+        'safetensors>=0.4',
+        'faiss-cpu>=1.7.4',
+        'rosbags>=0.10',
+        'rosbags-image>=0.9',
+        'opencv-python-headless>=4.8',
+        'pyyaml>=6.0',
+        'tqdm>=4.60',
+        'matplotlib>=3.7',
+    ],
+    extras_require={
+        'train': ['pytorch-metric-learning>=2.3', 'tensorboard>=2.14'],
+        'onnx': ['onnx>=1.15', 'onnxruntime>=1.17', 'onnxscript>=0.1'],
+        'test': ['pytest>=7', 'ruff>=0.4'],
+    },
+    zip_safe=True,
+    maintainer='qaa_vpr_ros maintainers',
+    maintainer_email='maintainers@qaa-vpr-ros.invalid',
+    description='Visual place recognition (QAA, DINOv2) for ROS 2: maps, place matches, loop closures.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'localize_node = qaa_vpr_ros.localize_node:main',
+            'build_map = qaa_vpr_ros.maps.build:main',
+            'merge_maps = qaa_vpr_ros.maps.merge:main',
+            'map_info = qaa_vpr_ros.maps.info:main',
+            'eval_map = qaa_vpr_ros.maps.evaluate:main',
+            'export_map = qaa_vpr_ros.maps.export:main',
+            'export_onnx = qaa_vpr_ros.model.onnx_export:main',
+        ],
+    },
+)

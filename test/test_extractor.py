@@ -1,0 +1,86 @@
+"""The shared descriptor extractor: preprocessing, encodings, batching, fingerprints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from qaa_vpr_ros.extractor import DescriptorExtractor, resolve_device
+
+
+@pytest.fixture
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in ((32, 64), (120, 90), (56, 56))]
+
+
+def test_preprocessing_matches_release_transform(tiny_model, images):
+    release = v2.Compose([
+        v2.ToImage(),
+        v2.Resize([56, 56], interpolation=InterpolationMode.BILINEAR, antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+    extractor = DescriptorExtractor(tiny_model, device="cpu")
+    ours = extractor.preprocess(images)
+    expected = torch.stack([release(image) for image in images])
+    assert ours.shape == (3, 3, 56, 56)
+    assert torch.allclose(ours, expected, atol=1e-6)
+
+
+def test_extract_shape_norm_and_batching_invariance(tiny_model, images):
+    one = DescriptorExtractor(tiny_model, device="cpu", batch_size=1).extract(images)
+    many = DescriptorExtractor(tiny_model, device="cpu", batch_size=8).extract(images)
+    assert one.shape == (3, 32) and one.dtype == np.float32
+    assert np.allclose(np.linalg.norm(one, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(one, many, atol=1e-5)
+
+
+def test_encodings_agree(tiny_model, images):
+    extractor = DescriptorExtractor(tiny_model, device="cpu")
+    rgb = extractor.extract(images[:1], "rgb")
+    bgr = extractor.extract([images[0][:, :, ::-1]], "bgr")
+    assert np.allclose(rgb, bgr, atol=1e-6)
+    grey = images[0][:, :, 0]
+    assert np.allclose(extractor.extract([grey], "mono"), extractor.extract([np.dstack([grey] * 3)], "rgb"), atol=1e-6)
+    assert np.allclose(extractor.extract([grey[:, :, None]], "mono"), extractor.extract([grey], "mono"))
+
+
+def test_empty_input_and_bad_images(tiny_model):
+    extractor = DescriptorExtractor(tiny_model, device="cpu")
+    assert extractor.extract([]).shape == (0, 32)
+    with pytest.raises(ValueError, match="uint8"):
+        extractor.extract([np.zeros((10, 10, 3), np.float32)])
+    with pytest.raises(ValueError, match="HxWx3"):
+        extractor.extract([np.zeros((10, 10), np.uint8)], "rgb")
+    with pytest.raises(ValueError, match="encoding"):
+        extractor.extract([np.zeros((10, 10, 3), np.uint8)], "yuv")
+
+
+def test_fingerprint_tracks_weights_and_preprocessing(tiny_model):
+    base = DescriptorExtractor(tiny_model, device="cpu").fingerprint
+    assert base == DescriptorExtractor(tiny_model, device="cpu").fingerprint
+    assert base != DescriptorExtractor(tiny_model, device="cpu", image_size=(28, 28)).fingerprint
+    with torch.no_grad():
+        tiny_model.aggregator.dust_bin.add_(1.0)
+    assert base != DescriptorExtractor(tiny_model, device="cpu").fingerprint
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_gpu_autocast_close_to_fp32(tiny_model, images, precision):
+    fp32 = DescriptorExtractor(tiny_model, device="cpu").extract(images)
+    low = DescriptorExtractor(tiny_model, device="cuda", precision=precision).extract(images)
+    assert np.abs(fp32 - low).max() < 5e-2
