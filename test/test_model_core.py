@@ -217,3 +217,21 @@ def test_matches_independent_reference(tmp_path, size):
         reference = qaa_forward(features, state, heads_f=16, heads_r=16).float()
     assert ours.shape == (2, 16 * 32)
     assert (ours - reference).abs().max().item() < 1e-4
+
+
+def test_authors_training_only_keys_are_accepted(tiny_model_config, caplog):
+    tiny_model_config["agg_config"].update(dropout=0.3, self_attn="both", dust_bin=True, freeze="none", future_key=1)
+    tiny_model_config["backbone_config"].update(domain_prompt=False, final_layer_norm=True)
+    model = build_model(tiny_model_config, image_size=(56, 56))
+    assert model.out_dim == 32
+    assert "future_key" in caplog.text and "final_layer_norm" in caplog.text
+    tiny_model_config["agg_config"]["self_attn"] = "feature"
+    with pytest.raises(ModelConfigError, match="self_attn"):
+        build_model(tiny_model_config, image_size=(56, 56))
+
+
+@pytest.mark.parametrize("score_norm", ["softmax", "ot"])
+def test_score_norm_selects_the_ablation_heads(tiny_model_config, score_norm):
+    tiny_model_config["agg_config"]["score_norm"] = score_norm
+    model = build_model(tiny_model_config, image_size=(56, 56))
+    assert type(model.aggregator).__name__ == {"softmax": "QAASoftmax", "ot": "QAAOptimalTransport"}[score_norm]

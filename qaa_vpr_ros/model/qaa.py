@@ -9,11 +9,27 @@ strictly; everything else is named by what it is.
 
 from __future__ import annotations
 
+import inspect
+import logging
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 SKIP_CONNECTIONS = ("none", "cross")
+LOGGER = logging.getLogger(__name__)
+
+# Keys the authors' training code accepts in agg_config that change nothing at inference, with the
+# values this implementation supports (None: any value).
+_TRAINING_ONLY_KEYS: dict[str, tuple | None] = {
+    "dropout": None,
+    "freeze": None,
+    "divide_ratio": None,
+    "divide": (1,),
+    "self_attn": ("both",),
+    "dust_bin": (True,),
+}
 
 
 class QueryBranch(nn.Module):
@@ -183,3 +199,23 @@ class QAAAggregator(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         self.clear_query_cache()
         super()._load_from_state_dict(*args, **kwargs)
+
+
+def qaa_kwargs_from_config(agg_config: dict[str, Any]) -> dict[str, Any]:
+    """A release/training ``agg_config`` -> constructor kwargs for the QAA family.
+
+    Training-only keys of the authors' code are checked and dropped; other unknown keys are
+    logged (named) and dropped; values that would change the forward pass and are not
+    implemented raise ValueError naming the key.
+    """
+    config = dict(agg_config)
+    for key, supported in _TRAINING_ONLY_KEYS.items():
+        if key in config:
+            value = config.pop(key)
+            if supported is not None and value not in supported:
+                raise ValueError(f"agg_config {key}={value!r} is not supported; supported: {list(supported)}")
+    accepted = set(inspect.signature(QAAAggregator).parameters)
+    unused = sorted(set(config) - accepted)
+    if unused:
+        LOGGER.warning("ignoring agg_config keys %s: not used by this implementation", unused)
+    return {key: value for key, value in config.items() if key in accepted}

@@ -9,8 +9,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .aggregators import build_aggregator
 from .backbone import _TIMM_OVERRIDES, PATCH_SIZE, DINOv2Backbone
-from .qaa import QAAAggregator
+from .qaa import qaa_kwargs_from_config
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,10 +34,8 @@ def _known_kwargs(factory: Any, config: dict[str, Any], section: str, extra: tup
 
 def build_aggregator_from_config(agg_arch: str, agg_config: dict[str, Any]) -> nn.Module:
     """Instantiate the head named ``agg_arch`` ("QAA", or one of the ablation/baseline heads)."""
-    if agg_arch.lower() == "qaa":
-        return QAAAggregator(**_known_kwargs(QAAAggregator, agg_config, "agg_config"))
-    from .aggregators import build_aggregator
-
+    if agg_arch.lower().startswith("qaa"):
+        agg_config = qaa_kwargs_from_config(agg_config)
     return build_aggregator(agg_arch, agg_config)
 
 
@@ -63,6 +62,10 @@ class VPRModel(nn.Module):
         self.image_size = (height, width)
         backbone_config = dict(model_config_dict["backbone_config"])
         backbone_config.pop("model_name", None)
+        if backbone_config.get("domain_prompt"):
+            raise ModelConfigError("backbone_config domain_prompt=True (domain-prompted DINOv2) is not supported")
+        if backbone_config.get("num_trainable_blocks", 0) < 0:  # the authors' code: negative = all frozen
+            backbone_config["num_trainable_blocks"] = 0
         try:
             self.backbone = DINOv2Backbone(
                 model_config_dict["backbone_arch"],
