@@ -8,7 +8,7 @@ package_name = 'qaa_vpr_ros'
 setup(
     name=package_name,
     version='0.1.0',
-    packages=find_packages(exclude=['test', 'test.*', 'tests', 'tests.*']),
+    packages=find_packages(exclude=['test', 'test.*', 'tests', 'tests.*', 'scripts', 'scripts.*']),
     package_data={'training': ['configs/*.yaml']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),

@@ -1,0 +1,249 @@
+"""End-to-end demo: map a summer drive, then localize the winter drive with the live ROS 2 node.
+
+1. Records the summer route as a real rosbag2 (MCAP) with a camera and odometry (rosbags writer).
+2. Builds a map from it with ``build_map`` (the product's map builder).
+3. Starts ``localize_node`` (real rclpy over Fast DDS, private domain) on that map, publishes the
+   winter route's images into it and collects ``~/place_match``.
+4. Prints Recall@1 (a match within +-2 frames of the true place) and writes a PNG of the matches.
+
+Default: the first places of ``../shared/data/nordland64x32`` and the model bundled in
+``models/nordland_tiny`` (trained with ``training/configs/nordland_cpu.yaml``); a random tiny model
+is used, and said so, when that folder is missing.
+
+    python -m scripts.demo --out demo_out [--model DIR] [--places 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+NORDLAND = REPO.parent / "shared" / "data" / "nordland64x32"
+BUNDLED_MODEL = REPO / "models" / "nordland_tiny"
+CAMERA_TOPIC = "/camera/image_raw"
+ODOM_TOPIC = "/odom"
+FRAME_SPACING_M = 10.0  # one Nordland frame every 10 video frames, ~10 m apart
+START_NS = 1_700_000_000 * 10**9
+TOLERANCE_FRAMES = 2
+
+
+def route_images(season: str, places: int, first: int) -> list[np.ndarray]:
+    """RGB uint8 images of ``places`` consecutive Nordland places."""
+    images = []
+    for place in range(first, first + places):
+        path = NORDLAND / season / f"images-{(place + 1) * 10:05d}.png"
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SystemExit(f"demo: cannot read {path}; is ../shared/data/nordland64x32 complete?")
+        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return images
+
+
+def write_route_bag(path: Path, images: list[np.ndarray]) -> None:
+    """A rosbag2 (MCAP) of the drive: sensor_msgs/Image at 2 Hz and nav_msgs/Odometry at 20 Hz."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    t = store.types
+    period_ns = 500_000_000
+
+    def header(stamp_ns: int, frame: str):
+        stamp = t["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+        return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame)
+
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        image_conn = writer.add_connection(CAMERA_TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        odom_conn = writer.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=store)
+        end_ns = START_NS + len(images) * period_ns
+        for stamp_ns in range(START_NS - period_ns, end_ns + period_ns, 50_000_000):
+            x = (stamp_ns - START_NS) / period_ns * FRAME_SPACING_M
+            pose = t["geometry_msgs/msg/Pose"](
+                position=t["geometry_msgs/msg/Point"](x=x, y=0.0, z=0.0),
+                orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+            )
+            odom = t["nav_msgs/msg/Odometry"](
+                header=header(stamp_ns, "map"),
+                child_frame_id="base_link",
+                pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
+                twist=t["geometry_msgs/msg/TwistWithCovariance"](
+                    twist=t["geometry_msgs/msg/Twist"](
+                        linear=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
+                        angular=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
+                    ),
+                    covariance=np.zeros(36),
+                ),
+            )
+            writer.write(odom_conn, stamp_ns, store.serialize_cdr(odom, odom_conn.msgtype))
+        for i, image in enumerate(images):
+            stamp_ns = START_NS + i * period_ns
+            msg = t["sensor_msgs/msg/Image"](
+                header=header(stamp_ns, "camera"), height=image.shape[0], width=image.shape[1],
+                encoding="rgb8", is_bigendian=0, step=image.shape[1] * 3, data=image.reshape(-1),
+            )
+            writer.write(image_conn, stamp_ns, store.serialize_cdr(msg, image_conn.msgtype))
+
+
+def demo_model(out: Path, requested: str | None) -> tuple[Path, str]:
+    """The model folder to use and how it was chosen."""
+    if requested:
+        return Path(requested), f"given: {requested}"
+    if (BUNDLED_MODEL / "model.safetensors").is_file():
+        return BUNDLED_MODEL, f"bundled: {BUNDLED_MODEL.relative_to(REPO)} (trained on other Nordland places)"
+    import torch
+
+    from qaa_vpr_ros.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    config = {
+        "backbone_arch": "vit_small_patch14_dinov2",
+        "backbone_config": {"num_trainable_blocks": 2, "norm_layer": True, "embed_dim": 96, "depth": 4,
+                            "num_heads": 4, "img_size": 56},
+        "agg_arch": "QAA",
+        "agg_config": {"num_queries": 32, "num_clusters": 16, "cluster_dim": 32,
+                       "feature_nheads": 4, "score_nheads": 4},
+    }
+    folder = save_checkpoint(build_model(config, image_size=(56, 112)), out / "random_model")
+    return folder, "RANDOM tiny model (no bundled model found): expect chance-level recall"
+
+
+def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarray], timeout_s: float) -> dict:
+    """Start localize_node, publish ``images`` in order, return {query index: matched x (m)}."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(150, 220)))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    node_cmd = [
+        sys.executable, "-m", "qaa_vpr_ros.localize_node", "--ros-args",
+        "-p", f"model:={model_dir}", "-p", f"map:={map_dir}", "-p", f"image_topics:=['{CAMERA_TOPIC}']",
+        "-p", "transport:=raw", "-p", "reliable:=true", "-p", "online_loop_closure:=false",
+        "-p", "min_score:=-1.0", "-p", "consistency_k:=1", "-p", "device:=auto",
+    ]
+    node_proc = subprocess.Popen(node_cmd, cwd=REPO)
+    rclpy.init()
+    client = rclpy.create_node("qaa_vpr_demo")
+    matches: dict[int, float] = {}
+    stamp_to_index: dict[tuple[int, int], int] = {}
+
+    def on_match(msg: PoseWithCovarianceStamped) -> None:
+        index = stamp_to_index.get((msg.header.stamp.sec, msg.header.stamp.nanosec))
+        if index is not None:
+            matches[index] = msg.pose.pose.position.x
+
+    client.create_subscription(PoseWithCovarianceStamped, "/localize_node/place_match", on_match, 50)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    publisher = client.create_publisher(Image, CAMERA_TOPIC, reliable)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while publisher.get_subscription_count() == 0 or client.count_publishers("/localize_node/place_match") == 0:
+            if node_proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"demo: localize_node did not come up (exit code {node_proc.poll()})")
+            rclpy.spin_once(client, timeout_sec=0.1)
+        time.sleep(1.0)  # let discovery settle both ways
+        for index, image in enumerate(images):
+            msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", step=image.shape[1] * 3)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + index, 0
+            msg.header.frame_id = "camera"
+            msg.data = image.tobytes()
+            stamp_to_index[(1000 + index, 0)] = index
+            publisher.publish(msg)
+            # One frame at a time, as a camera at the node's pace: wait for its answer (bounded).
+            wait_until = time.monotonic() + 5.0
+            while index not in matches and time.monotonic() < wait_until:
+                rclpy.spin_once(client, timeout_sec=0.02)
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end and len(matches) < len(images):
+            rclpy.spin_once(client, timeout_sec=0.05)
+    finally:
+        client.destroy_node()
+        rclpy.try_shutdown()
+        node_proc.terminate()
+        try:
+            node_proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            node_proc.kill()
+    return matches
+
+
+def plot(path: Path, matches: dict[int, float], places: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.plot([0, places - 1], [0, places - 1], color="0.8", lw=1, label="ground truth")
+    queries = sorted(matches)
+    matched = [matches[q] / FRAME_SPACING_M for q in queries]
+    for correct, colour, label in ((True, "tab:green", f"correct (+-{TOLERANCE_FRAMES} frames)"),
+                                   (False, "tab:red", "wrong")):
+        points = [(q, m) for q, m in zip(queries, matched, strict=True) if (abs(m - q) <= TOLERANCE_FRAMES) == correct]
+        ax.scatter([q for q, _ in points], [m for _, m in points], s=8, color=colour, label=label)
+    ax.set_xlabel("winter query frame")
+    ax.set_ylabel("matched summer map frame (from ~/place_match pose)")
+    ax.set_title("qaa_vpr_ros demo: winter localized against a summer map")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="demo_out", help="folder for the bag, map and plot")
+    parser.add_argument("--model", help="model folder (default: the bundled Nordland model)")
+    parser.add_argument("--places", type=int, default=150, help="places on the route")
+    parser.add_argument("--first-place", type=int, default=2000,
+                        help="first Nordland place (the bundled model never saw places >= 1800)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node")
+    args = parser.parse_args(argv)
+    if not (NORDLAND / "summer").is_dir():
+        raise SystemExit(f"demo: {NORDLAND} not found; the demo needs ../shared/data (see its README)")
+
+    from qaa_vpr_ros.maps.build import main as build_map_main
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir, how = demo_model(out, args.model)
+    print(f"[1/4] model: {how}")
+    summer = route_images("summer", args.places, args.first_place)
+    winter = route_images("winter", args.places, args.first_place)
+    bag = out / "summer_drive"
+    if bag.exists():
+        import shutil
+
+        shutil.rmtree(bag)
+    write_route_bag(bag, summer)
+    print(f"[2/4] recorded {len(summer)} summer frames + odometry into {bag} (rosbag2, MCAP)")
+    map_dir = out / "summer_map"
+    code = build_map_main([str(bag), "-o", str(map_dir), "--model", str(model_dir), "--image-topics", CAMERA_TOPIC,
+                           "--pose-topic", ODOM_TOPIC, "--min-distance", "0", "--min-rotation", "0",
+                           "--overwrite", "--no-progress"])
+    if code:
+        raise SystemExit(f"demo: build_map failed with exit code {code}")
+    print(f"[3/4] built map {map_dir}")
+    print("[4/4] localizing the winter drive with localize_node ...")
+    matches = run_node_and_localize(map_dir, model_dir, winter, args.timeout)
+    correct = sum(abs(x / FRAME_SPACING_M - q) <= TOLERANCE_FRAMES for q, x in matches.items())
+    plot(out / "matches.png", matches, len(winter))
+    print(f"\nplace matches received: {len(matches)}/{len(winter)}")
+    print(f"winter->summer Recall@1 (+-{TOLERANCE_FRAMES} frames): {correct / len(winter):.3f} "
+          f"(chance ~{(2 * TOLERANCE_FRAMES + 1) / len(winter):.3f})")
+    print(f"plot: {out / 'matches.png'}")
+    return 0 if matches else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
