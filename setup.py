@@ -32,6 +32,7 @@ setup(
         'pyyaml>=6.0',
         'tqdm>=4.60',
         'matplotlib>=3.7',
+        'pillow>=9.0',
     ],
     extras_require={
         'train': ['pytorch-metric-learning>=2.3', 'tensorboard>=2.14'],

@@ -1,0 +1,648 @@
+"""build_map: rosbag2 recordings -> a place map.
+
+Pipeline: a reader thread walks the bags (image messages in log-time order), interpolates the pose
+topic to each image stamp, selects keyframes per camera and decodes them; a bounded queue hands
+them to the main thread, which runs the descriptor extractor in batches. Reading overlaps
+inference and memory stays bounded whatever the bag length.
+
+Keyframe k (numbered over all bags, in order) belongs to chunk k // chunk_size. Each finished chunk
+(descriptors + records) is written atomically to ``<output>.work/``; ``--resume`` skips finished
+chunks, so an interrupted build (Ctrl-C, kill -9) loses at most one chunk and ends with the same
+map. ``--shard i/N`` processes chunks c with c % N == i; ``merge_maps`` puts the shards together.
+
+Example::
+
+    build_map run1/ --model model/ --image-topics /cam_front /cam_rear --pose-topic /odom -o run1_map
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qaa_vpr_ros.atomic import atomic_write_bytes, atomic_write_text
+from qaa_vpr_ros.bags import (
+    IMAGE_TYPES,
+    BagError,
+    OpenBag,
+    ReadStats,
+    TopicError,
+    bag_message_count,
+    bag_sha256,
+    iter_image_messages,
+    open_bag,
+    read_pose_track,
+    resolve_bag,
+)
+from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
+from qaa_vpr_ros.keyframes import KeyframeSelector, PoseSkip, PoseTrack, SelectionConfig
+from qaa_vpr_ros.maps.place_map import INDEX_TYPES, Keyframe, MapError, PlaceMap
+
+__all__ = ["BuildOptions", "BuildResult", "build_map", "main"]
+
+WORK_FORMAT = 1
+# Testing hook: SIGKILL this process after writing this many chunks (simulates a crash mid-build).
+CRASH_AFTER_CHUNKS_ENV = "QAA_VPR_ROS_CRASH_AFTER_CHUNKS"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What to read and how to pick keyframes. Everything except ``index_*``/``map_frame`` is part
+    of the build identity that ``--resume`` checks."""
+
+    image_topics: tuple[str, ...] = ()  # empty: every Image/CompressedImage topic of the first bag
+    pose_topic: str | None = None
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    max_pose_gap_s: float = 2.0
+    chunk_size: int = 256
+    shard: tuple[int, int] = (0, 1)  # (index, count)
+    allow_truncated: bool = False  # keep what a damaged bag yields up to the damage, and go on
+    map_frame: str | None = None  # default: the pose topic's frame ("utm" for NavSatFix), else "map"
+    index_type: str = "flat"
+    index_params: dict[str, Any] = field(default_factory=dict)
+    prefetch: int = 64  # decoded keyframes waiting for the extractor (bounds memory)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        index, count = self.shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard must be i/N with 0 <= i < N, got {index}/{count}")
+        if self.max_pose_gap_s <= 0:
+            raise ValueError(f"max_pose_gap_s must be > 0, got {self.max_pose_gap_s}")
+        if self.prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index type {self.index_type!r} not one of {INDEX_TYPES}")
+
+
+@dataclass
+class CameraStats:
+    images: int = 0
+    keyframes: int = 0
+    outside_pose_range: int = 0
+    in_pose_gap: int = 0
+    undecodable: int = 0
+    not_selected: int = 0
+
+
+@dataclass
+class BuildResult:
+    """What a build did: the map, counts per camera, skipped messages, timings."""
+
+    map: PlaceMap
+    output: Path
+    keyframes_total: int  # over all shards
+    keyframes_built: int  # descriptors computed in this run
+    chunks_resumed: int
+    cameras: dict[str, CameraStats]
+    skipped: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class _Candidate:
+    index: int  # global keyframe number
+    keyframe: Keyframe
+    image: np.ndarray
+    encoding: str
+    images_seen: int
+
+
+@dataclass
+class _BagPlan:
+    path: Path
+    name: str
+    sha256: str
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class _KeyframeReader(threading.Thread):
+    """Reader thread: bags -> selected, decoded keyframes -> bounded queue (in keyframe order)."""
+
+    def __init__(
+        self,
+        bags: Sequence[_BagPlan],
+        options: BuildOptions,
+        topics: Sequence[str],
+        wanted_chunk: Any,
+        out: queue.Queue,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="build_map-reader", daemon=True)
+        self.bags, self.options, self.topics = bags, options, list(topics)
+        self.wanted_chunk = wanted_chunk  # chunk index -> bool: decode and hand over?
+        self.out, self.stop = out, stop
+        self.cameras: dict[str, CameraStats] = {t: CameraStats() for t in topics}
+        self.read_stats = ReadStats()
+        self.truncated: dict[str, str] = {}
+        self.map_frame: str | None = None
+        self.utm_zone: str | None = None
+        self.keyframes_total = 0
+        self.images_seen = 0
+
+    def _put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def run(self) -> None:
+        try:
+            for plan in self.bags:
+                if self.stop.is_set():
+                    return
+                try:
+                    with open_bag(plan.path) as bag:
+                        # Each bag is its own recording: selection starts afresh.
+                        self._read_bag(bag, plan, KeyframeSelector(self.options.selection))
+                except BagError as err:
+                    if isinstance(err, TopicError) or not self.options.allow_truncated:
+                        raise
+                    self.truncated[plan.name] = str(err)
+            self._put(("end", None))
+        except BaseException as err:  # hand every failure to the main thread
+            self._put(("error", err))
+
+    def _read_bag(self, bag: OpenBag, plan: _BagPlan, selector: KeyframeSelector) -> None:
+        track: PoseTrack | None = None
+        if self.options.pose_topic:
+            track = read_pose_track(
+                bag, self.options.pose_topic, self.options.max_pose_gap_s, self.utm_zone, self.read_stats
+            )
+            self.utm_zone = self.utm_zone or track.utm_zone
+            self.map_frame = self.map_frame or track.frame_id
+        for image_msg in iter_image_messages(bag, self.topics, self.read_stats):
+            if self.stop.is_set():
+                return
+            self.images_seen += 1
+            stats = self.cameras[image_msg.topic]
+            stats.images += 1
+            position = orientation = None
+            if track is not None:
+                pose = track.interpolate(image_msg.stamp_ns)
+                if pose is PoseSkip.OUTSIDE:
+                    stats.outside_pose_range += 1
+                    continue
+                if pose is PoseSkip.GAP:
+                    stats.in_pose_gap += 1
+                    continue
+                position, orientation = pose
+            if not selector.wants(image_msg.topic, image_msg.stamp_ns, position, orientation):
+                stats.not_selected += 1
+                continue
+            try:
+                image, encoding = image_from_msg(image_msg.msg)
+            except ImageDecodeError:
+                stats.undecodable += 1  # the next good image of this camera may become the keyframe
+                continue
+            selector.accept(image_msg.topic, image_msg.stamp_ns, position, orientation)
+            stats.keyframes += 1
+            index = self.keyframes_total
+            self.keyframes_total += 1
+            if not self.wanted_chunk(index // self.options.chunk_size):
+                continue
+            keyframe = Keyframe(
+                id=index,
+                stamp_sec=image_msg.stamp_ns // 1_000_000_000,
+                stamp_nanosec=image_msg.stamp_ns % 1_000_000_000,
+                camera=image_msg.topic,
+                frame_id=image_msg.frame_id,
+                position=position if position is not None else (math.nan, math.nan, math.nan),
+                orientation=orientation if orientation is not None else (0.0, 0.0, 0.0, 1.0),
+                utm_zone=track.utm_zone if track is not None else None,
+                source=plan.name,
+            )
+            self._put(("keyframe", _Candidate(index, keyframe, image, encoding, self.images_seen)))
+
+
+# --- chunk files ---------------------------------------------------------------------------------
+def _chunk_path(work: Path, chunk: int) -> Path:
+    return work / f"chunk-{chunk:06d}.npz"
+
+
+def _write_chunk(path: Path, descriptors: np.ndarray, keyframes: Sequence[Keyframe]) -> None:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        descriptors=np.asarray(descriptors, np.float16).reshape(len(keyframes), -1),
+        id=np.array([k.id for k in keyframes], np.int64),
+        stamp_sec=np.array([k.stamp_sec for k in keyframes], np.int64),
+        stamp_nanosec=np.array([k.stamp_nanosec for k in keyframes], np.int64),
+        camera=np.array([k.camera for k in keyframes], str),
+        frame_id=np.array([k.frame_id for k in keyframes], str),
+        position=np.array([k.position for k in keyframes], np.float64).reshape(-1, 3),
+        orientation=np.array([k.orientation for k in keyframes], np.float64).reshape(-1, 4),
+        utm_zone=np.array([k.utm_zone or "" for k in keyframes], str),
+        source=np.array([k.source for k in keyframes], str),
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _read_chunk(path: Path) -> tuple[np.ndarray, list[Keyframe]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (ValueError, OSError, KeyError) as err:
+        raise MapError(f"work chunk {path} is unreadable ({err}); delete it and rerun with --resume") from err
+    keyframes = [
+        Keyframe(
+            id=int(arrays["id"][i]),
+            stamp_sec=int(arrays["stamp_sec"][i]),
+            stamp_nanosec=int(arrays["stamp_nanosec"][i]),
+            camera=str(arrays["camera"][i]),
+            frame_id=str(arrays["frame_id"][i]),
+            position=tuple(float(v) for v in arrays["position"][i]),
+            orientation=tuple(float(v) for v in arrays["orientation"][i]),
+            utm_zone=str(arrays["utm_zone"][i]) or None,
+            source=str(arrays["source"][i]),
+        )
+        for i in range(len(arrays["id"]))
+    ]
+    return arrays["descriptors"], keyframes
+
+
+# --- the build ---------------------------------------------------------------------------------
+def _resolve_topics(bags: Sequence[_BagPlan], options: BuildOptions) -> tuple[str, ...]:
+    if options.image_topics:
+        return tuple(options.image_topics)
+    with open_bag(bags[0].path) as bag:
+        topics = tuple(sorted(t for t, typ in bag.topics.items() if typ in IMAGE_TYPES))
+    if not topics:
+        raise BagError(f"bag {bags[0].path} has no sensor_msgs/Image or CompressedImage topic")
+    return topics
+
+
+def _identity(bags: Sequence[_BagPlan], topics: Sequence[str], options: BuildOptions, fingerprint: str,
+              batch_size: int) -> dict[str, Any]:
+    return {
+        "work_format": WORK_FORMAT,
+        "bags": [{"name": b.name, "sha256": b.sha256} for b in bags],
+        "image_topics": list(topics),
+        "pose_topic": options.pose_topic,
+        "selection": dataclasses.asdict(options.selection),
+        "max_pose_gap_s": options.max_pose_gap_s,
+        "chunk_size": options.chunk_size,
+        "batch_size": batch_size,
+        "model_fingerprint": fingerprint,
+        "allow_truncated": options.allow_truncated,
+    }
+
+
+def _prepare_work(work: Path, identity: dict[str, Any], resume: bool, fresh: bool = False) -> list[int]:
+    """Create or check the work folder; returns the chunks already finished.
+
+    ``fresh`` (``--overwrite`` without ``--resume``) discards the chunks of an earlier build."""
+    record = work / "build.json"
+    if work.exists() and fresh and not resume:
+        shutil.rmtree(work)
+    if work.exists():
+        if not resume:
+            raise MapError(
+                f"work folder {work} exists from an interrupted build; rerun with --resume to continue "
+                "it, or with --overwrite (or delete it) to start over"
+            )
+        try:
+            previous = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise MapError(f"{record} is unreadable ({err}); delete {work} to start over") from err
+        for key in sorted(set(identity) | set(previous)):
+            if identity.get(key) != previous.get(key):
+                raise MapError(
+                    f"cannot resume: {work} was started with {key}={previous.get(key)!r}, this run has "
+                    f"{identity.get(key)!r}; use the same arguments, or delete {work} to start over"
+                )
+        return sorted(int(p.name[6:12]) for p in work.glob("chunk-??????.npz"))
+    work.mkdir(parents=True)
+    atomic_write_text(record, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+    return []
+
+
+def build_map(
+    bags: Sequence[str | Path],
+    output: str | Path,
+    extractor: Any,
+    options: BuildOptions | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_work: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Build (or resume building) a map from ``bags`` with ``extractor`` and save it to ``output``.
+
+    ``extractor``: a :class:`qaa_vpr_ros.extractor.DescriptorExtractor` (uses ``.extract``, ``.dim``,
+    ``.fingerprint``, ``.batch_size``).
+
+    Raises:
+        BagError: a bag is missing, unreadable or lacks a topic.
+        MapError: the output exists (without ``overwrite``), or a resume does not match.
+    """
+    options = options or BuildOptions()
+    started = time.monotonic()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise MapError(f"output {output} exists; pass --overwrite to replace it")
+    if not bags:
+        raise BagError("no bags given")
+    PlaceMap.create(1, "", options.index_type, **options.index_params)  # bad index parameters fail now
+    plans = []
+    for bag in bags:
+        path = resolve_bag(bag)
+        plans.append(_BagPlan(path, path.name, bag_sha256(path)))
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise BagError(f"bags must have distinct names (keyframes record their source bag): {names}")
+    topics = _resolve_topics(plans, options)
+    batch_size = int(getattr(extractor, "batch_size", 16))
+    identity = _identity(plans, topics, options, extractor.fingerprint, batch_size)
+    build_id = _digest(identity)
+    work = output.with_name(output.name + ".work")
+    done = set(_prepare_work(work, identity, resume, fresh=overwrite))
+    shard_index, shard_count = options.shard
+
+    def wanted(chunk: int) -> bool:
+        return chunk % shard_count == shard_index and chunk not in done
+
+    items: queue.Queue = queue.Queue(maxsize=options.prefetch)
+    stop = threading.Event()
+    reader = _KeyframeReader(plans, options, topics, wanted, items, stop)
+    counts = []
+    for plan in plans:
+        try:
+            counts.append(bag_message_count(plan.path, topics))
+        except BagError:  # only the progress bar's total is lost; the reader reports real damage
+            counts.append(None)
+    bar = _progress_bar(None if None in counts else sum(counts), progress)
+    crash_after = int(os.environ.get(CRASH_AFTER_CHUNKS_ENV, "0") or 0)
+    built = written = 0
+    chunk: int | None = None
+    chunk_keyframes: list[Keyframe] = []
+    chunk_descriptors: list[np.ndarray] = []
+    batch: list[_Candidate] = []
+
+    def run_batch() -> None:
+        nonlocal built
+        if batch:
+            descriptors = extractor.extract([c.image for c in batch], [c.encoding for c in batch])
+            chunk_descriptors.append(np.asarray(descriptors, np.float32))
+            chunk_keyframes.extend(c.keyframe for c in batch)
+            built += len(batch)
+            batch.clear()
+
+    def flush_chunk() -> None:
+        nonlocal written
+        run_batch()
+        if chunk is not None and chunk_keyframes:
+            _write_chunk(_chunk_path(work, chunk), np.concatenate(chunk_descriptors), chunk_keyframes)
+            written += 1
+            if crash_after and written >= crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        chunk_keyframes.clear()
+        chunk_descriptors.clear()
+
+    reader.start()
+    try:
+        while True:
+            kind, payload = items.get()
+            if kind == "error":
+                raise payload
+            if kind == "end":
+                flush_chunk()
+                break
+            candidate: _Candidate = payload
+            candidate_chunk = candidate.index // options.chunk_size
+            if candidate_chunk != chunk:
+                flush_chunk()
+                chunk = candidate_chunk
+            batch.append(candidate)
+            if len(batch) >= batch_size:
+                run_batch()
+            bar.update(candidate.images_seen - bar.n)
+            bar.set_postfix(keyframes=reader.keyframes_total, refresh=False)
+    except BaseException:
+        if not any(work.glob("chunk-*.npz")):  # nothing to resume: do not block the next run
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        stop.set()
+        reader.join(timeout=5.0)
+        bar.update(max(0, reader.images_seen - bar.n))
+        bar.close()
+
+    place_map = _assemble(work, reader, options, extractor, topics, plans, build_id, identity)
+    place_map.save(output)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    skipped = {
+        "undeserialisable_messages": reader.read_stats.undeserialisable,
+        **reader.read_stats.reasons,
+        "damaged_bags": dict(reader.truncated),
+    }
+    return BuildResult(
+        place_map, output, reader.keyframes_total, built, len(done), reader.cameras, skipped,
+        time.monotonic() - started,
+    )
+
+
+def _assemble(work: Path, reader: _KeyframeReader, options: BuildOptions, extractor: Any, topics: Sequence[str],
+              plans: Sequence[_BagPlan], build_id: str, identity: dict[str, Any]) -> PlaceMap:
+    """The map from this shard's chunk files, in keyframe order."""
+    map_frame = options.map_frame or reader.map_frame or "map"
+    place_map = PlaceMap.create(extractor.dim, extractor.fingerprint, options.index_type, map_frame,
+                                **options.index_params)
+    shard_index, shard_count = options.shard
+    n_chunks = -(-reader.keyframes_total // options.chunk_size)
+    for c in range(shard_index, n_chunks, shard_count):
+        path = _chunk_path(work, c)
+        if not path.exists():
+            raise MapError(f"work chunk {path} is missing after the build; rerun with --resume")
+        descriptors, keyframes = _read_chunk(path)
+        place_map.add(descriptors.astype(np.float32), keyframes)
+    place_map.sources = [
+        {"name": p.name, "path": str(p.path.resolve()), "sha256": p.sha256, "image_topics": list(topics),
+         "pose_topic": options.pose_topic}
+        for p in plans
+    ]
+    place_map.info = {
+        "build": {
+            "build_id": build_id,
+            "shard": {"index": shard_index, "count": shard_count},
+            "chunk_size": options.chunk_size,
+            "keyframes_total": reader.keyframes_total,
+            "selection": identity["selection"],
+            "max_pose_gap_s": options.max_pose_gap_s,
+            "cameras": {t: dataclasses.asdict(s) for t, s in reader.cameras.items()},
+            "damaged_bags": dict(reader.truncated),
+            "undeserialisable_messages": reader.read_stats.undeserialisable,
+            "skipped_pose_messages": dict(reader.read_stats.reasons),
+        }
+    }
+    return place_map
+
+
+def _progress_bar(total: int | None, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="build_map", disable=not enabled, dynamic_ncols=True)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from err
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard i/N needs 0 <= i < N, got {text!r}")
+    return index, count
+
+
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    """--index and its parameters (shared with merge_maps)."""
+    group = parser.add_argument_group("index")
+    group.add_argument("--index", choices=INDEX_TYPES, default="flat",
+                       help="exact inner product (flat, default), IVF-PQ or HNSW")
+    group.add_argument("--pca-dim", type=int, help="reduce descriptors to this dim by PCA inside the index")
+    group.add_argument("--nlist", type=int, help="ivfpq: inverted lists (default ~4 sqrt(N))")
+    group.add_argument("--pq-m", type=int, help="ivfpq: sub-quantisers (must divide the dim)")
+    group.add_argument("--nbits", type=int, help="ivfpq: bits per code (default 8)")
+    group.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default 16)")
+    group.add_argument("--hnsw-m", type=int, help="hnsw: neighbours per node (default 32)")
+    group.add_argument("--ef-construction", type=int, help="hnsw: build-time beam (default 40)")
+    group.add_argument("--ef-search", type=int, help="hnsw: search-time beam (default 64)")
+
+
+def index_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    params = {
+        "pca_dim": args.pca_dim, "nlist": args.nlist, "m": args.pq_m, "nbits": args.nbits,
+        "nprobe": args.nprobe, "M": args.hnsw_m, "ef_construction": args.ef_construction,
+        "ef_search": args.ef_search,
+    }
+    allowed = {"flat": {"pca_dim"}, "ivfpq": {"pca_dim", "nlist", "m", "nbits", "nprobe"},
+               "hnsw": {"pca_dim", "M", "ef_construction", "ef_search"}}[args.index]
+    extra = sorted(k for k, v in params.items() if v is not None and k not in allowed)
+    if extra:
+        raise MapError(f"index parameter(s) {extra} do not apply to --index {args.index}")
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="build_map", description=__doc__.split("\n\n")[0])
+    parser.add_argument("bags", nargs="+", help="rosbag2 folders (with metadata.yaml) or .db3/.mcap files")
+    parser.add_argument("-o", "--output", required=True, help="map folder to write")
+    parser.add_argument("--model", required=True, help="model folder or .pt/.ckpt file (qaa_vpr_ros.model.load_model)")
+    parser.add_argument("--image-topics", nargs="+", default=[],
+                        help="camera topics (sensor_msgs/Image or CompressedImage); default: all in the first bag")
+    parser.add_argument("--pose-topic", help="Odometry, PoseStamped, PoseWithCovarianceStamped or NavSatFix topic; "
+                        "without it keyframes carry stamps only")
+    parser.add_argument("--map-frame", help="frame of the keyframe poses (default: the pose topic's frame_id, "
+                        "'utm' for NavSatFix)")
+    parser.add_argument("--min-interval", type=float, default=0.0,
+                        help="seconds between keyframes of a camera (default 0)")
+    parser.add_argument("--min-distance", type=float, default=1.0,
+                        help="metres travelled between keyframes (default 1.0)")
+    parser.add_argument("--min-rotation", type=float, default=0.26,
+                        help="radians turned between keyframes (default 0.26)")
+    parser.add_argument("--max-pose-gap", type=float, default=2.0,
+                        help="seconds between poses beyond which images get no pose (skipped, counted; default 2)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--chunk-size", type=int, default=256, help="keyframes per resumable chunk (default 256)")
+    parser.add_argument("--prefetch", type=int, default=64, help="decoded keyframes queued for the model (default 64)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), help="process part i of N (merge with merge_maps)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted build from <output>.work")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output map")
+    parser.add_argument("--keep-work", action="store_true", help="keep <output>.work after success")
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="use a damaged bag up to the damage (counted in the manifest) instead of failing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_index_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = BuildOptions(
+            image_topics=tuple(args.image_topics),
+            pose_topic=args.pose_topic,
+            selection=SelectionConfig(args.min_interval, args.min_distance, args.min_rotation),
+            max_pose_gap_s=args.max_pose_gap,
+            chunk_size=args.chunk_size,
+            shard=args.shard,
+            allow_truncated=args.allow_truncated,
+            map_frame=args.map_frame,
+            index_type=args.index,
+            index_params=index_params_from_args(args),
+            prefetch=args.prefetch,
+        )
+    except (ValueError, MapError) as err:
+        parser.error(str(err))
+    try:
+        from qaa_vpr_ros.extractor import DescriptorExtractor
+        from qaa_vpr_ros.model import load_model
+
+        if not Path(args.model).exists():
+            raise MapError(f"model {args.model} does not exist")
+        extractor = DescriptorExtractor(
+            load_model(args.model), device=args.device, batch_size=args.batch_size, precision=args.precision
+        )
+        result = build_map(
+            args.bags, args.output, extractor, options, resume=args.resume, overwrite=args.overwrite,
+            keep_work=args.keep_work, progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(f"build_map: interrupted; finished chunks are kept in {args.output}.work — rerun with --resume",
+              file=sys.stderr)
+        return 130
+    except (BagError, MapError, ValueError, OSError) as err:
+        print(f"build_map: error: {err}", file=sys.stderr)
+        return 1
+    print(_summary(result))
+    return 0
+
+
+def _summary(result: BuildResult) -> str:
+    lines = [
+        f"map {result.output}: {len(result.map)} keyframes ({result.keyframes_built} computed, "
+        f"{result.chunks_resumed} chunks resumed) in {result.seconds:.1f} s",
+    ]
+    for topic, s in result.cameras.items():
+        lines.append(
+            f"  {topic}: {s.images} images, {s.keyframes} keyframes; skipped: {s.outside_pose_range} outside "
+            f"pose range, {s.in_pose_gap} in pose gaps, {s.undecodable} undecodable"
+        )
+    damaged = result.skipped.get("damaged_bags") or {}
+    for name, why in damaged.items():
+        lines.append(f"  damaged bag {name} (used up to the damage): {why}")
+    if result.skipped.get("undeserialisable_messages"):
+        lines.append(f"  {result.skipped['undeserialisable_messages']} undeserialisable messages skipped")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""eval_map: how well a map localizes a query run with ground-truth poses.
+
+Queries come from a bag (its images are run through the model; poses from its pose topic) or from
+a second map built with the same model. A retrieved keyframe is correct when it lies within
+``--radius`` metres (horizontal) of the query. Reports Recall@K and, for accepting the top match
+when its score is above a threshold, the precision-recall curve and the recall at 100 % precision:
+the table users read to pick ``min_score`` for their robot.
+
+Example::
+
+    eval_map campus_map --query-bags run2/ --pose-topic /odom --model model/ --radius 10 -o eval/
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from qaa_vpr_ros.bags import BagError
+from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
+
+__all__ = ["EvalResult", "evaluate_queries", "main"]
+
+
+@dataclass
+class EvalResult:
+    """Recall@K and the top-1 precision-recall curve (thresholds descending)."""
+
+    num_queries: int  # queries with a pose
+    num_with_positive: int  # ... that have a map keyframe within the radius
+    radius_m: float
+    recall_at_k: dict[int, float]
+    thresholds: np.ndarray  # (T,) score thresholds, descending
+    precision: np.ndarray  # (T,)
+    recall: np.ndarray  # (T,)
+    recall_at_100_precision: float
+    threshold_at_100_precision: float | None  # lowest threshold with precision 1 (None: none)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "num_queries": self.num_queries,
+            "num_with_positive": self.num_with_positive,
+            "radius_m": self.radius_m,
+            "recall_at_k": {str(k): v for k, v in self.recall_at_k.items()},
+            "recall_at_100_precision": self.recall_at_100_precision,
+            "threshold_at_100_precision": self.threshold_at_100_precision,
+        }
+
+
+def evaluate_queries(
+    reference: PlaceMap,
+    query_descriptors: np.ndarray,
+    query_positions: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    radius_m: float = 25.0,
+) -> EvalResult:
+    """Evaluate (M, D) query descriptors with (M, 3) ground-truth positions in the map frame.
+
+    Queries with a non-finite position are ignored; map keyframes without a pose never count as
+    correct. Recall@K and recall are over the queries that have a map keyframe within the radius.
+    """
+    if radius_m <= 0:
+        raise ValueError(f"radius must be > 0, got {radius_m}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"K values must be >= 1, got {ks}")
+    positions = np.asarray(query_positions, np.float64).reshape(-1, 3)
+    valid = np.all(np.isfinite(positions[:, :2]), axis=1)
+    queries = np.asarray(query_descriptors, np.float32)[valid]
+    q_xy = positions[valid, :2]
+    ref_xy = np.array([kf.position[:2] for kf in reference.keyframes], np.float64).reshape(-1, 2)
+    ref_row_of_id = {int(i): r for r, i in enumerate(reference.ids)}
+
+    has_positive = np.zeros(len(queries), bool)
+    finite_refs = np.all(np.isfinite(ref_xy), axis=1)
+    if len(queries) and finite_refs.any():
+        # Nearest map keyframe of each query (exact, in float64 after centring to keep precision).
+        centre = ref_xy[finite_refs].mean(axis=0)
+        index = faiss.IndexFlatL2(2)
+        index.add((ref_xy[finite_refs] - centre).astype(np.float32))
+        nearest, _ = index.search((q_xy - centre).astype(np.float32), 1)
+        has_positive = nearest[:, 0] <= radius_m**2
+
+    k_max = min(ks[-1], max(1, len(reference)))
+    result = reference.search(queries, k_max) if len(queries) else None
+    correct = np.zeros((len(queries), k_max), bool)
+    top1_score = np.full(len(queries), -np.inf)
+    if result is not None:
+        rows = np.vectorize(lambda i: ref_row_of_id.get(int(i), -1), otypes=[np.int64])(result.ids)
+        retrieved_xy = np.where((rows >= 0)[..., None], ref_xy[np.maximum(rows, 0)], np.nan)
+        distance = np.linalg.norm(retrieved_xy - q_xy[:, None, :], axis=2)
+        correct = np.nan_to_num(distance, nan=np.inf) <= radius_m
+        top1_score = result.scores[:, 0].astype(np.float64)
+
+    denominator = max(1, int(has_positive.sum()))
+    recall_at_k = {
+        k: float(np.any(correct[has_positive, : min(k, k_max)], axis=1).sum() / denominator) for k in ks
+    }
+    # Precision-recall of "accept the top-1 match when score >= threshold".
+    order = np.argsort(-top1_score, kind="stable")
+    top1_correct = correct[order, 0] if len(queries) else np.zeros(0, bool)
+    scores_sorted = top1_score[order]
+    tp = np.cumsum(top1_correct)
+    accepted = np.arange(1, len(order) + 1)
+    # One point per distinct score: the last position of each run of equal scores.
+    last = np.r_[scores_sorted[1:] != scores_sorted[:-1], True] if len(order) else np.zeros(0, bool)
+    thresholds = scores_sorted[last]
+    precision = (tp / accepted)[last]
+    recall = (tp / denominator)[last]
+    perfect = np.flatnonzero(precision >= 1.0)
+    # Precision 1 holds on a prefix only; the last such threshold gives the highest recall.
+    prefix = perfect[perfect == np.arange(len(perfect))] if len(perfect) else perfect
+    r100 = float(recall[prefix[-1]]) if len(prefix) else 0.0
+    t100 = float(thresholds[prefix[-1]]) if len(prefix) else None
+    return EvalResult(
+        num_queries=int(len(queries)), num_with_positive=int(has_positive.sum()), radius_m=float(radius_m),
+        recall_at_k=recall_at_k, thresholds=thresholds, precision=precision, recall=recall,
+        recall_at_100_precision=r100, threshold_at_100_precision=t100,
+    )
+
+
+def write_report(result: EvalResult, folder: Path, title: str) -> None:
+    """summary.json, recall_at_k.csv, pr_curve.csv and pr_curve.png in ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n", encoding="utf-8")
+    with open(folder / "recall_at_k.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["k", "recall"])
+        writer.writerows([k, f"{v:.6f}"] for k, v in result.recall_at_k.items())
+    with open(folder / "pr_curve.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["threshold", "precision", "recall"])
+        writer.writerows(
+            [f"{t:.6f}", f"{p:.6f}", f"{r:.6f}"]
+            for t, p, r in zip(result.thresholds, result.precision, result.recall, strict=True)
+        )
+    fig, (ax_pr, ax_t) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    ax_pr.plot(result.recall, result.precision, "-o", markersize=2)
+    ax_pr.set_xlabel("recall")
+    ax_pr.set_ylabel("precision")
+    ax_pr.set_xlim(0, 1.02)
+    ax_pr.set_ylim(0, 1.02)
+    ax_pr.grid(True, alpha=0.3)
+    ax_pr.set_title(f"{title}\nR@100%P = {result.recall_at_100_precision:.3f}, radius {result.radius_m:g} m")
+    ax_t.plot(result.thresholds, result.precision, label="precision")
+    ax_t.plot(result.thresholds, result.recall, label="recall")
+    if result.threshold_at_100_precision is not None:
+        ax_t.axvline(result.threshold_at_100_precision, color="k", linestyle="--", linewidth=0.8,
+                     label=f"min_score {result.threshold_at_100_precision:.3f} (precision 1)")
+    ax_t.set_xlabel("score threshold (cosine similarity of the top match)")
+    ax_t.set_ylim(0, 1.02)
+    ax_t.grid(True, alpha=0.3)
+    ax_t.legend(fontsize=8)
+    ax_t.set_title("Recall@K: " + ", ".join(f"R@{k}={v:.3f}" for k, v in result.recall_at_k.items()))
+    fig.tight_layout()
+    fig.savefig(folder / "pr_curve.png")
+    plt.close(fig)
+
+
+def format_result(result: EvalResult, rows: int = 10) -> str:
+    lines = [
+        f"{result.num_queries} queries with a pose, {result.num_with_positive} with a map keyframe "
+        f"within {result.radius_m:g} m",
+        "  " + "  ".join(f"R@{k}={v:.3f}" for k, v in result.recall_at_k.items()),
+        f"  recall at 100% precision: {result.recall_at_100_precision:.3f}"
+        + (f" (threshold {result.threshold_at_100_precision:.4f})"
+           if result.threshold_at_100_precision is not None else ""),
+        "  threshold  precision  recall",
+    ]
+    if len(result.thresholds):
+        picks = np.unique(np.linspace(0, len(result.thresholds) - 1, min(rows, len(result.thresholds))).astype(int))
+        for i in picks:
+            lines.append(f"  {result.thresholds[i]:9.4f}  {result.precision[i]:9.3f}  {result.recall[i]:6.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="eval_map", description=__doc__.split("\n\n")[0])
+    parser.add_argument("map", help="reference map folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--query-bags", nargs="+", help="query bag(s) with a ground-truth pose topic")
+    source.add_argument("--query-map", help="query map built with the same model (its poses are the ground truth)")
+    parser.add_argument("--model", help="model for --query-bags (must be the map's model)")
+    parser.add_argument("--image-topics", nargs="+", default=[], help="query camera topics (default: all)")
+    parser.add_argument("--pose-topic", help="ground-truth pose topic of the query bags")
+    parser.add_argument("--min-interval", type=float, default=0.0, help="query sampling: seconds between queries")
+    parser.add_argument("--min-distance", type=float, default=0.0, help="query sampling: metres between queries")
+    parser.add_argument("--radius", type=float, default=25.0, help="a match within this many metres is correct")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="K values for Recall@K")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("-o", "--output", help="folder for summary.json, recall_at_k.csv, pr_curve.csv/png")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.query_bags and not (args.model and args.pose_topic):
+        parser.error("--query-bags needs --model and --pose-topic")
+    try:
+        with tempfile.TemporaryDirectory(prefix="eval_map-") as tmp:
+            if args.query_bags:
+                reference, query = _query_from_bags(args, Path(tmp))
+            else:
+                reference = PlaceMap.load(args.map)
+                query = PlaceMap.load(args.query_map, reference.model_fingerprint)
+            _check_frames(reference, query)
+            positions = np.array([kf.position for kf in query.keyframes], np.float64).reshape(-1, 3)
+            result = evaluate_queries(
+                reference, np.asarray(query.descriptors, np.float32), positions, args.k, args.radius
+            )
+    except (MapError, BagError, ValueError, OSError) as err:
+        print(f"eval_map: error: {err}", file=sys.stderr)
+        return 1
+    print(format_result(result))
+    if args.output:
+        write_report(result, Path(args.output), f"{Path(args.map).name} vs "
+                     f"{', '.join(Path(b).name for b in args.query_bags) if args.query_bags else args.query_map}")
+        print(f"  report: {args.output}/summary.json, pr_curve.csv, pr_curve.png")
+    return 0
+
+
+def _query_from_bags(args: argparse.Namespace, tmp: Path) -> tuple[PlaceMap, PlaceMap]:
+    from qaa_vpr_ros.extractor import DescriptorExtractor
+    from qaa_vpr_ros.keyframes import SelectionConfig
+    from qaa_vpr_ros.maps.build import BuildOptions, build_map
+    from qaa_vpr_ros.model import load_model
+
+    extractor = DescriptorExtractor(load_model(args.model), device=args.device, batch_size=args.batch_size)
+    reference = PlaceMap.load(args.map, extractor.fingerprint)
+    options = BuildOptions(
+        image_topics=tuple(args.image_topics), pose_topic=args.pose_topic,
+        selection=SelectionConfig(args.min_interval, args.min_distance, 0.0),
+    )
+    result = build_map(args.query_bags, tmp / "query", extractor, options, progress=not args.no_progress)
+    return reference, result.map
+
+
+def _check_frames(reference: PlaceMap, query: PlaceMap) -> None:
+    if reference.map_frame != query.map_frame:
+        raise MapError(
+            f"the query poses are in frame {query.map_frame!r}, the map in {reference.map_frame!r}; "
+            "ground truth must be in the map's frame"
+        )
+    zones = {kf.utm_zone for kf in reference.keyframes + query.keyframes if kf.utm_zone}
+    if len(zones) > 1:
+        raise MapError(f"map and queries are in different UTM zones {sorted(zones)}")
+
+
+def result_dict(result: EvalResult) -> dict[str, Any]:  # for scripts
+    data = asdict(result)
+    for key in ("thresholds", "precision", "recall"):
+        data[key] = np.asarray(data[key]).tolist()
+    return data
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""merge_maps: combine the shards of one build, and maps of different sessions, into one map.
+
+Shards (``build_map --shard i/N``) of the same build are put back in keyframe order, giving the
+map an unsharded build would have produced (same ids, descriptors and records). Maps of different
+sessions (multi-session mapping) are concatenated and their keyframes renumbered; they must share
+the model and the map frame (or ``--map-frame`` asserts they are aligned) and the UTM zone.
+
+Example::
+
+    merge_maps run1_map run2_map -o campus_map
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qaa_vpr_ros.maps.build import add_index_arguments, index_params_from_args
+from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
+
+__all__ = ["main", "merge_maps"]
+
+
+def _shard_info(place_map: PlaceMap) -> tuple[str | None, int, int]:
+    build = place_map.info.get("build", {})
+    shard = build.get("shard", {})
+    return build.get("build_id"), int(shard.get("index", 0)), int(shard.get("count", 1))
+
+
+def merge_maps(
+    maps: Sequence[PlaceMap],
+    names: Sequence[str] | None = None,
+    *,
+    index_type: str | None = None,
+    index_params: dict[str, Any] | None = None,
+    map_frame: str | None = None,
+) -> PlaceMap:
+    """One map from ``maps`` (``names`` label them in errors). See the module docstring for rules."""
+    if not maps:
+        raise MapError("no maps to merge")
+    names = list(names) if names is not None else [f"map #{i}" for i in range(len(maps))]
+    first = maps[0]
+    for name, m in zip(names, maps, strict=True):
+        if m.model_fingerprint != first.model_fingerprint:
+            raise MapError(
+                f"{name} was built with model fingerprint {m.model_fingerprint}, {names[0]} with "
+                f"{first.model_fingerprint}; maps of different models cannot be merged"
+            )
+        if m.dim != first.dim:
+            raise MapError(f"{name} has descriptor dim {m.dim}, {names[0]} has {first.dim}")
+        if map_frame is None and m.map_frame != first.map_frame:
+            raise MapError(
+                f"{name} is in frame {m.map_frame!r}, {names[0]} in {first.map_frame!r}; align them and "
+                "pass --map-frame to merge anyway"
+            )
+    zones = {kf.utm_zone for m in maps for kf in m.keyframes if kf.utm_zone}
+    if len(zones) > 1:
+        raise MapError(f"the maps span UTM zones {sorted(zones)}; positions in different zones are not comparable")
+
+    # Group the inputs: shards of one build form a group, every other map is its own group.
+    groups: list[list[int]] = []
+    group_of_build: dict[str, int] = {}
+    for i, m in enumerate(maps):
+        build_id, _, count = _shard_info(m)
+        if build_id is not None and count > 1:
+            if build_id not in group_of_build:
+                group_of_build[build_id] = len(groups)
+                groups.append([])
+            groups[group_of_build[build_id]].append(i)
+        else:
+            groups.append([i])
+    for members in groups:
+        _, _, count = _shard_info(maps[members[0]])
+        if count > 1:
+            have = sorted(_shard_info(maps[i])[1] for i in members)
+            if have != list(range(count)):
+                missing = sorted(set(range(count)) - set(have))
+                repeated = sorted({s for s in have if have.count(s) > 1})
+                raise MapError(
+                    f"shards of build {_shard_info(maps[members[0]])[0][:12]} are incomplete: "
+                    f"missing {[f'{s}/{count}' for s in missing]}, repeated {[f'{s}/{count}' for s in repeated]}"
+                )
+
+    keep_ids = len(groups) == 1
+    out = PlaceMap.create(
+        first.dim, first.model_fingerprint, index_type or first.index_type, map_frame or first.map_frame,
+        **(index_params or {}),
+    )
+    next_id = 0
+    for members in groups:
+        parts = [(kf, i, row) for i in members for row, kf in enumerate(maps[i].keyframes)]
+        parts.sort(key=lambda p: p[0].id)
+        stored = {i: np.asarray(maps[i].descriptors) for i in members}
+        descriptors = np.zeros((len(parts), first.dim), np.float16)
+        for j, (_, i, row) in enumerate(parts):
+            descriptors[j] = stored[i][row]
+        keyframes = []
+        for kf, _, _ in parts:
+            keyframes.append(kf if keep_ids else dataclasses.replace(kf, id=next_id))
+            next_id += 1
+        out.add(descriptors.astype(np.float32), keyframes)
+
+    seen = set()
+    for m in maps:
+        for source in m.sources:
+            key = (source.get("name"), source.get("sha256"))
+            if key not in seen:
+                seen.add(key)
+                out.sources.append(source)
+    out.info = {
+        "merged_from": [
+            {"name": name, "keyframes": len(m), "build_id": _shard_info(m)[0],
+             "shard": {"index": _shard_info(m)[1], "count": _shard_info(m)[2]}}
+            for name, m in zip(names, maps, strict=True)
+        ]
+    }
+    if keep_ids and "build" in first.info:
+        # A complete set of shards is the unsharded build.
+        out.info["build"] = dict(first.info["build"], shard={"index": 0, "count": 1})
+    return out
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="merge_maps", description=__doc__.split("\n\n")[0])
+    parser.add_argument("maps", nargs="+", help="map folders (shards of one build and/or other sessions)")
+    parser.add_argument("-o", "--output", required=True, help="merged map folder to write")
+    parser.add_argument("--map-frame", help="frame of the merged map; required when the inputs' frames differ")
+    parser.add_argument("--model-fingerprint", help="refuse inputs built with another model")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output map")
+    add_index_arguments(parser)
+    parser.set_defaults(index=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        if Path(args.output).exists() and not args.overwrite:
+            raise MapError(f"output {args.output} exists; pass --overwrite to replace it")
+        maps = [PlaceMap.load(path, args.model_fingerprint) for path in args.maps]
+        params = index_params_from_args(argparse.Namespace(**{**vars(args), "index": args.index or "flat"})) \
+            if args.index else {}
+        merged = merge_maps(maps, args.maps, index_type=args.index, index_params=params, map_frame=args.map_frame)
+        merged.save(args.output)
+    except MapError as err:
+        print(f"merge_maps: error: {err}", file=sys.stderr)
+        return 1
+    print(f"merged {len(args.maps)} maps into {args.output}: {len(merged)} keyframes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
