@@ -1,0 +1,89 @@
+"""Start qaa_vpr_ros localize_node: live place matches and loop closures.
+
+    ros2 launch qaa_vpr_ros localize.launch.py model:=/path/to/model map:=/path/to/map \\
+        image_topics:='[/front/image_raw, /rear/image_raw/compressed]' device:=cuda
+
+Parameters come from ``params_file`` (default: the installed ``config/localize.yaml``); the
+arguments below override it only when given (non-empty). Map building has no node: run
+``ros2 run qaa_vpr_ros build_map --help`` (see docs/NODE.md).
+"""
+import os
+
+import yaml
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = 'qaa_vpr_ros'
+
+
+def _image_topics(text):
+    """'[/a, /b]' (YAML list) or '/a,/b' (comma-separated) -> ['/a', '/b']."""
+    text = text.strip()
+    if text.startswith('['):
+        value = yaml.safe_load(text)
+        if not isinstance(value, list):
+            raise ValueError(f'image_topics:={text!r} is not a list; write [/a, /b] or /a,/b')
+        items = [str(v) for v in value]
+    else:
+        items = text.split(',')
+    return [t.strip() for t in items if t.strip()]
+
+
+def _launch_setup(context, *args, **kwargs):
+    def arg(name):
+        return LaunchConfiguration(name).perform(context).strip()
+
+    overrides = {'use_sim_time': arg('use_sim_time').lower() in ('true', '1', 'yes')}
+    for name in ('map', 'model', 'device'):
+        if arg(name):
+            overrides[name] = arg(name)
+    if arg('image_topics'):
+        overrides['image_topics'] = _image_topics(arg('image_topics'))
+    params_file = arg('params_file')
+    if not os.path.isfile(params_file):
+        raise FileNotFoundError(f'params_file:={params_file!r} does not exist; give a YAML file with '
+                                f'"/**: ros__parameters:" (see config/localize.yaml)')
+    node = Node(
+        package=PACKAGE,
+        executable='localize_node',
+        name='localize_node',
+        namespace=arg('namespace'),
+        output='screen',
+        emulate_tty=True,
+        parameters=[params_file, overrides],
+    )
+    return [node]
+
+
+def generate_launch_description():
+    default_params = os.path.join(get_package_share_directory(PACKAGE), 'config', 'localize.yaml')
+    arguments = [
+        DeclareLaunchArgument(
+            'map', default_value='',
+            description='Prebuilt map folder (from build_map). Empty: the params file value '
+                        '(default: online loop closure only).'),
+        DeclareLaunchArgument(
+            'model', default_value='',
+            description='Model folder or .pt/.pth/.ckpt file for qaa_vpr_ros.model.load_model. '
+                        'Empty: the params file value.'),
+        DeclareLaunchArgument(
+            'params_file', default_value=default_params,
+            description='YAML parameter file for localize_node (default: installed config/localize.yaml).'),
+        DeclareLaunchArgument(
+            'image_topics', default_value='',
+            description="Camera topics as a YAML list '[/a, /b]' or comma-separated '/a,/b'. "
+                        'Empty: the params file value.'),
+        DeclareLaunchArgument(
+            'device', default_value='',
+            description='Inference device: auto, cpu or cuda. Empty: the params file value.'),
+        DeclareLaunchArgument(
+            'namespace', default_value='',
+            description='Namespace of the node (its topics become <namespace>/localize_node/...).'),
+        DeclareLaunchArgument(
+            'use_sim_time', default_value='false',
+            description='Use the /clock topic (true when playing a bag with --clock).'),
+    ]
+    return LaunchDescription(arguments + [OpaqueFunction(function=_launch_setup)])

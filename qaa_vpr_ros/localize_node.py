@@ -1,0 +1,618 @@
+"""``localize_node``: live place matches and loop closures for a SLAM stack (the only rclpy module).
+
+A thin adapter around :mod:`qaa_vpr_ros.loop_closure`:
+
+- one subscription per camera (``image_topics``), each callback only stores the newest message
+  in its camera's one-slot buffer (an overwritten, unprocessed message counts as dropped);
+- one inference thread takes the pending frames of all cameras as a batch, decodes them
+  (:func:`~qaa_vpr_ros.image_conversion.image_from_msg`), runs the
+  :class:`~qaa_vpr_ros.extractor.DescriptorExtractor`, lets the :class:`~qaa_vpr_ros.loop_closure.Localizer`
+  search and decide, and publishes;
+- outputs (all relative to the node, ``~/``): ``place_match``, ``place_candidates``,
+  ``loop_candidates``, ``loop_closure``, ``markers``; ``/diagnostics``; services ``save_map`` and
+  ``reset``. See docs/NODE.md.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
+from std_msgs.msg import ColorRGBA, Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
+from qaa_vpr_ros.loop_closure import (
+    Candidate,
+    ChannelResult,
+    ConfigError,
+    KeyframeGate,
+    LocalizeConfig,
+    Localizer,
+    ParamSpec,
+    PoseHistory,
+    Query,
+    QueryResult,
+    covariance_from_score,
+    normalize,
+    parameter_table,
+)
+
+__all__ = ["LOOP_CANDIDATE_DTYPE", "LocalizeNode", "main"]
+
+# ~/loop_candidates: one point per candidate (x, y, z float64 so UTM coordinates keep cm precision).
+LOOP_CANDIDATE_DTYPE = np.dtype([
+    ("x", "<f8"), ("y", "<f8"), ("z", "<f8"),
+    ("qx", "<f4"), ("qy", "<f4"), ("qz", "<f4"), ("qw", "<f4"),
+    ("score", "<f4"), ("rank", "<u4"), ("map_id", "<u4"),
+    ("map_stamp_sec", "<i4"), ("map_stamp_nanosec", "<u4"), ("accepted", "u1"),
+])
+_POINTFIELD_TYPES = {"<f8": PointField.FLOAT64, "<f4": PointField.FLOAT32, "<u4": PointField.UINT32,
+                     "<i4": PointField.INT32, "|u1": PointField.UINT8}
+_ROS_TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
+              "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING,
+              "str[]": ParameterType.PARAMETER_STRING_ARRAY,
+              "float[]": ParameterType.PARAMETER_DOUBLE_ARRAY}
+_UNMATCHED_VARIANCE = 9999.0
+_RATE_WINDOW_S = 5.0
+
+
+def descriptor_of(spec: ParamSpec) -> ParameterDescriptor:
+    """The ``ParameterDescriptor`` (type, description, range, read-only) of one table row."""
+    text = spec.description + (f" One of: {', '.join(spec.choices)}." if spec.choices else "")
+    desc = ParameterDescriptor(name=spec.name, type=_ROS_TYPES[spec.type], description=text,
+                               read_only=spec.read_only)
+    if spec.range is not None and spec.type == "int":
+        desc.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=0)]
+    elif spec.range is not None and spec.type == "float":
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
+                                                        to_value=float(spec.range[1]), step=0.0)]
+    if spec.choices:
+        desc.additional_constraints = f"one of {list(spec.choices)}"
+    return desc
+
+
+def _time_msg(sec: int, nanosec: int) -> Time:
+    return Time(sec=int(sec), nanosec=int(nanosec))
+
+
+def _pose_msg(position: Any, orientation: Any) -> Pose:
+    """A geometry_msgs/Pose; an unknown (NaN) position becomes the identity pose."""
+    pose = Pose()
+    if position is not None and all(math.isfinite(v) for v in position):
+        pose.position.x, pose.position.y, pose.position.z = (float(v) for v in position)
+        qx, qy, qz, qw = (float(v) for v in orientation)
+        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
+    else:
+        pose.orientation.w = 1.0
+    return pose
+
+
+def loop_candidates_cloud(header: Header, candidates: list[Candidate]) -> PointCloud2:
+    """``~/loop_candidates`` table: one PointCloud2 point per candidate (see LOOP_CANDIDATE_DTYPE)."""
+    table = np.zeros(len(candidates), dtype=LOOP_CANDIDATE_DTYPE)
+    for i, c in enumerate(candidates):
+        kf = c.keyframe
+        table[i] = (*kf.position, *kf.orientation, c.score, c.rank, int(kf.id) & 0xFFFFFFFF,
+                    kf.stamp_sec, kf.stamp_nanosec, int(c.accepted))
+    fields = [PointField(name=name, offset=offset, datatype=_POINTFIELD_TYPES[dt.str], count=1)
+              for name, (dt, offset) in LOOP_CANDIDATE_DTYPE.fields.items()]
+    return PointCloud2(header=header, height=1, width=len(candidates), fields=fields, is_bigendian=False,
+                       point_step=LOOP_CANDIDATE_DTYPE.itemsize,
+                       row_step=LOOP_CANDIDATE_DTYPE.itemsize * len(candidates),
+                       data=table.tobytes(), is_dense=True)
+
+
+def _score_color(score: float, min_score: float, accepted: bool) -> ColorRGBA:
+    t = min(max((score - min_score) / max(1.0 - min_score, 1e-6), 0.0), 1.0)
+    return ColorRGBA(r=1.0 - t, g=t, b=0.0, a=1.0 if accepted else 0.5)
+
+
+@dataclass
+class _Camera:
+    """One camera's subscription, one-slot buffer and counters (guarded by the node's lock)."""
+
+    topic: str
+    compressed: bool | None  # None: transport auto, type not known yet
+    subscription: Any = None
+    slot: Any = None  # newest unprocessed message
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    gated: int = 0
+    bad: int = 0
+    last_bad: str = ""
+    last_receive: float | None = None  # time.monotonic()
+    frame_age_ms: float = math.nan
+    receive_times: deque = field(default_factory=lambda: deque(maxlen=4096))
+    process_times: deque = field(default_factory=lambda: deque(maxlen=4096))
+
+
+def _rate(times: deque, now: float) -> float:
+    recent = [t for t in list(times) if now - t <= _RATE_WINDOW_S]
+    return len(recent) / _RATE_WINDOW_S
+
+
+class LocalizeNode(Node):
+    """The ROS edge of the localizer. Raises :class:`ConfigError` on invalid start-up parameters."""
+
+    def __init__(self, node_name: str = "localize_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._specs = {spec.name: spec for spec in parameter_table()}
+        try:
+            for spec in self._specs.values():
+                try:
+                    self.declare_parameter(spec.name, spec.default, descriptor_of(spec))
+                except Exception as err:  # rclpy's InvalidParameter*Exception: name the parameter
+                    raise ConfigError(f"parameter '{spec.name}': {err}") from err
+            values = {name: self.get_parameter(name).value for name in self._specs}
+            self.config = LocalizeConfig.from_dict(values).validate()
+        except ConfigError:
+            super().destroy_node()
+            raise
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._lock = threading.Condition()  # cameras' slots and counters
+        self._db_lock = threading.Lock()  # the localizer (worker, services, parameter changes)
+        self._stop = threading.Event()
+        self.gate = KeyframeGate(self.config)
+        self.poses = PoseHistory()
+        self.extractor: Any = None
+        self.localizer: Localizer | None = None
+        self.state = "loading"
+        self.state_message = "loading model"
+        self.map_error = ""
+        self._stats = {"queries": 0, "accepted": 0, "loop_closures": 0, "inference_ms": math.nan,
+                       "search_ms": math.nan, "batch": 0, "last_score": math.nan, "last_match": None}
+        self._online_markers_published = 0
+        self._online_markers_time = -math.inf
+        self._loop_marker_id = 0
+        self._started = time.monotonic()
+
+        self._io_group = ReentrantCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self.place_match_pub = self.create_publisher(PoseWithCovarianceStamped, "~/place_match", 10)
+        self.place_candidates_pub = self.create_publisher(PoseArray, "~/place_candidates", 10)
+        self.loop_candidates_pub = self.create_publisher(PointCloud2, "~/loop_candidates", 10)
+        self.loop_closure_pub = self.create_publisher(PathMsg, "~/loop_closure", 10)
+        latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        # Same topic, two transient-local publishers of depth 1: the map keyframes (published once)
+        # stay latched for late subscribers however many candidate/loop markers follow on the other.
+        self.keyframe_markers_pub = self.create_publisher(MarkerArray, "~/markers", latched)
+        self.markers_pub = self.create_publisher(MarkerArray, "~/markers", latched)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=self._service_group)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group)
+
+        cfg = self.config
+        self._image_qos = QoSProfile(
+            depth=cfg.qos_depth, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
+            reliability=ReliabilityPolicy.RELIABLE if cfg.reliable else ReliabilityPolicy.BEST_EFFORT)
+        self.cameras: dict[str, _Camera] = {}
+        for topic in cfg.image_topics:
+            if cfg.transport == "auto":
+                compressed = True if topic.rstrip("/").endswith("/compressed") else None
+            else:
+                compressed = cfg.transport == "compressed"
+            self.cameras[topic] = _Camera(topic, compressed)
+        self._subscribe_known_cameras()
+        if any(c.subscription is None for c in self.cameras.values()):
+            self._auto_timer = self.create_timer(0.5, self._subscribe_known_cameras)
+        if cfg.odom_topic:
+            self.create_subscription(Odometry, cfg.odom_topic, self._on_odom, self._image_qos,
+                                     callback_group=self._io_group)
+        self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._run, name="localize_inference", daemon=True)
+        self._worker.start()
+
+    # --- parameters ---------------------------------------------------------------------------
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: normalize(p.name, p.value) for p in params if p.name in self._specs}
+        if not changes:
+            return SetParametersResult(successful=True)
+        candidate = replace(self.config, **changes)
+        problems = candidate.problems()
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        self.config = candidate
+        self.gate.config = candidate
+        with self._db_lock:
+            if self.localizer is not None:
+                self.localizer.set_config(candidate)
+        return SetParametersResult(successful=True)
+
+    # --- inputs -------------------------------------------------------------------------------
+    def _subscribe_known_cameras(self) -> None:
+        """Create subscriptions whose message type is known (transport auto: from the graph)."""
+        types = None
+        for cam in self.cameras.values():
+            if cam.subscription is not None:
+                continue
+            if cam.compressed is None:
+                if types is None:
+                    types = dict(self.get_topic_names_and_types())
+                found = types.get(self.resolve_topic_name(cam.topic), [])
+                if "sensor_msgs/msg/CompressedImage" in found:
+                    cam.compressed = True
+                elif "sensor_msgs/msg/Image" in found:
+                    cam.compressed = False
+                else:
+                    continue
+            msg_type = CompressedImage if cam.compressed else Image
+            cam.subscription = self.create_subscription(
+                msg_type, cam.topic, lambda msg, cam=cam: self._on_image(cam, msg), self._image_qos,
+                callback_group=self._io_group)
+            self.get_logger().info(f"subscribed to {cam.topic} ({msg_type.__name__})")
+        if all(c.subscription is not None for c in self.cameras.values()) and hasattr(self, "_auto_timer"):
+            self._auto_timer.cancel()
+
+    def _on_image(self, cam: _Camera, msg: Any) -> None:
+        """Never blocks: counts, gates, and replaces the camera's one-slot buffer."""
+        now = time.monotonic()
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        found = self.poses.lookup(stamp, self.config.odom_max_age_s)
+        admitted = self.gate.admit(cam.topic, stamp, found[0] if found else None)
+        with self._lock:
+            cam.received += 1
+            cam.last_receive = now
+            cam.receive_times.append(now)
+            if not admitted:
+                cam.gated += 1
+                return
+            if cam.slot is not None:
+                cam.dropped += 1
+            cam.slot = msg
+            self._lock.notify()
+
+    def _on_odom(self, msg: Odometry) -> None:
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        self.poses.add(stamp, ((p.x, p.y, p.z), (q.x, q.y, q.z, q.w)), msg.header.frame_id or self.config.odom_frame)
+
+    # --- inference thread ---------------------------------------------------------------------
+    def _load(self) -> None:
+        from qaa_vpr_ros.extractor import DescriptorExtractor
+        from qaa_vpr_ros.maps import PlaceMap
+        from qaa_vpr_ros.model import load_model
+
+        cfg = self.config
+        if not cfg.model:
+            raise RuntimeError("parameter 'model' is empty: give a model folder or .pt/.pth/.ckpt file")
+        if cfg.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
+        model = load_model(cfg.model, device="cpu")
+        extractor = DescriptorExtractor(model, device=cfg.device, batch_size=max(16, len(self.cameras)),
+                                        precision=cfg.precision)
+        prior_map = None
+        if cfg.map:
+            self.state_message = f"loading map {cfg.map}"
+            try:
+                prior_map = PlaceMap.load(cfg.map, expected_fingerprint=extractor.fingerprint)
+                if cfg.map_frame:
+                    prior_map.map_frame = cfg.map_frame
+            except Exception as err:  # MapError, OSError: report, keep online loop closure running
+                self.map_error = f"map {cfg.map!r} failed to load: {err}"
+                self.get_logger().error(self.map_error)
+        with self._db_lock:
+            self.localizer = Localizer(self.config, extractor.dim, extractor.fingerprint, prior_map,
+                                       online_frame=cfg.odom_frame)
+        self.extractor = extractor
+        if prior_map is not None:
+            self._publish_map_markers(prior_map)
+
+    def _run(self) -> None:
+        try:
+            self._load()
+            self.state = "error" if self.map_error else "ready"
+            self.state_message = self.map_error or "ready"
+            self.get_logger().info(
+                f"ready: device {self.extractor.device}, descriptor dim {self.extractor.dim}, "
+                f"map {len(self.localizer.prior_map) if self.localizer.prior_map else 0} keyframes")
+        except Exception as err:  # any load failure is reported in /diagnostics as ERROR
+            self.state, self.state_message = "error", f"model {self.config.model!r} failed to load: {err}"
+            self.get_logger().error(self.state_message)
+            return
+        while not self._stop.is_set():
+            with self._lock:
+                self._lock.wait_for(lambda: self._stop.is_set() or any(
+                    c.slot is not None for c in self.cameras.values()), timeout=0.2)
+                batch = [(cam, cam.slot) for cam in self.cameras.values() if cam.slot is not None]
+                for cam, _ in batch:
+                    cam.slot = None
+            if batch and not self._stop.is_set():
+                try:
+                    self._process(batch)
+                except Exception as err:  # keep running; the next batch may well succeed
+                    self.get_logger().error(f"processing a batch failed: {err!r}")
+
+    def _process(self, batch: list[tuple[_Camera, Any]]) -> None:
+        cfg = self.config
+        now_ros = self.get_clock().now().nanoseconds * 1e-9
+        cams, images, encodings, queries = [], [], [], []
+        for cam, msg in batch:
+            try:
+                image, encoding = image_from_msg(msg, max_pixels=cfg.max_image_pixels)
+            except ImageDecodeError as err:
+                with self._lock:
+                    cam.bad += 1
+                    cam.last_bad = str(err)
+                self.get_logger().warning(f"{cam.topic}: bad image message: {err}", throttle_duration_sec=5.0)
+                continue
+            stamp = msg.header.stamp
+            found = self.poses.lookup(stamp.sec + 1e-9 * stamp.nanosec, cfg.odom_max_age_s)
+            queries.append(Query(camera=cam.topic, stamp_sec=stamp.sec, stamp_nanosec=stamp.nanosec,
+                                 frame_id=msg.header.frame_id, pose=found[0] if found else None,
+                                 pose_frame=found[1] if found else cfg.odom_frame))
+            cams.append((cam, now_ros - (stamp.sec + 1e-9 * stamp.nanosec)))
+            images.append(image)
+            encodings.append(encoding)
+        if not images:
+            return
+        t0 = time.perf_counter()
+        descriptors = self.extractor.extract(images, encodings)
+        t1 = time.perf_counter()
+        with self._db_lock:
+            results = self.localizer.process(queries, descriptors)
+        t2 = time.perf_counter()
+        for result in results:
+            self._publish(result)
+        done = time.monotonic()
+        with self._lock:
+            for cam, age in cams:
+                cam.processed += 1
+                cam.process_times.append(done)
+                cam.frame_age_ms = 1000.0 * age
+            self._stats.update(inference_ms=1000.0 * (t1 - t0), search_ms=1000.0 * (t2 - t1), batch=len(images))
+            self._stats["queries"] += len(results)
+
+    # --- outputs ------------------------------------------------------------------------------
+    def _publish(self, result: QueryResult) -> None:
+        cfg = self.config
+        q = result.query
+        place = result.place
+        if place is not None:
+            best = place.best
+            header = Header(stamp=_time_msg(q.stamp_sec, q.stamp_nanosec), frame_id=place.map_frame)
+            match = None
+            if best is not None and (place.source == "map" or best.keyframe.has_pose):
+                match = PoseWithCovarianceStamped(header=header)
+                match.pose.pose = _pose_msg(best.keyframe.position, best.keyframe.orientation)
+                match.pose.covariance = covariance_from_score(best.score, cfg.min_score, cfg.covariance_base)
+                with self._lock:
+                    self._stats.update(last_score=best.score, last_match=time.monotonic())
+                    self._stats["accepted"] += 1
+            elif cfg.publish_unmatched:
+                match = PoseWithCovarianceStamped(header=header)
+                top = place.candidates[0].keyframe if place.candidates else None
+                match.pose.pose = _pose_msg(top.position if top else None, top.orientation if top else None)
+                match.pose.covariance = [_UNMATCHED_VARIANCE if i % 7 == 0 else 0.0 for i in range(36)]
+            if match is not None:
+                self.place_match_pub.publish(match)
+            self.place_candidates_pub.publish(PoseArray(
+                header=header, poses=[_pose_msg(c.keyframe.position, c.keyframe.orientation)
+                                      for c in place.candidates]))
+        markers = MarkerArray()
+        for channel in (result.map, result.online):
+            if channel is None:
+                continue
+            header = Header(stamp=_time_msg(q.stamp_sec, q.stamp_nanosec), frame_id=channel.map_frame)
+            self.loop_candidates_pub.publish(loop_candidates_cloud(header, channel.candidates))
+            markers.markers.extend(self._candidate_markers(header, channel))
+            best = channel.best
+            if best is not None:
+                self._publish_loop_closure(q, channel, best, markers)
+        if markers.markers:
+            self.markers_pub.publish(markers)
+
+    def _publish_loop_closure(self, q: Query, channel: ChannelResult, best: Candidate,
+                              markers: MarkerArray) -> None:
+        kf = best.keyframe
+        path = PathMsg(header=Header(stamp=_time_msg(q.stamp_sec, q.stamp_nanosec), frame_id=channel.map_frame))
+        query_pose = PoseStamped(header=Header(stamp=_time_msg(q.stamp_sec, q.stamp_nanosec),
+                                               frame_id=q.pose_frame))
+        query_pose.pose = _pose_msg(*(q.pose if q.pose is not None else (None, None)))
+        match_pose = PoseStamped(header=Header(stamp=_time_msg(kf.stamp_sec, kf.stamp_nanosec),
+                                               frame_id=channel.map_frame))
+        match_pose.pose = _pose_msg(kf.position, kf.orientation)
+        path.poses = [query_pose, match_pose]
+        self.loop_closure_pub.publish(path)
+        with self._lock:
+            self._stats["loop_closures"] += 1
+        if q.pose is not None and q.pose_frame == channel.map_frame and kf.has_pose:
+            line = Marker(header=path.header, ns="loop_closures", id=self._loop_marker_id, type=Marker.LINE_LIST,
+                          action=Marker.ADD, points=[query_pose.pose.position, match_pose.pose.position])
+            line.scale.x = 0.2
+            line.color = ColorRGBA(r=0.1, g=0.4, b=1.0, a=1.0)
+            line.pose.orientation.w = 1.0
+            self._loop_marker_id += 1
+            markers.markers.append(line)
+
+    def _candidate_markers(self, header: Header, channel: ChannelResult) -> list[Marker]:
+        out = []
+        for c in channel.candidates:
+            if not c.keyframe.has_pose:
+                continue
+            m = Marker(header=header, ns=f"{channel.source}_candidates", id=c.rank, type=Marker.SPHERE,
+                       action=Marker.ADD, pose=_pose_msg(c.keyframe.position, c.keyframe.orientation))
+            m.scale.x = m.scale.y = m.scale.z = 1.0 if c.accepted else 0.5
+            m.color = _score_color(c.score, self.config.min_score, c.accepted)
+            m.lifetime.sec = 2
+            out.append(m)
+        return out
+
+    def _keyframe_marker(self, keyframes: list[Any], frame: str, ns: str, color: ColorRGBA) -> Marker:
+        m = Marker(header=Header(frame_id=frame), ns=ns, id=0, type=Marker.POINTS, action=Marker.ADD)
+        m.pose.orientation.w = 1.0
+        m.scale.x = m.scale.y = 0.3
+        m.color = color
+        m.points = [Point(x=float(k.position[0]), y=float(k.position[1]), z=float(k.position[2]))
+                    for k in keyframes if k.has_pose]
+        return m
+
+    def _publish_map_markers(self, prior_map: Any) -> None:
+        marker = self._keyframe_marker(prior_map.keyframes, prior_map.map_frame, "map_keyframes",
+                                       ColorRGBA(r=0.6, g=0.6, b=0.6, a=1.0))
+        self.keyframe_markers_pub.publish(MarkerArray(markers=[marker]))
+
+    def _publish_online_markers(self) -> None:
+        """Online keyframes as one POINTS marker, when they changed, at most every 2 s."""
+        now = time.monotonic()
+        if now - self._online_markers_time < 2.0:
+            return
+        with self._db_lock:
+            if self.localizer is None or len(self.localizer.online_map) == self._online_markers_published:
+                return
+            self._online_markers_time = now
+            online = self.localizer.online_map
+            self._online_markers_published = len(online)
+            marker = self._keyframe_marker(online.keyframes, online.map_frame, "online_keyframes",
+                                           ColorRGBA(r=1.0, g=0.8, b=0.0, a=1.0))
+        self.markers_pub.publish(MarkerArray(markers=[marker]))
+
+    # --- services -----------------------------------------------------------------------------
+    def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        folder = self.config.save_map_folder or os.path.join(
+            os.path.expanduser("~"), ".ros", "qaa_vpr_ros",
+            "online_map_" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+        with self._db_lock:
+            if self.localizer is None:
+                response.success, response.message = False, f"not ready: {self.state_message}"
+                return response
+            try:
+                Path(folder).parent.mkdir(parents=True, exist_ok=True)
+                count = self.localizer.save_online(folder)
+            except Exception as err:
+                response.success, response.message = False, f"save_map to {folder} failed: {err}"
+                return response
+        response.success, response.message = True, f"saved {count} keyframes to {folder}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._db_lock:
+            if self.localizer is None:
+                response.success, response.message = False, f"not ready: {self.state_message}"
+                return response
+            dropped = len(self.localizer.online_map)
+            self.localizer.reset()
+            self._online_markers_published = -1
+        self.gate.reset()
+        response.success, response.message = True, f"cleared {dropped} online keyframes"
+        return response
+
+    # --- diagnostics --------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        self._publish_online_markers()
+        cfg = self.config
+        now = time.monotonic()
+        name = self.get_fully_qualified_name()
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        with self._lock:
+            stats = dict(self._stats)
+            for cam in self.cameras.values():
+                silent = now - (cam.last_receive if cam.last_receive is not None else self._started)
+                status = DiagnosticStatus(name=f"{name}: camera {cam.topic}", hardware_id=name)
+                status.level, status.message = DiagnosticStatus.OK, "receiving"
+                if silent >= cfg.silent_warn_s:
+                    status.level = DiagnosticStatus.WARN
+                    status.message = f"no image received for {silent:.1f} s"
+                    if cam.subscription is None:
+                        status.message += " (transport auto: no publisher yet to learn the message type from)"
+                values = {
+                    "transport": {None: "unknown", True: "compressed", False: "raw"}[cam.compressed],
+                    "input_rate_hz": f"{_rate(cam.receive_times, now):.2f}",
+                    "processed_rate_hz": f"{_rate(cam.process_times, now):.2f}",
+                    "received": cam.received, "processed": cam.processed, "dropped": cam.dropped,
+                    "gated": cam.gated, "bad_messages": cam.bad, "last_bad_message": cam.last_bad,
+                    "frame_age_ms": f"{cam.frame_age_ms:.1f}", "silent_s": f"{silent:.1f}",
+                }
+                status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+                array.status.append(status)
+        loc = self.localizer
+        status = DiagnosticStatus(name=f"{name}: localizer", hardware_id=name)
+        if self.state == "error":
+            status.level = DiagnosticStatus.ERROR
+        elif self.state == "loading":
+            status.level = DiagnosticStatus.WARN
+        else:
+            status.level = DiagnosticStatus.OK
+        status.message = self.state_message
+        last = stats["last_match"]
+        values = {
+            "state": self.state, "device": str(self.extractor.device) if self.extractor else "",
+            "model": cfg.model, "map": cfg.map,
+            "map_keyframes": len(loc.prior_map) if loc is not None and loc.prior_map is not None else 0,
+            "online_keyframes": len(loc.online_map) if loc is not None else 0,
+            "queries": stats["queries"], "accepted_matches": stats["accepted"],
+            "loop_closures": stats["loop_closures"], "batch_size": stats["batch"],
+            "inference_ms": f"{stats['inference_ms']:.2f}", "search_ms": f"{stats['search_ms']:.3f}",
+            "last_match_score": f"{stats['last_score']:.4f}",
+            "last_match_age_s": f"{now - last:.1f}" if last is not None else "never",
+            "dropped_total": sum(c.dropped for c in self.cameras.values()),
+            "bad_messages_total": sum(c.bad for c in self.cameras.values()),
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        array.status.append(status)
+        self.diagnostics_pub.publish(array)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def destroy_node(self) -> None:
+        """Stop the inference thread, then destroy the node."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``localize_node`` (``ros2 run qaa_vpr_ros localize_node --ros-args ...``)."""
+    rclpy.init(args=args)
+    try:
+        node = LocalizeNode()
+    except ConfigError as err:
+        print(f"localize_node: invalid parameters: {err}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
