@@ -153,6 +153,7 @@ class _Payload:
         return (print, ("pickle executed",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_payload_is_refused(tmp_path, tiny_model, capsys):
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as handle:

@@ -180,6 +180,13 @@ class QAAAggregator(nn.Module):
         similarity = torch.einsum("bqr,bqf->brf", reference.expand(predicted.shape[0], -1, -1), predicted)
         return F.normalize(similarity, p=2, dim=1).flatten(1)
 
+    def assignment_weights(self, predicted: Tensor) -> Tensor:
+        """P̂ (B, N_q, C_f) -> the weights aggregated against F̂: P̂ itself for QAA.
+
+        The score-based ablations (QAA-Softmax, QAA-OT) override this.
+        """
+        return predicted
+
     def forward(self, features: Tensor, cls_token: Tensor | None = None) -> Tensor:
         """Args: features (B, C_o, h, w); cls_token (B, C_o), used when token_dim > 0.
 
@@ -188,7 +195,7 @@ class QAAAggregator(nn.Module):
         feature_queries, reference = self.query_branches()
         tokens = features.flatten(2).transpose(1, 2)
         predicted = self.score(tokens, feature_queries)
-        descriptor = self.cross_query_similarity(reference, predicted)
+        descriptor = self.cross_query_similarity(reference, self.assignment_weights(predicted))
         if self.token_dim:
             if cls_token is None:
                 raise ValueError("this QAA head has token_dim > 0 and needs the CLS token")
