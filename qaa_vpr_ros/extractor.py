@@ -77,7 +77,22 @@ def to_rgb(image: np.ndarray, encoding: str) -> np.ndarray:
         image = image[:, :, ::-1]
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"empty image of shape {image.shape}")
+    if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch.from_numpy needs a writable array
+        return image.copy()
     return np.ascontiguousarray(image)
+
+
+def resize_uint8(chw: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """uint8 (3, H, W) -> uint8 (3, h, w): the release's resize (bilinear, antialias, on uint8)."""
+    return TF.resize(chw, [int(image_size[0]), int(image_size[1])], interpolation=InterpolationMode.BILINEAR,
+                     antialias=True)
+
+
+def normalize(images: Tensor) -> Tensor:
+    """uint8 (..., 3, H, W) -> float32 scaled to [0, 1] and ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
 
 
 class DescriptorExtractor:
@@ -113,8 +128,6 @@ class DescriptorExtractor:
             raise ValueError("image_size not given and the model has no image_size attribute")
         self.preprocessing = Preprocessing(image_size=(int(size[0]), int(size[1])))
         self.model = model.to(self.device).eval()
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self._fingerprint: str | None = None
         self._dim: int | None = getattr(model, "out_dim", None)
 
@@ -141,14 +154,11 @@ class DescriptorExtractor:
             encodings = [encodings] * len(images)
         if len(encodings) != len(images):
             raise ValueError(f"{len(images)} images but {len(encodings)} encodings")
-        resized = []
-        for image, encoding in zip(images, encodings, strict=True):
-            chw = torch.from_numpy(to_rgb(image, encoding)).to(self.device, non_blocking=True).permute(2, 0, 1)
-            resized.append(
-                TF.resize(chw, list(self.image_size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-            )
-        batch = torch.stack(resized).float().div_(255.0)
-        return (batch - self._mean) / self._std
+        resized = [
+            resize_uint8(torch.from_numpy(to_rgb(image, encoding)).to(self.device).permute(2, 0, 1), self.image_size)
+            for image, encoding in zip(images, encodings, strict=True)
+        ]
+        return normalize(torch.stack(resized))
 
     def _autocast(self) -> torch.autocast:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
