@@ -194,7 +194,7 @@ def plot(path: Path, matches: dict[int, float], places: int) -> None:
     ax.set_xlabel("winter query frame")
     ax.set_ylabel("matched summer map frame (from ~/place_match pose)")
     ax.set_title("qaa_vpr_ros demo: winter localized against a summer map")
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_out", help="folder for the bag, map and plot")
     parser.add_argument("--model", help="model folder (default: the bundled Nordland model)")
     parser.add_argument("--places", type=int, default=150, help="places on the route")
-    parser.add_argument("--first-place", type=int, default=2000,
-                        help="first Nordland place (the bundled model never saw places >= 1800)")
+    parser.add_argument("--first-place", type=int, default=2040,
+                        help="first Nordland place (the bundled model trained on places < 1920 only)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node")
     args = parser.parse_args(argv)
     if not (NORDLAND / "summer").is_dir():
