@@ -20,7 +20,6 @@ dict), so all variants are compared on the same weights and the same images.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qaa_vpr_ros.atomic import atomic_write_bytes, atomic_write_text
+from qaa_vpr_ros.atomic import atomic_write_text, save_figure
 
 from .datasets import load_image_rgb
 from .datasets.base import IMAGE_SUFFIXES, natural_key
@@ -135,11 +134,7 @@ def plot_rates(rows: Sequence[dict[str, Any]], eps_values: Sequence[float], path
     ax.set_ylabel("coding rate R(Z, eps) (nats, mean over images)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=120)
 
 
 def build_parser() -> argparse.ArgumentParser:

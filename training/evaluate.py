@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qaa_vpr_ros.atomic import atomic_write_bytes, atomic_write_text
+from qaa_vpr_ros.atomic import atomic_write_text, save_figure
 
 from .datasets import RetrievalSet, build_retrieval_set, load_image_rgb
 
@@ -171,7 +171,6 @@ def write_msls_predictions(path: str | Path, dataset: RetrievalSet, predictions:
 
 def plot_recalls(results: Sequence[dict[str, Any]], ks: Sequence[int], path: str | Path) -> None:
     """Recall@K curves, one line per dataset, to a PNG."""
-    import io
 
     import matplotlib
 
@@ -189,11 +188,7 @@ def plot_recalls(results: Sequence[dict[str, Any]], ks: Sequence[int], path: str
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=120)
 
 
 def format_table(results: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:

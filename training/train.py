@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from qaa_vpr_ros.atomic import atomic_folder, atomic_write_bytes, atomic_write_text
+from qaa_vpr_ros.atomic import atomic_folder, atomic_write_text, save_figure
 from qaa_vpr_ros.extractor import DescriptorExtractor, normalize, resize_uint8, to_rgb
 
 from .config import AugmentConfig, ConfigError, OptimConfig, TrainConfig, config_to_dict, load_config
@@ -258,11 +258,7 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out_png, buf.getvalue())
+    save_figure(fig, out_png, dpi=110)
 
 
 # ----------------------------------------------------------------------------- checkpoints

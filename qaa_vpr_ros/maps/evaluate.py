@@ -25,6 +25,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from qaa_vpr_ros.atomic import save_figure
 from qaa_vpr_ros.bags import BagError
 from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
 
@@ -166,9 +167,7 @@ def write_report(result: EvalResult, folder: Path, title: str) -> None:
     ax_t.grid(True, alpha=0.3)
     ax_t.legend(fontsize=8)
     ax_t.set_title("Recall@K: " + ", ".join(f"R@{k}={v:.3f}" for k, v in result.recall_at_k.items()))
-    fig.tight_layout()
-    fig.savefig(folder / "pr_curve.png")
-    plt.close(fig)
+    save_figure(fig, folder / "pr_curve.png")
 
 
 def format_result(result: EvalResult, rows: int = 10) -> str:

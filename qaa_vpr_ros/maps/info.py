@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from qaa_vpr_ros.atomic import save_figure
 from qaa_vpr_ros.maps.place_map import MapError, PlaceMap, read_manifest
 
 __all__ = ["main", "map_summary", "plot_keyframes"]
@@ -99,9 +100,7 @@ def plot_keyframes(place_map: PlaceMap, path: str | Path, title: str | None = No
         ax.legend(loc="best", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no keyframe has a pose", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
