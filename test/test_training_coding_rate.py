@@ -8,17 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY_MODEL
 from PIL import Image
 
 from training.coding_rate import aggregated_matrix, as_variant, coding_rate, main
-
-TINY_MODEL = {
-    "backbone_arch": "vit_small_patch14_dinov2",
-    "backbone_config": {"num_trainable_blocks": 1, "norm_layer": True, "embed_dim": 32, "depth": 2, "num_heads": 2},
-    "agg_arch": "QAA",
-    "agg_config": {"num_channels": 32, "num_queries": 8, "num_clusters": 4, "cluster_dim": 8,
-                   "feature_nheads": 2, "score_nheads": 2},
-}
 
 
 def test_coding_rate_of_orthonormal_columns_has_closed_form() -> None:

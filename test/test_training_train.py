@@ -11,19 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_CONFIG as TINY_MODEL
 from PIL import Image
 
 from training import evaluate as evaluate_cli
 from training import train as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = {
-    "backbone_arch": "vit_small_patch14_dinov2",
-    "backbone_config": {"num_trainable_blocks": 1, "norm_layer": True, "embed_dim": 32, "depth": 2, "num_heads": 2},
-    "agg_arch": "QAA",
-    "agg_config": {"num_channels": 32, "num_queries": 8, "num_clusters": 4, "cluster_dim": 8,
-                   "feature_nheads": 2, "score_nheads": 2},
-}
 
 
 @pytest.fixture(scope="module")
