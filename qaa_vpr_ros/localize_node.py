@@ -1,12 +1,12 @@
 """``localize_node``: live place matches and loop closures for a SLAM stack (the only rclpy module).
 
-A thin adapter around :mod:`qaa_vpr_ros.loop_closure`:
+A thin adapter around :mod:`qaa_vpr_ros.decision`:
 
 - one subscription per camera (``image_topics``), each callback only stores the newest message
   in its camera's one-slot buffer (an overwritten, unprocessed message counts as dropped);
 - one inference thread takes the pending frames of all cameras as a batch, decodes them
   (:func:`~qaa_vpr_ros.image_conversion.image_from_msg`), runs the
-  :class:`~qaa_vpr_ros.extractor.DescriptorExtractor`, lets the :class:`~qaa_vpr_ros.loop_closure.Localizer`
+  :class:`~qaa_vpr_ros.extractor.DescriptorExtractor`, lets the :class:`~qaa_vpr_ros.decision.Localizer`
   search and decide, and publishes;
 - outputs (all relative to the node, ``~/``): ``place_match``, ``place_candidates``,
   ``loop_candidates``, ``loop_closure``, ``markers``; ``/diagnostics``; services ``save_map`` and
@@ -43,8 +43,7 @@ from std_msgs.msg import ColorRGBA, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
-from qaa_vpr_ros.loop_closure import (
+from qaa_vpr_ros.decision import (
     Candidate,
     ChannelResult,
     ConfigError,
@@ -59,6 +58,7 @@ from qaa_vpr_ros.loop_closure import (
     normalize,
     parameter_table,
 )
+from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
 
 __all__ = ["LOOP_CANDIDATE_DTYPE", "LocalizeNode", "main"]
 

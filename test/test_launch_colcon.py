@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qaa_vpr_ros.loop_closure import LocalizeConfig, parameter_table
+from qaa_vpr_ros.decision import LocalizeConfig, parameter_table
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "localize.launch.py"
@@ -64,7 +64,7 @@ def test_colcon_installed_modules_come_from_the_install_tree(install_tree: Path)
     site = next(install_tree.glob("lib/python3*/site-packages"))
     code = ("import importlib.util as u; "
             "print(u.find_spec('qaa_vpr_ros.localize_node').origin); "
-            "print(u.find_spec('qaa_vpr_ros.loop_closure').origin)")
+            "print(u.find_spec('qaa_vpr_ros.decision.parameters').origin)")
     code = f"import sys; sys.path.insert(0, {str(site)!r}); {code}"
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                          timeout=60, cwd="/")

@@ -27,9 +27,9 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from qaa_vpr_ros.decision import ConfigError
 from qaa_vpr_ros.extractor import DescriptorExtractor
 from qaa_vpr_ros.localize_node import LOOP_CANDIDATE_DTYPE, LocalizeNode
-from qaa_vpr_ros.loop_closure import ConfigError
 from qaa_vpr_ros.maps import Keyframe, PlaceMap
 from qaa_vpr_ros.model import load_model, save_checkpoint
 

@@ -1,4 +1,4 @@
-"""Decision logic of place matches and loop closures, without ROS (qaa_vpr_ros.loop_closure)."""
+"""Decision logic of place matches and loop closures, without ROS (qaa_vpr_ros.decision)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from qaa_vpr_ros.loop_closure import (
+from qaa_vpr_ros.decision import (
     ConfigError,
     KeyframeGate,
     LocalizeConfig,

@@ -1,0 +1,228 @@
+"""The node's parameter table: every parameter of ``localize_node`` is a field of :class:`LocalizeConfig`.
+
+Its default, description, range, choices and whether it can change at run time live in the field's
+metadata; :func:`parameter_table` turns them into the rows the node builds ``ParameterDescriptor`` s
+from, and ``config/localize.yaml`` lists the same defaults.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from qaa_vpr_ros.image_conversion import DEFAULT_MAX_PIXELS
+
+__all__ = ["ConfigError", "LocalizeConfig", "ParamSpec", "normalize", "parameter_table"]
+
+
+class ConfigError(ValueError):
+    """A parameter value that is out of range or inconsistent with another (the message says which)."""
+
+
+def _param(default: Any, description: str, *, range: tuple[float, float] | None = None,
+           choices: tuple[str, ...] = (), read_only: bool = False) -> Any:
+    meta = {"description": description, "range": range, "choices": choices, "read_only": read_only}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class LocalizeConfig:
+    """All parameters of ``localize_node`` (ROS parameter name = field name).
+
+    ``read_only`` parameters take effect at start-up only; the others can be changed at run time.
+    """
+
+    # Inputs
+    image_topics: list[str] = _param(
+        ["/camera/image_raw"], "Image topics, one subscription per camera. A single string "
+        "'a,b' is also accepted and split at commas.", read_only=True)
+    transport: str = _param(
+        "auto", "Image message type: raw (sensor_msgs/Image), compressed (sensor_msgs/"
+        "CompressedImage) or auto (from the topic graph, else a '/compressed' suffix).",
+        choices=("raw", "compressed", "auto"), read_only=True)
+    reliable: bool = _param(
+        False, "Subscribe to images with reliable QoS instead of sensor-data (best effort).",
+        read_only=True)
+    qos_depth: int = _param(5, "History depth of the image and odometry subscriptions.",
+                            range=(1, 1000), read_only=True)
+    odom_topic: str = _param(
+        "", "Optional nav_msgs/Odometry topic: query keyframe poses and motion gating. "
+        "Empty: no odometry.", read_only=True)
+    odom_frame: str = _param(
+        "odom", "Frame of the online keyframe database when odometry messages carry no frame_id.",
+        read_only=True)
+    odom_max_age_s: float = _param(
+        0.5, "Largest gap between an image stamp and the nearest odometry stamp for the pose to "
+        "be used.", range=(0.0, 60.0))
+    max_image_pixels: int = _param(
+        DEFAULT_MAX_PIXELS, "Images claiming more pixels are rejected (and counted) before any "
+        "allocation.", range=(1, 1_000_000_000))
+    # Model and map
+    model: str = _param("", "Model: release/checkpoint folder or .pt/.pth/.ckpt file for "
+                        "qaa_vpr_ros.model.load_model.", read_only=True)
+    map: str = _param("", "Prebuilt map folder (build_map). Empty: online loop closure only.",
+                      read_only=True)
+    map_frame: str = _param("", "Frame of place matches from the prebuilt map. Empty: the "
+                            "map's own map_frame.", read_only=True)
+    device: str = _param("auto", "Inference device: auto (CUDA when present), cpu or cuda.",
+                         choices=("auto", "cpu", "cuda"), read_only=True)
+    precision: str = _param("auto", "Inference precision passed to the extractor: auto, fp32, "
+                            "fp16 or bf16.", choices=("auto", "fp32", "fp16", "bf16"),
+                            read_only=True)
+    torch_threads: int = _param(
+        0, "CPU inference threads (torch.set_num_threads); 0 keeps torch's default. On a busy "
+        "CPU shared with SLAM, 1 is often faster than several spin-waiting threads.",
+        range=(0, 256), read_only=True)
+    # Decision
+    top_k: int = _param(5, "Candidates searched and published per query.", range=(1, 100))
+    min_score: float = _param(
+        0.5, "Smallest similarity (inner product of unit descriptors) a candidate needs.",
+        range=(-1.0, 1.0))
+    online_loop_closure: bool = _param(
+        True, "Search the robot's own past keyframes too (the database grows as it drives).")
+    exclude_recent_s: float = _param(
+        30.0, "Online mode: past keyframes younger than this (relative to the query) are never "
+        "loop-closure candidates.", range=(0.0, 86400.0))
+    consistency_k: int = _param(
+        3, "A candidate is accepted only when at least this many of the recent queries matched "
+        "places near it (1 disables the check).", range=(1, 50))
+    consistency_window: int = _param(
+        5, "Number of recent queries (this one included) the consistency check looks at; "
+        ">= consistency_k.", range=(1, 200))
+    consistency_radius_m: float = _param(
+        10.0, "Two matched places are 'near' when their positions are at most this far apart.",
+        range=(0.0, 100000.0))
+    consistency_frames: int = _param(
+        10, "... or, when a keyframe has no position, when their keyframe ids differ by at "
+        "most this.", range=(0, 1_000_000))
+    # Keyframe gating
+    min_period_s: float = _param(
+        0.0, "Per camera, frames closer than this to the previous keyframe are skipped.",
+        range=(0.0, 3600.0))
+    min_translation_m: float = _param(
+        0.0, "With odometry: a new keyframe needs this much travel since the previous one "
+        "(or min_rotation_rad of rotation). 0 disables motion gating.", range=(0.0, 10000.0))
+    min_rotation_rad: float = _param(
+        0.0, "With odometry: ... or this much rotation. 0 disables.", range=(0.0, math.pi))
+    # Outputs
+    covariance_base: list[float] = _param(
+        [1.0, 1.0, 1.0, 0.1, 0.1, 0.1], "Covariance diagonal (x, y, z m^2; roll, pitch, yaw "
+        "rad^2) of a perfect place match; scaled up to 10x as the score falls to min_score.")
+    publish_unmatched: bool = _param(
+        False, "When nothing is accepted, still publish ~/place_match (best candidate's pose or "
+        "identity) with 9999 on the covariance diagonal.")
+    save_map_folder: str = _param(
+        "", "Folder ~/save_map writes the online database to. Empty: "
+        "~/.ros/qaa_vpr_ros/online_map_<UTC time>.")
+    silent_warn_s: float = _param(5.0, "Diagnostics WARN when a camera has been silent this long.",
+                                  range=(0.1, 3600.0))
+    diagnostics_period_s: float = _param(1.0, "Period of /diagnostics.", range=(0.05, 60.0),
+                                         read_only=True)
+
+    def problems(self) -> list[str]:
+        """Every reason this configuration is invalid (empty when valid), each naming the parameter."""
+        out = []
+        for spec in parameter_table():
+            reason = spec.check(getattr(self, spec.name))
+            if reason:
+                out.append(reason)
+        if not out:
+            if self.consistency_window < self.consistency_k:
+                out.append(f"consistency_window ({self.consistency_window}) must be >= consistency_k "
+                           f"({self.consistency_k}): the check cannot find k supports in fewer queries")
+            if not self.image_topics:
+                out.append("image_topics is empty: give at least one camera topic")
+            if len(self.covariance_base) != 6:
+                out.append(f"covariance_base has {len(self.covariance_base)} values; give 6 "
+                           "(x, y, z, roll, pitch, yaw variances)")
+            elif any(not (math.isfinite(v) and v > 0.0) for v in self.covariance_base):
+                out.append(f"covariance_base {list(self.covariance_base)} must hold finite values > 0")
+        return out
+
+    def validate(self) -> LocalizeConfig:
+        """Return ``self`` when valid, else raise :class:`ConfigError` with every reason."""
+        out = self.problems()
+        if out:
+            raise ConfigError("; ".join(out))
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LocalizeConfig:
+        """Build from ``{parameter: value}`` (unknown names are an error); see :meth:`normalize`."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown}; known: {sorted(names)}")
+        return cls(**{k: normalize(k, v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One row of the parameter table (what ``ParameterDescriptor`` needs)."""
+
+    name: str
+    type: str  # "bool" | "int" | "float" | "str" | "str[]" | "float[]"
+    default: Any
+    description: str
+    range: tuple[float, float] | None
+    choices: tuple[str, ...]
+    read_only: bool
+
+    def check(self, value: Any) -> str | None:
+        """The reason ``value`` is not acceptable for this parameter, or None."""
+        kind = _kind(value)
+        if kind != self.type and not (self.type == "float" and kind == "int"):
+            return f"parameter '{self.name}' must be of type {self.type}, got {value!r}"
+        if self.range is not None:
+            lo, hi = self.range
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+                return f"parameter '{self.name}' = {value!r} is out of range [{lo}, {hi}]"
+        if self.choices and value not in self.choices:
+            return f"parameter '{self.name}' = {value!r} is not one of {list(self.choices)}"
+        return None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, str) for v in value):
+            return "str[]"
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return "float[]"
+    return type(value).__name__
+
+
+def parameter_table() -> list[ParamSpec]:
+    """Rows (name, type, default, description, range, choices, read_only) of every parameter."""
+    rows = []
+    for f in fields(LocalizeConfig):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        rows.append(ParamSpec(
+            name=f.name, type=_kind(default), default=default, description=f.metadata["description"],
+            range=f.metadata["range"], choices=f.metadata["choices"], read_only=f.metadata["read_only"]))
+    return rows
+
+
+def normalize(name: str, value: Any) -> Any:
+    """Tidy a parameter value as ROS delivers it: ``image_topics`` entries split at commas and
+    stripped; float lists as floats; integral values given for float parameters as floats."""
+    if name == "image_topics":
+        if isinstance(value, str):
+            value = [value]
+        return [t.strip() for item in value for t in str(item).split(",") if t.strip()]
+    if name == "covariance_base" and isinstance(value, (list, tuple)):
+        return [float(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        kinds = {f.name: f.type for f in fields(LocalizeConfig)}
+        if kinds.get(name) in ("float", float):
+            return float(value)
+    return value
