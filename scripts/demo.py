@@ -6,11 +6,12 @@
    winter route's images into it and collects ``~/place_match``.
 4. Prints Recall@1 (a match within +-2 frames of the true place) and writes a PNG of the matches.
 
-Default: the first places of ``../shared/data/nordland64x32`` and the model bundled in
-``models/nordland_tiny`` (trained with ``training/configs/nordland_cpu.yaml``); a random tiny model
-is used, and said so, when that folder is missing.
+Default: held-out Nordland places shipped in ``data/nordland_heldout`` (places 1920-2399, which the
+bundled model never saw) and the model bundled in ``models/nordland_tiny`` (trained with
+``training/configs/nordland_cpu.yaml`` on places 0-1919); a random tiny model is used, and said
+so, when that folder is missing. Nothing outside the repository is read unless ``--data`` says so.
 
-    python -m scripts.demo --out demo_out [--model DIR] [--places 120]
+    python -m scripts.demo --out demo_out [--model DIR] [--places 120] [--data DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-NORDLAND = REPO.parent / "shared" / "data" / "nordland64x32"
+DEFAULT_DATA = REPO / "data" / "nordland_heldout"
 BUNDLED_MODEL = REPO / "models" / "nordland_tiny"
 CAMERA_TOPIC = "/camera/image_raw"
 ODOM_TOPIC = "/odom"
@@ -36,14 +37,15 @@ START_NS = 1_700_000_000 * 10**9
 TOLERANCE_FRAMES = 2
 
 
-def route_images(season: str, places: int, first: int) -> list[np.ndarray]:
-    """RGB uint8 images of ``places`` consecutive Nordland places."""
+def route_images(data: Path, season: str, places: int, first: int) -> list[np.ndarray]:
+    """RGB uint8 images of ``places`` consecutive Nordland places from ``data/<season>/``."""
     images = []
     for place in range(first, first + places):
-        path = NORDLAND / season / f"images-{(place + 1) * 10:05d}.png"
+        path = data / season / f"images-{(place + 1) * 10:05d}.png"
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise SystemExit(f"demo: cannot read {path}; is ../shared/data/nordland64x32 complete?")
+            raise SystemExit(f"demo: cannot read {path}: place {place} is not in {data} "
+                             f"(check --data, --first-place and --places)")
         images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     return images
 
@@ -208,9 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-place", type=int, default=2040,
                         help="first Nordland place (the bundled model trained on places < 1920 only)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="Nordland folder with summer/ and winter/ images-XXXXX.png "
+                             "(default: the held-out places shipped in data/nordland_heldout)")
     args = parser.parse_args(argv)
-    if not (NORDLAND / "summer").is_dir():
-        raise SystemExit(f"demo: {NORDLAND} not found; the demo needs ../shared/data (see its README)")
+    data = args.data.expanduser()
+    if not (data / "summer").is_dir() or not (data / "winter").is_dir():
+        raise SystemExit(f"demo: {data} has no summer/ and winter/ folders of Nordland images "
+                         f"(see data/nordland_heldout/README.md)")
 
     from qaa_vpr_ros.maps.build import main as build_map_main
 
@@ -218,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model_dir, how = demo_model(out, args.model)
     print(f"[1/4] model: {how}")
-    summer = route_images("summer", args.places, args.first_place)
-    winter = route_images("winter", args.places, args.first_place)
+    summer = route_images(data, "summer", args.places, args.first_place)
+    winter = route_images(data, "winter", args.places, args.first_place)
     bag = out / "summer_drive"
     if bag.exists():
         import shutil
