@@ -1,0 +1,411 @@
+"""The loop-closure record: one row of ``~/loop_candidates``, the one thing a SLAM back end reads.
+
+A record says *"the keyframe seen at ``query_stamp`` by ``camera`` is at ``relative_*`` from
+keyframe ``match_keyframe_id`` of session ``match_session``, with this covariance"*. Real back
+ends take exactly that (RTAB-Map ``add_link``: two node ids + transform + information; Kimera's
+``PoseGraph`` edge: two keys + pose + covariance), or a part of it (LIO-SAM: the two stamps;
+Nav2 ``initialpose``: the query pose in the match's frame = match pose * relative transform).
+
+Conventions (ROS REP 103/105):
+
+- ``relative_translation`` / ``relative_rotation`` are ``T_match_query``: the query keyframe's
+  base pose expressed in the matched keyframe's base frame (metres; quaternion x, y, z, w).
+- ``covariance`` is the 6x6 covariance of that transform, row-major, in ROS order
+  (x, y, z, rotation about x, y, z), expressed in the matched keyframe's base frame, like
+  ``geometry_msgs/PoseWithCovariance``.
+- ``match_position`` / ``match_orientation`` are the matched keyframe's pose in ``match_frame``
+  (the map's frame for a prebuilt map, the odometry frame for online matches); NaN when unknown.
+  ``query_position`` / ``query_orientation`` are the query's odometry pose in ``query_frame``.
+
+:data:`RECORD_DTYPE` is the flat table row (a numpy structured dtype; strings as fixed-width
+UTF-8 bytes) the node publishes as a ``sensor_msgs/PointCloud2`` with one point per record;
+:meth:`LoopClosureRecord.to_row`, :func:`records_to_table` and :func:`records_from_table`
+convert both ways without loss (strings are cut to their field width, which the constructor
+checks). :class:`CovarianceModel` turns the way a transform was obtained into a covariance, with
+variances calibrated against ground truth (:meth:`CovarianceModel.calibrate`).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+__all__ = [
+    "NAME_BYTES",
+    "RECORD_DTYPE",
+    "TRANSFORM_SOURCES",
+    "CovarianceModel",
+    "LoopClosureRecord",
+    "matrix_quaternion",
+    "pose_matrix",
+    "records_from_table",
+    "records_to_table",
+    "transform_error",
+]
+
+NAME_BYTES = 64
+"""Width of the string fields (camera, session, frames) in the table row, UTF-8 bytes."""
+
+TRANSFORM_SOURCES = ("geometry", "sequence", "none")
+"""How ``relative_*`` was obtained: geometric verification (features + RANSAC), the sequence
+alignment's along-track offset, or nothing (identity, with a covariance as wide as the error of a
+place match without geometry)."""
+
+_NAN3 = (math.nan, math.nan, math.nan)
+_IDENTITY_Q = (0.0, 0.0, 0.0, 1.0)
+
+
+def _identity_covariance() -> tuple[float, ...]:
+    return tuple(1.0 if i % 7 == 0 else 0.0 for i in range(36))
+
+
+@dataclass(frozen=True)
+class LoopClosureRecord:
+    """One loop-closure candidate (accepted or not) between a query keyframe and a matched keyframe.
+
+    Field by field:
+
+    - ``query_stamp_sec``, ``query_stamp_nanosec``: stamp of the query image (header stamp).
+    - ``camera``: the query's camera (its image topic).
+    - ``query_keyframe_id``: the query's id in the online keyframe database (-1 when online loop
+      closure is off and the query was not added).
+    - ``match_keyframe_id``: id of the matched keyframe in its session.
+    - ``match_stamp_sec``, ``match_stamp_nanosec``: stamp of the matched keyframe's image.
+    - ``match_session``: ``"online"`` for the robot's own past keyframes, else the prebuilt map's
+      id (its manifest's ``map_id``, or its folder name).
+    - ``match_frame``: frame of ``match_position``/``match_orientation`` (the map's frame, or the
+      odometry frame for online matches).
+    - ``match_camera``: the matched keyframe's camera (its image topic when it was recorded).
+    - ``match_position``, ``match_orientation``: matched keyframe's base pose in ``match_frame``.
+    - ``query_frame``, ``query_position``, ``query_orientation``: the query's odometry pose at
+      its stamp (NaN position when no odometry was available).
+    - ``relative_translation``, ``relative_rotation``: ``T_match_query`` (see module docstring).
+    - ``covariance``: 36 floats, row-major 6x6 covariance of ``T_match_query`` (x, y, z, roll,
+      pitch, yaw; m^2, rad^2).
+    - ``transform_source``: one of :data:`TRANSFORM_SOURCES`.
+    - ``score``: descriptor similarity (inner product of unit descriptors, [-1, 1]).
+    - ``confidence``: the decision's confidence that the match is right, [0, 1].
+    - ``sequence_support``: how many recent queries supported this match (1 = itself only).
+    - ``inliers``: RANSAC inliers of geometric verification; -1 when geometry did not run.
+    - ``rank``: rank of the candidate among the query's search hits (0 = best score).
+    - ``accepted``: whether the decision accepted it as a loop closure / place match.
+    """
+
+    query_stamp_sec: int
+    query_stamp_nanosec: int
+    camera: str
+    match_keyframe_id: int
+    match_stamp_sec: int
+    match_stamp_nanosec: int
+    match_session: str
+    match_frame: str
+    query_keyframe_id: int = -1
+    match_camera: str = ""
+    match_position: tuple[float, float, float] = _NAN3
+    match_orientation: tuple[float, float, float, float] = _IDENTITY_Q
+    query_frame: str = ""
+    query_position: tuple[float, float, float] = _NAN3
+    query_orientation: tuple[float, float, float, float] = _IDENTITY_Q
+    relative_translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    relative_rotation: tuple[float, float, float, float] = _IDENTITY_Q
+    covariance: tuple[float, ...] = field(default_factory=_identity_covariance)
+    transform_source: str = "none"
+    score: float = math.nan
+    confidence: float = 0.0
+    sequence_support: int = 1
+    inliers: int = -1
+    rank: int = 0
+    accepted: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("match_position", "query_position", "relative_translation"):
+            _set(self, name, _floats(name, getattr(self, name), 3))
+        for name in ("match_orientation", "query_orientation", "relative_rotation"):
+            _set(self, name, _floats(name, getattr(self, name), 4))
+        cov = _floats("covariance", self.covariance, 36)
+        _set(self, "covariance", cov)
+        matrix = np.asarray(cov).reshape(6, 6)
+        if not np.all(np.isfinite(matrix)):
+            raise ValueError(f"LoopClosureRecord.covariance holds non-finite values: {cov}")
+        if not np.allclose(matrix, matrix.T, atol=1e-9 * max(1.0, float(np.abs(matrix).max()))):
+            raise ValueError("LoopClosureRecord.covariance is not symmetric")
+        if np.any(np.diag(matrix) <= 0.0):
+            raise ValueError(f"LoopClosureRecord.covariance diagonal must be > 0, got {np.diag(matrix).tolist()}")
+        if self.transform_source not in TRANSFORM_SOURCES:
+            raise ValueError(f"LoopClosureRecord.transform_source {self.transform_source!r} is not one of "
+                             f"{list(TRANSFORM_SOURCES)}")
+        rotation = np.asarray(self.relative_rotation)
+        if not np.isclose(np.linalg.norm(rotation), 1.0, atol=1e-3):
+            raise ValueError(f"LoopClosureRecord.relative_rotation {self.relative_rotation} is not a unit quaternion")
+        for name in ("camera", "match_session", "match_frame", "match_camera", "query_frame"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value.encode("utf-8")) > NAME_BYTES:
+                raise ValueError(f"LoopClosureRecord.{name} must be a string of at most {NAME_BYTES} "
+                                 f"UTF-8 bytes, got {value!r}")
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f"LoopClosureRecord.confidence {self.confidence} is outside [0, 1]")
+
+    # --- derived values -----------------------------------------------------------------------
+    @property
+    def query_stamp(self) -> float:
+        """Query stamp in seconds."""
+        return self.query_stamp_sec + 1e-9 * self.query_stamp_nanosec
+
+    @property
+    def match_stamp(self) -> float:
+        """Matched keyframe's stamp in seconds."""
+        return self.match_stamp_sec + 1e-9 * self.match_stamp_nanosec
+
+    @property
+    def is_online(self) -> bool:
+        """True for a loop closure within the robot's own session."""
+        return self.match_session == "online"
+
+    @property
+    def covariance_matrix(self) -> np.ndarray:
+        """(6, 6) float64 covariance of ``T_match_query`` (ROS order x, y, z, roll, pitch, yaw)."""
+        return np.asarray(self.covariance, dtype=np.float64).reshape(6, 6)
+
+    @property
+    def relative_matrix(self) -> np.ndarray:
+        """(4, 4) homogeneous ``T_match_query``."""
+        return pose_matrix(self.relative_translation, self.relative_rotation)
+
+    def query_pose_in_match_frame(self) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
+        """``T_frame_match * T_match_query``: where the query is in ``match_frame`` (the pose a
+        Nav2 ``initialpose`` or cuVGL-style relocalization consumer wants). NaN when the matched
+        keyframe has no pose."""
+        matrix = pose_matrix(self.match_position, self.match_orientation) @ self.relative_matrix
+        return tuple(float(v) for v in matrix[:3, 3]), matrix_quaternion(matrix[:3, :3])
+
+    # --- the flat table row -------------------------------------------------------------------
+    def to_row(self) -> np.void:
+        """This record as one row of :data:`RECORD_DTYPE`."""
+        return records_to_table([self])[0]
+
+    @classmethod
+    def from_row(cls, row: np.void) -> LoopClosureRecord:
+        """Inverse of :meth:`to_row`."""
+        values = {}
+        for f in fields(cls):
+            if f.name in _VECTOR_FIELDS:
+                values[f.name] = tuple(float(v) for v in row[f.name])
+            elif f.name in _STRING_FIELDS:
+                values[f.name] = bytes(row[f.name]).rstrip(b"\0").decode("utf-8")
+            elif f.name == "transform_source":
+                index = int(row[f.name])
+                if index >= len(TRANSFORM_SOURCES):
+                    raise ValueError(f"transform_source index {index} is unknown; known: {list(TRANSFORM_SOURCES)}")
+                values[f.name] = TRANSFORM_SOURCES[index]
+            elif f.name == "accepted":
+                values[f.name] = bool(row[f.name])
+            elif f.name in _INT_FIELDS:
+                values[f.name] = int(row[f.name])
+            else:
+                values[f.name] = float(row[f.name])
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        """Plain ``{field: value}`` (JSON-friendly)."""
+        return asdict(self)
+
+
+def _set(record: LoopClosureRecord, name: str, value: object) -> None:
+    object.__setattr__(record, name, value)
+
+
+def _floats(name: str, values: Sequence[float], length: int) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"LoopClosureRecord.{name} must be {length} numbers, got {values!r}") from err
+    if len(out) != length:
+        raise ValueError(f"LoopClosureRecord.{name} must be {length} numbers, got {len(out)}")
+    return out
+
+
+_STRING_FIELDS = ("camera", "match_session", "match_frame", "match_camera", "query_frame")
+_VECTOR_FIELDS = {"match_position": 3, "match_orientation": 4, "query_position": 3, "query_orientation": 4,
+                  "relative_translation": 3, "relative_rotation": 4, "covariance": 36}
+_INT_FIELDS = {"query_stamp_sec": "<i4", "query_stamp_nanosec": "<u4", "match_keyframe_id": "<i4",
+               "match_stamp_sec": "<i4", "match_stamp_nanosec": "<u4", "query_keyframe_id": "<i4",
+               "sequence_support": "<i4", "inliers": "<i4", "rank": "<u4", "accepted": "u1"}
+
+
+def _record_dtype() -> np.dtype:
+    items = []
+    for f in fields(LoopClosureRecord):
+        if f.name in _STRING_FIELDS:
+            items.append((f.name, f"S{NAME_BYTES}"))
+        elif f.name in _VECTOR_FIELDS:
+            items.append((f.name, "<f8", (_VECTOR_FIELDS[f.name],)))
+        elif f.name == "transform_source":
+            items.append((f.name, "u1"))
+        elif f.name in _INT_FIELDS:
+            items.append((f.name, _INT_FIELDS[f.name]))
+        else:
+            items.append((f.name, "<f4"))
+    return np.dtype(items)
+
+
+RECORD_DTYPE = _record_dtype()
+"""One table row per record, fields in :class:`LoopClosureRecord` order. Strings are
+``S64`` (UTF-8, NUL-padded), vectors float64 sub-arrays, ``transform_source`` a uint8 index into
+:data:`TRANSFORM_SOURCES`, ``score``/``confidence`` float32."""
+
+
+def records_to_table(records: Iterable[LoopClosureRecord]) -> np.ndarray:
+    """Records -> structured array of :data:`RECORD_DTYPE` (one row each, same order)."""
+    records = list(records)
+    table = np.zeros(len(records), dtype=RECORD_DTYPE)
+    for i, r in enumerate(records):
+        row = table[i]
+        for f in fields(LoopClosureRecord):
+            value = getattr(r, f.name)
+            if f.name in _STRING_FIELDS:
+                row[f.name] = value.encode("utf-8")
+            elif f.name == "transform_source":
+                row[f.name] = TRANSFORM_SOURCES.index(value)
+            else:
+                row[f.name] = value
+    return table
+
+
+def records_from_table(table: np.ndarray) -> list[LoopClosureRecord]:
+    """Structured array (or raw bytes of one) of :data:`RECORD_DTYPE` -> records."""
+    if isinstance(table, (bytes, bytearray, memoryview)):
+        raw = bytes(table)
+        if len(raw) % RECORD_DTYPE.itemsize:
+            raise ValueError(f"loop-candidate table of {len(raw)} bytes is not a whole number of "
+                             f"{RECORD_DTYPE.itemsize}-byte rows: publisher and subscriber disagree on "
+                             "RECORD_DTYPE (different qaa_vpr_ros versions?)")
+        table = np.frombuffer(raw, dtype=RECORD_DTYPE)
+    if table.dtype != RECORD_DTYPE:
+        raise ValueError(f"table dtype {table.dtype} is not RECORD_DTYPE")
+    return [LoopClosureRecord.from_row(row) for row in table]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pose helpers (numpy only; no ROS, no GTSAM).
+
+
+def pose_matrix(position: Sequence[float], orientation: Sequence[float]) -> np.ndarray:
+    """(4, 4) homogeneous matrix of a position and a unit quaternion (x, y, z, w)."""
+    x, y, z, w = (float(v) for v in orientation)
+    n = math.sqrt(x * x + y * y + z * z + w * w)
+    if not n > 0.0:
+        raise ValueError(f"quaternion {tuple(orientation)} has zero norm")
+    x, y, z, w = x / n, y / n, z / n, w / n
+    m = np.eye(4)
+    m[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    m[:3, 3] = [float(v) for v in position]
+    return m
+
+
+def matrix_quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
+    """Unit quaternion (x, y, z, w, w >= 0) of a 3x3 rotation matrix."""
+    r = np.asarray(rotation, dtype=np.float64)
+    trace = r[0, 0] + r[1, 1] + r[2, 2]
+    if trace > 0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        q = ((r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, 0.25 * s)
+    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
+        q = (0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s, (r[2, 1] - r[1, 2]) / s)
+    elif r[1, 1] > r[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
+        q = ((r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s, (r[0, 2] - r[2, 0]) / s)
+    else:
+        s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
+        q = ((r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s, (r[1, 0] - r[0, 1]) / s)
+    q = np.asarray(q)
+    q = q / np.linalg.norm(q)
+    if q[3] < 0:
+        q = -q
+    return tuple(float(v) for v in q)
+
+
+# ---------------------------------------------------------------------------------------------
+# Covariance model.
+
+
+@dataclass(frozen=True)
+class CovarianceModel:
+    """Variances (m^2, rad^2) of ``T_match_query`` per way the transform was obtained.
+
+    Axes are the matched keyframe's base frame: x forward (along track), y left (cross track),
+    z up. ``none``: identity transform, so the variance is the spread of where a correct place
+    match's query really lies relative to the matched keyframe; ``sequence``: the along-track
+    offset of the sequence alignment was applied, leaving its residual; ``geometry``: rotation from
+    verification (small), translation from the alignment or none (a monocular essential matrix
+    gives only a direction).
+
+    The defaults are placeholders of the right order of magnitude for a 10 m keyframe spacing;
+    :meth:`calibrate` replaces them with the spread measured against ground truth.
+    """
+
+    none: tuple[float, ...] = (100.0, 4.0, 1.0, 0.01, 0.01, 0.05)
+    sequence: tuple[float, ...] = (25.0, 4.0, 1.0, 0.01, 0.01, 0.05)
+    geometry: tuple[float, ...] = (25.0, 4.0, 1.0, 0.001, 0.001, 0.001)
+    floor: tuple[float, ...] = (0.01, 0.01, 0.01, 1e-5, 1e-5, 1e-5)
+
+    def __post_init__(self) -> None:
+        for name in ("none", "sequence", "geometry", "floor"):
+            values = _floats(name, getattr(self, name), 6)
+            if any(not (math.isfinite(v) and v > 0.0) for v in values):
+                raise ValueError(f"CovarianceModel.{name} must hold 6 finite variances > 0, got {values}")
+            object.__setattr__(self, name, values)
+
+    def diagonal(self, source: str) -> tuple[float, ...]:
+        """The 6 variances for ``source`` (one of :data:`TRANSFORM_SOURCES`)."""
+        if source not in TRANSFORM_SOURCES:
+            raise ValueError(f"transform source {source!r} is not one of {list(TRANSFORM_SOURCES)}")
+        return getattr(self, source)
+
+    def covariance(self, source: str, confidence: float = 1.0) -> tuple[float, ...]:
+        """Row-major 6x6 diagonal covariance for ``source``; a lower ``confidence`` (in [0, 1])
+        widens it, up to 10x at confidence 0, so a back end trusts doubtful matches less."""
+        factor = 1.0 / (0.1 + 0.9 * min(max(float(confidence), 0.0), 1.0))
+        cov = [0.0] * 36
+        for i, v in enumerate(self.diagonal(source)):
+            cov[7 * i] = v * factor
+        return tuple(cov)
+
+    @staticmethod
+    def spread(errors: np.ndarray, floor: Sequence[float]) -> tuple[float, ...]:
+        """Per-axis second moment (mean of squares, bias included) of ``errors`` (N, 6)."""
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.ndim != 2 or errors.shape[1] != 6 or len(errors) < 2:
+            raise ValueError(f"errors must be (N >= 2, 6) (x, y, z, roll, pitch, yaw), got {errors.shape}")
+        if not np.all(np.isfinite(errors)):
+            raise ValueError("errors hold non-finite values")
+        return tuple(max(float(v), f) for v, f in zip(np.mean(errors ** 2, axis=0), floor, strict=True))
+
+    def calibrate(self, errors: dict[str, np.ndarray]) -> CovarianceModel:
+        """A model whose variances are the measured spread of transform errors against ground
+        truth: ``errors[source]`` is (N, 6): for each *correct* accepted match, the error of the
+        estimated ``T_match_query`` (ground truth^-1 * estimate, as x, y, z, roll, pitch, yaw in
+        the matched keyframe's frame). Sources without at least 2 errors keep their value."""
+        updated = {}
+        for source, values in errors.items():
+            if source not in TRANSFORM_SOURCES:
+                raise ValueError(f"transform source {source!r} is not one of {list(TRANSFORM_SOURCES)}")
+            if len(values) >= 2:
+                updated[source] = self.spread(values, self.floor)
+        return CovarianceModel(**{**asdict(self), **updated})
+
+
+def transform_error(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(6,) error of a 4x4 ``estimate`` against 4x4 ``truth``: ``truth^-1 * estimate`` as
+    (x, y, z, roll, pitch, yaw) (rotation as a rotation vector, small-angle roll/pitch/yaw)."""
+    delta = np.linalg.inv(truth) @ estimate
+    r = delta[:3, :3]
+    angle = math.acos(min(max((np.trace(r) - 1.0) / 2.0, -1.0), 1.0))
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    norm = np.linalg.norm(axis)
+    rotvec = axis / norm * angle if norm > 1e-12 else np.zeros(3)
+    return np.concatenate([delta[:3, 3], rotvec])
