@@ -266,7 +266,9 @@ def save_training_checkpoint(folder: Path, model: nn.Module, state: dict[str, An
     """Model in the project format (``save_checkpoint``) + ``training_state.pt``, swapped in atomically."""
     from qaa_vpr_ros.model import save_checkpoint
 
-    with atomic_folder(folder) as tmp:
+    from qaa_vpr_ros.model.checkpoint import is_checkpoint_folder
+
+    with atomic_folder(folder, replaces=lambda p: is_checkpoint_folder(p, (STATE_FILE,))) as tmp:
         save_checkpoint(model, tmp / "model", extra=extra)
         for child in (tmp / "model").iterdir():
             os.replace(child, tmp / child.name)

@@ -50,6 +50,12 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/")) or "camera"
 
 
+def _is_export_folder(folder: Path) -> bool:
+    """An earlier export (images.csv + images/ only): the one kind of folder an export replaces."""
+    names = {p.name for p in folder.iterdir()}
+    return "images.csv" in names and names <= {"images.csv", "images"}
+
+
 def _compass_heading_deg(q: Sequence[float]) -> float:
     """ROS yaw (counter-clockwise from +x/east) -> heading clockwise from +y/north, in [0, 360)."""
     return (90.0 - math.degrees(yaw_of(q))) % 360.0
@@ -91,7 +97,7 @@ def export_map(
 
     has_orientation = any(kf.orientation != (0.0, 0.0, 0.0, 1.0) for kf in place_map.keyframes)
     rows: list[tuple[int, list[str]]] = []
-    with atomic_folder(output) as root:
+    with atomic_folder(output, replaces=_is_export_folder) as root:
         os.chmod(root, 0o755)
         for name, keyframes in wanted.items():
             cameras = sorted({camera for camera, _ in keyframes})

@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from qaa_vpr_ros.atomic import atomic_folder
+from qaa_vpr_ros.atomic import FolderNotOursError, atomic_folder, resolve_folder
 
 __all__ = [
     "FORMAT_VERSION",
@@ -453,18 +453,23 @@ class PlaceMap:
         with self._lock:
             index = self._ensure_index()
             manifest = self.manifest()
-            with atomic_folder(folder) as tmp:
-                os.chmod(tmp, 0o755)  # mkdtemp makes it private; a map is an ordinary folder
-                faiss.write_index(index, str(tmp / INDEX_FILE))
-                _write_keyframes(tmp / KEYFRAMES_FILE, self._keyframes)
-                with open(tmp / DESCRIPTORS_FILE, "wb") as f:
-                    np.save(f, np.ascontiguousarray(self._desc.view()), allow_pickle=False)
-                manifest["files"] = {
-                    name: {"sha256": _sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-                    for name in DATA_FILES
-                }
-                text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-                (tmp / MANIFEST).write_text(text, encoding="utf-8")
+            try:
+                with atomic_folder(folder, replaces=is_place_map_folder) as tmp:
+                    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a map is an ordinary folder
+                    faiss.write_index(index, str(tmp / INDEX_FILE))
+                    _write_keyframes(tmp / KEYFRAMES_FILE, self._keyframes)
+                    with open(tmp / DESCRIPTORS_FILE, "wb") as f:
+                        np.save(f, np.ascontiguousarray(self._desc.view()), allow_pickle=False)
+                    manifest["files"] = {
+                        name: {"sha256": _sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+                        for name in DATA_FILES
+                    }
+                    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+                    (tmp / MANIFEST).write_text(text, encoding="utf-8")
+            except FolderNotOursError as err:
+                what = "is not a folder" if os.path.lexists(folder) and not folder.is_dir() else "is not a place map"
+                raise MapError(f"{folder} {what}; a map save replaces only a map folder or an empty one "
+                               f"and never deletes anything else ({err})") from err
             self.created = manifest["created"]
 
     @classmethod
@@ -484,7 +489,7 @@ class PlaceMap:
         Raises:
             MapError: naming the file or field at fault.
         """
-        folder = Path(folder)
+        folder = resolve_folder(folder)  # after a crash mid-replacement: the old map, set aside
         manifest = read_manifest(folder)
         fingerprint = manifest["model_fingerprint"]
         if expected_fingerprint is not None and fingerprint != expected_fingerprint:
@@ -556,6 +561,20 @@ class PlaceMap:
         return place_map
 
 
+def is_place_map_folder(folder: str | os.PathLike[str]) -> bool:
+    """True for a folder :meth:`PlaceMap.save` may replace: nothing in it but map files, and a
+    manifest of this format. Anything else (a home folder, a half-typed parameter) is never deleted."""
+    folder = Path(folder)
+    try:
+        names = {p.name for p in folder.iterdir()}
+        if not names <= {MANIFEST, *DATA_FILES} or MANIFEST not in names:
+            return False
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
+
+
 _REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
     "format_version": int,
@@ -570,7 +589,7 @@ _REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse and check ``folder/manifest.json`` (not the data files)."""
-    folder = Path(folder)
+    folder = resolve_folder(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
         raise MapError(f"map folder {folder} does not exist (or is not a folder)")

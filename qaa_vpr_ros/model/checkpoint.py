@@ -149,6 +149,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VPRModel
     return model.to(device).eval()
 
 
+def is_checkpoint_folder(folder: str | Path, extra_files: tuple[str, ...] = ()) -> bool:
+    """True for a folder ``save_checkpoint`` may replace: a config.json and weights, nothing else
+    (besides ``extra_files``). Any other folder is never deleted by a save."""
+    folder = Path(folder)
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return False
+    return CONFIG_FILE in names and names <= {CONFIG_FILE, WEIGHTS_FILE, *extra_files}
+
+
 def save_checkpoint(model: VPRModel, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` in the project layout (release-compatible), atomically. Returns the folder."""
     from ..extractor import IMAGENET_MEAN, IMAGENET_STD
@@ -163,7 +174,7 @@ def save_checkpoint(model: VPRModel, folder: str | Path, extra: dict[str, Any] |
     config = {"model_config_dict": model.model_config_dict, PROJECT_KEY: project}
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     folder = Path(folder)
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, replaces=is_checkpoint_folder) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     return folder
