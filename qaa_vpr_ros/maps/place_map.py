@@ -18,7 +18,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ import faiss
 import numpy as np
 
 from qaa_vpr_ros.atomic import FolderNotOursError, atomic_folder, resolve_folder
+from qaa_vpr_ros.paths import expand_path
 
 __all__ = [
     "FORMAT_VERSION",
@@ -55,6 +58,10 @@ _INDEX_PARAMS = {
 }
 _NO_POSE = (math.nan, math.nan, math.nan)
 MAX_TRAIN = 50_000  # vectors used to train PCA / IVF-PQ
+MAX_DIM = 1 << 16  # largest descriptor dim a manifest may claim
+# Largest value of each index parameter (a manifest from elsewhere must not size allocations).
+_PARAM_MAX = {"pca_dim": MAX_DIM, "nlist": 1 << 20, "m": MAX_DIM, "nbits": 16, "nprobe": 1 << 20,
+              "M": 512, "ef_construction": 1 << 16, "ef_search": 1 << 16}
 
 
 class MapError(RuntimeError):
@@ -145,6 +152,8 @@ def _check_index_params(index_type: str, params: dict[str, Any]) -> dict[str, An
             continue
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or int(value) <= 0:
             raise MapError(f"index parameter {key}={value!r} must be a positive integer")
+        if int(value) > _PARAM_MAX[key]:
+            raise MapError(f"index parameter {key}={value!r} exceeds its limit {_PARAM_MAX[key]}")
         clean[key] = int(value)
     return clean
 
@@ -449,7 +458,7 @@ class PlaceMap:
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write the map folder atomically; an existing map there is replaced only on success."""
-        folder = Path(folder)
+        folder = expand_path(folder)
         with self._lock:
             index = self._ensure_index()
             manifest = self.manifest()
@@ -480,16 +489,24 @@ class PlaceMap:
         *,
         verify_checksums: bool = True,
         mmap: bool = True,
+        trusted: bool = False,
     ) -> PlaceMap:
         """Load and validate a map folder.
 
-        Checks the manifest, file checksums, counts and dims; with ``expected_fingerprint``, refuses
-        a map built with another model. ``mmap`` keeps the descriptors on disk until needed.
+        Checks the manifest (schema, types, ranges), that every file is a regular file inside the
+        folder, file sizes and checksums, the descriptor header, keyframe rows, counts and dims;
+        with ``expected_fingerprint``, refuses a map built with another model. ``mmap`` keeps the
+        descriptors on disk until needed.
+
+        ``trusted``: read ``index.faiss`` with faiss's own (binary, unhardened) parser. By default
+        a map is untrusted: that file is never parsed and the index is rebuilt from
+        ``descriptors.npy``, which is parsed safely (exact for flat; ivfpq/hnsw retrain, which
+        takes time on large maps). Pass True only for maps you built yourself.
 
         Raises:
             MapError: naming the file or field at fault.
         """
-        folder = resolve_folder(folder)  # after a crash mid-replacement: the old map, set aside
+        folder = resolve_folder(expand_path(folder))  # after a crash mid-replacement: the old map, set aside
         manifest = read_manifest(folder)
         fingerprint = manifest["model_fingerprint"]
         if expected_fingerprint is not None and fingerprint != expected_fingerprint:
@@ -498,16 +515,16 @@ class PlaceMap:
                 f"fingerprint {expected_fingerprint}; rebuild the map with this model (build_map) "
                 "or load the model the map was built with"
             )
-        if verify_checksums:
-            for name in DATA_FILES:
-                expected = manifest["files"][name]
-                path = folder / name
-                size = path.stat().st_size
-                if size != expected.get("bytes", size):
-                    raise MapError(
-                        f"{path} has {size} bytes, the manifest says {expected['bytes']}: "
-                        "the map is truncated or was modified; rebuild or restore it"
-                    )
+        for name in DATA_FILES:
+            path = folder / name
+            expected = manifest["files"][name]
+            size = path.lstat().st_size
+            if size != expected.get("bytes", size):
+                raise MapError(
+                    f"{path} has {size} bytes, the manifest says {expected['bytes']}: "
+                    "the map is truncated or was modified; rebuild or restore it"
+                )
+            if verify_checksums:
                 if _sha256_file(path) != expected["sha256"]:
                     raise MapError(
                         f"{path} does not match its sha256 in {folder / MANIFEST}: "
@@ -515,6 +532,7 @@ class PlaceMap:
                     )
         dim = manifest["descriptor_dim"]
         count = manifest["counts"]["keyframes"]
+        _check_npy_header(folder / DESCRIPTORS_FILE, count, dim)
         try:
             descriptors = np.load(
                 folder / DESCRIPTORS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False
@@ -526,16 +544,18 @@ class PlaceMap:
                 f"{folder / DESCRIPTORS_FILE} holds {descriptors.dtype} {descriptors.shape}, the manifest "
                 f"says float16 ({count}, {dim})"
             )
-        keyframes = _read_keyframes(folder / KEYFRAMES_FILE)
+        keyframes = _read_keyframes(folder / KEYFRAMES_FILE, limit=count + 1)
         if len(keyframes) != count:
             raise MapError(
                 f"{folder / KEYFRAMES_FILE} has {len(keyframes)} keyframes, the manifest says {count}"
             )
-        try:
-            index = faiss.read_index(str(folder / INDEX_FILE))
-        except RuntimeError as err:
-            raise MapError(f"{folder / INDEX_FILE} is not a readable faiss index: {err}") from err
-        if index.d != dim or index.ntotal != count:
+        index = None
+        if trusted:
+            try:
+                index = faiss.read_index(str(folder / INDEX_FILE))
+            except RuntimeError as err:
+                raise MapError(f"{folder / INDEX_FILE} is not a readable faiss index: {err}") from err
+        if index is not None and (index.d != dim or index.ntotal != count):
             raise MapError(
                 f"{folder / INDEX_FILE} indexes {index.ntotal} vectors of dim {index.d}, "
                 f"the manifest says {count} of dim {dim}"
@@ -554,7 +574,11 @@ class PlaceMap:
             )
         except MapError as err:
             raise MapError(f"{folder / MANIFEST}: {err}") from err
-        _apply_runtime_params(index, place_map.index_type, place_map.index_params)
+        if index is not None:
+            _apply_runtime_params(index, place_map.index_type, place_map.index_params)
+        else:
+            with place_map._lock:
+                place_map._ensure_index()  # rebuilt from the descriptors just checked
         place_map.sources = list(manifest.get("sources", []))
         place_map.info = dict(manifest.get("info", {}))
         place_map.created = manifest.get("created")
@@ -615,15 +639,75 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if "type" not in manifest["index"]:
         raise MapError(f"{path} field 'index' lacks 'type'")
-    if not isinstance(manifest["counts"].get("keyframes"), int):
-        raise MapError(f"{path} field 'counts.keyframes' is missing or not an integer")
+    params = manifest["index"].get("params", {})
+    if not isinstance(params, dict):
+        raise MapError(f"{path} field 'index.params' must be an object")
+    try:
+        _check_index_params(manifest["index"]["type"], params)
+    except MapError as err:
+        raise MapError(f"{path} field 'index': {err}") from err
+    if not 1 <= manifest["descriptor_dim"] <= MAX_DIM:
+        raise MapError(f"{path} field 'descriptor_dim' must lie in 1..{MAX_DIM}, got {manifest['descriptor_dim']}")
+    count = manifest["counts"].get("keyframes")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise MapError(f"{path} field 'counts.keyframes' must be a non-negative integer, got {count!r}")
+    for key, typ in (("sources", list), ("info", dict), ("utm_zones", list), ("created", str)):
+        if key in manifest and not isinstance(manifest[key], typ):
+            raise MapError(f"{path} field {key!r} must be a {typ.__name__}")
+    if not all(isinstance(s, dict) for s in manifest.get("sources", [])):
+        raise MapError(f"{path} field 'sources' must be a list of objects")
     for name in DATA_FILES:
         entry = manifest["files"].get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise MapError(f"{path} field 'files' lacks the sha256 of {name}")
-        if not (folder / name).is_file():
-            raise MapError(f"{folder / name} is missing; the map is incomplete")
+        if not _SHA256.fullmatch(entry["sha256"]):
+            raise MapError(f"{path} field 'files.{name}.sha256' is not 64 hex digits")
+        size = entry.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MapError(f"{path} field 'files.{name}.bytes' must be a non-negative integer, got {size!r}")
+        _check_regular_file(folder / name)
     return manifest
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_regular_file(path: Path) -> None:
+    """Map files are regular files in the map folder: no symlinks out of it, no devices or FIFOs."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError as err:
+        raise MapError(f"{path} is missing; the map is incomplete") from err
+    if stat.S_ISLNK(info.st_mode):
+        raise MapError(f"{path} is a symlink; map files must be regular files inside the map folder")
+    if not stat.S_ISREG(info.st_mode):
+        raise MapError(f"{path} is not a regular file")
+
+
+def _check_npy_header(path: Path, count: int, dim: int) -> None:
+    """The .npy header must describe exactly (count, dim) little-endian float16 in C order, and the
+    file must hold exactly that many bytes: nothing is allocated from a header that lies."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise MapError(f"{path} is not a readable .npy array: {err}") from err
+    if dtype != np.dtype("<f2") or fortran or tuple(shape) != (count, dim):
+        raise MapError(
+            f"{path} holds {dtype} {tuple(shape)}{' (Fortran order)' if fortran else ''}, the manifest "
+            f"says float16 ({count}, {dim})"
+        )
+    size = path.stat().st_size
+    if size != offset + 2 * count * dim:
+        raise MapError(f"{path} has {size} bytes, its header promises {offset + 2 * count * dim}")
 
 
 _KEYFRAME_COLUMNS = (
@@ -655,13 +739,32 @@ def _write_keyframes(path: Path, keyframes: Iterable[Keyframe]) -> None:
         db.commit()
 
 
-def _read_keyframes(path: Path) -> list[Keyframe]:
+_COLUMN_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (int,), "stamp_sec": (int,), "stamp_nanosec": (int,), "camera": (str,), "frame_id": (str,),
+    "x": (int, float, type(None)), "y": (int, float, type(None)), "z": (int, float, type(None)),
+    "qx": (int, float), "qy": (int, float), "qz": (int, float), "qw": (int, float),
+    "utm_zone": (str, type(None)), "source": (str,),
+}
+
+
+def _read_keyframes(path: Path, limit: int | None = None) -> list[Keyframe]:
+    """Rows of the keyframe table (at most ``limit``), each column checked for its type."""
     nan = math.nan
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = db.execute(f"SELECT {', '.join(_KEYFRAME_COLUMNS)} FROM keyframes ORDER BY row").fetchall()
+            kind = db.execute("SELECT type FROM sqlite_master WHERE name = 'keyframes'").fetchone()
+            if kind is None or kind[0] != "table":  # a view could compute rows without end
+                raise MapError(f"{path} has no table 'keyframes'")
+            query = f"SELECT {', '.join(_KEYFRAME_COLUMNS)} FROM keyframes ORDER BY row"
+            rows = db.execute(query + (f" LIMIT {int(limit)}" if limit is not None else "")).fetchall()
     except sqlite3.DatabaseError as err:
         raise MapError(f"{path} is not a readable keyframe table: {err}") from err
+    for n, r in enumerate(rows):
+        for column, value in zip(_KEYFRAME_COLUMNS, r, strict=True):
+            if not isinstance(value, _COLUMN_TYPES[column]):
+                raise MapError(f"{path} row {n}: column {column} holds {type(value).__name__} {value!r}")
+        if not 0 <= r[2] < 1_000_000_000:
+            raise MapError(f"{path} row {n}: stamp_nanosec {r[2]} is outside 0..999999999")
     return [
         Keyframe(
             id=r[0], stamp_sec=r[1], stamp_nanosec=r[2], camera=r[3], frame_id=r[4],
