@@ -1,0 +1,219 @@
+"""Geometric verification of a place match: OpenCV features + RANSAC, relative rotation, or rejection.
+
+Given the query image, the matched keyframe's image and the cameras' intrinsics (from a
+``sensor_msgs/CameraInfo`` ``K``, see :meth:`Intrinsics.from_camera_info`, or parameters), this
+matches SIFT features (Lowe's ratio test), fits both an essential matrix and a homography with
+RANSAC and keeps the model that explains the matches better:
+
+- essential matrix (general motion): rotation and the *direction* of translation (a single
+  camera cannot see scale);
+- homography: either a pure rotation (``H = K_q R K_m^-1``, no translation to speak of) or a
+  plane seen from two places (decomposed; translation direction up to the plane's distance).
+
+A candidate is rejected (:attr:`Verification.accepted` False, :attr:`Verification.reason` says
+why) when there are too few matches or inliers or the inliers are too small a share of the
+matches: unrelated images do not produce a consistent geometry.
+
+Frames: camera optical frames (x right, y down, z forward). :attr:`Verification.rotation` is
+``R_match_query``, the query camera's orientation in the matched camera's frame;
+:attr:`Verification.translation_direction` the query camera's position direction in the matched
+camera's frame (unit vector, zeros when unknown). To get the base-frame transform apply the
+extrinsics: ``T_base_cam * T_match_query(cam) * T_base_cam^-1``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["Intrinsics", "Verification", "VerificationConfig", "verify_pair"]
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics (pixels) and optional OpenCV distortion coefficients of one camera."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    distortion: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(v) for v in (self.fx, self.fy, self.cx, self.cy)) or self.fx <= 0 or self.fy <= 0:
+            raise ValueError(f"intrinsics fx={self.fx}, fy={self.fy}, cx={self.cx}, cy={self.cy}: "
+                             "focal lengths must be finite and > 0 (an all-zero CameraInfo K means "
+                             "the camera is not calibrated)")
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """3x3 camera matrix K."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    @classmethod
+    def from_camera_info(cls, k: Sequence[float], d: Sequence[float] = ()) -> Intrinsics:
+        """From ``sensor_msgs/CameraInfo``'s row-major ``k`` (9 values) and ``d``."""
+        k = [float(v) for v in k]
+        if len(k) != 9:
+            raise ValueError(f"CameraInfo k must have 9 values, got {len(k)}")
+        return cls(fx=k[0], fy=k[4], cx=k[2], cy=k[5], distortion=tuple(float(v) for v in d))
+
+    @classmethod
+    def from_parameter(cls, values: Sequence[float]) -> Intrinsics:
+        """From a parameter ``[fx, fy, cx, cy]`` or ``[fx, fy, cx, cy, k1, k2, p1, p2, k3...]``."""
+        values = [float(v) for v in values]
+        if len(values) < 4:
+            raise ValueError(f"intrinsics parameter needs [fx, fy, cx, cy, distortion...], got {values}")
+        return cls(*values[:4], distortion=tuple(values[4:]))
+
+
+@dataclass(frozen=True)
+class VerificationConfig:
+    """Thresholds of :func:`verify_pair`."""
+
+    max_features: int = 2000
+    contrast_threshold: float = 0.02  # SIFT's; lower than its 0.04 default: indoor walls are plain
+    ratio: float = 0.8  # Lowe's ratio test
+    ransac_threshold_px: float = 1.5
+    min_matches: int = 30
+    min_inliers: int = 30
+    min_inlier_ratio: float = 0.4
+    confidence: float = 0.999
+    max_rotation_residual: float = 0.05  # homography as pure rotation: max |singular values - 1|
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio < 1 or not 0 < self.min_inlier_ratio <= 1 or self.ransac_threshold_px <= 0:
+            raise ValueError(f"VerificationConfig out of range: {self}")
+
+
+@dataclass
+class Verification:
+    """The outcome of :func:`verify_pair`."""
+
+    accepted: bool
+    reason: str  # why it was rejected ("" when accepted)
+    model: str  # "essential", "homography", "rotation" (homography that is a pure rotation) or ""
+    matches: int  # feature matches passing the ratio test
+    inliers: int  # RANSAC inliers of the chosen model
+    rotation: np.ndarray  # 3x3 R_match_query (camera optical frames); identity when rejected
+    translation_direction: np.ndarray  # (3,) unit vector, zeros when unknown
+
+    @property
+    def rotation_angle_rad(self) -> float:
+        """Angle of :attr:`rotation`."""
+        return float(math.acos(min(max((np.trace(self.rotation) - 1.0) / 2.0, -1.0), 1.0)))
+
+
+def _gray(image: np.ndarray, name: str) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"{name} image must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}")
+    if image.ndim == 3:
+        if image.shape[2] == 1:
+            return image[:, :, 0]
+        if image.shape[2] != 3:
+            raise ValueError(f"{name} image has {image.shape[2]} channels; expected 1 or 3")
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image
+
+
+def _normalized(points: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
+    """Pixel points (N, 2) -> undistorted normalized image coordinates (N, 2)."""
+    dist = np.asarray(intrinsics.distortion, dtype=np.float64) if intrinsics.distortion else None
+    return cv2.undistortPoints(points.reshape(-1, 1, 2), intrinsics.matrix, dist).reshape(-1, 2)
+
+
+def _rejected(reason: str, matches: int = 0, inliers: int = 0) -> Verification:
+    return Verification(False, reason, "", matches, inliers, np.eye(3), np.zeros(3))
+
+
+def _nearest_rotation(m: np.ndarray) -> tuple[np.ndarray, float]:
+    """Closest rotation to ``m`` (scaled to unit determinant) and how far ``m`` is from one."""
+    m = m / np.cbrt(np.linalg.det(m))
+    u, s, vt = np.linalg.svd(m)
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        r = u @ np.diag([1.0, 1.0, -1.0]) @ vt
+    return r, float(np.max(np.abs(s - 1.0)))
+
+
+def _from_homography(h: np.ndarray, h_mask: np.ndarray, n_m: np.ndarray, n_q: np.ndarray, matches: int,
+                     inliers: int, cfg: VerificationConfig) -> Verification | None:
+    """The motion a homography (normalized coordinates) stands for: a pure rotation when it is one,
+    else the plane decomposition whose points lie in front of both cameras; None if there is none."""
+    rotation, residual = _nearest_rotation(h)
+    if residual <= cfg.max_rotation_residual:
+        # x_q = R_qm x_m; R_match_query is its inverse.
+        return Verification(True, "", "rotation", matches, inliers, rotation.T, np.zeros(3))
+    _, rotations, translations, normals = cv2.decomposeHomographyMat(h, np.eye(3))
+    mask = h_mask.ravel().astype(bool)
+    candidates = cv2.filterHomographyDecompByVisibleRefpoints(
+        rotations, normals, n_m[mask].reshape(-1, 1, 2).astype(np.float32),
+        n_q[mask].reshape(-1, 1, 2).astype(np.float32))
+    if candidates is None or not len(candidates):
+        return None
+    i = int(np.asarray(candidates).ravel()[0])
+    r, t = rotations[i], np.asarray(translations[i]).ravel()
+    direction = -r.T @ t
+    norm = np.linalg.norm(direction)
+    return Verification(True, "", "homography", matches, inliers, r.T,
+                        direction / norm if norm > 1e-9 else np.zeros(3))
+
+
+def verify_pair(query: np.ndarray, match: np.ndarray, query_intrinsics: Intrinsics,
+                match_intrinsics: Intrinsics | None = None,
+                config: VerificationConfig | None = None) -> Verification:
+    """Verify that ``query`` and ``match`` (uint8 images, RGB or mono) see the same place.
+
+    ``match_intrinsics`` defaults to ``query_intrinsics`` (same camera). See the module docstring
+    for frames. Never raises for "no geometry found": that is a rejection with a reason.
+    """
+    cfg = config or VerificationConfig()
+    k_m = match_intrinsics or query_intrinsics
+    gray_q, gray_m = _gray(query, "query"), _gray(match, "match")
+    sift = cv2.SIFT_create(nfeatures=cfg.max_features, contrastThreshold=cfg.contrast_threshold)
+    kp_m, des_m = sift.detectAndCompute(gray_m, None)
+    kp_q, des_q = sift.detectAndCompute(gray_q, None)
+    if des_m is None or des_q is None or len(kp_m) < 2 or len(kp_q) < 2:
+        return _rejected(f"too few features (query {len(kp_q)}, match {len(kp_m)})")
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(des_m, des_q, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < cfg.ratio * p[1].distance]
+    if len(good) < cfg.min_matches:
+        return _rejected(f"{len(good)} feature matches < min_matches {cfg.min_matches}", len(good))
+    pts_m = np.float64([kp_m[g.queryIdx].pt for g in good])
+    pts_q = np.float64([kp_q[g.trainIdx].pt for g in good])
+    # Both models in normalized coordinates (so two different cameras work); thresholds in pixels.
+    n_m, n_q = _normalized(pts_m, k_m), _normalized(pts_q, query_intrinsics)
+    focal = 0.5 * (query_intrinsics.fx + query_intrinsics.fy)
+    threshold = cfg.ransac_threshold_px / focal
+    e, e_mask = cv2.findEssentialMat(n_m, n_q, np.eye(3), method=cv2.RANSAC, prob=cfg.confidence,
+                                     threshold=threshold)
+    h, h_mask = cv2.findHomography(n_m, n_q, cv2.RANSAC, threshold, confidence=cfg.confidence)
+    e_inliers = int(e_mask.sum()) if e is not None and e.shape == (3, 3) else 0
+    h_inliers = int(h_mask.sum()) if h is not None else 0
+    best = max(e_inliers, h_inliers)
+    if best < cfg.min_inliers:
+        return _rejected(f"{best} RANSAC inliers < min_inliers {cfg.min_inliers}", len(good), best)
+    if best < cfg.min_inlier_ratio * len(good):
+        return _rejected(f"inlier ratio {best / len(good):.2f} < min_inlier_ratio {cfg.min_inlier_ratio}",
+                         len(good), best)
+    # Prefer the homography when it explains nearly as many matches: a pure rotation or a plane
+    # makes the essential matrix degenerate (ORB-SLAM's model selection, on inlier counts).
+    from_h = _from_homography(h, h_mask, n_m, n_q, len(good), h_inliers, cfg) if h_inliers >= cfg.min_inliers else None
+    if from_h is not None and h_inliers >= 0.75 * e_inliers:
+        return from_h
+    if e_inliers == 0:
+        return _rejected("no essential matrix", len(good), h_inliers)
+    mask = e_mask.copy()
+    inliers, r, t, _ = cv2.recoverPose(e, n_m, n_q, np.eye(3), mask=mask)
+    if inliers < cfg.min_inliers:
+        if from_h is not None:
+            return from_h
+        return _rejected(f"{inliers} inliers in front of both cameras < min_inliers {cfg.min_inliers}",
+                         len(good), int(inliers))
+    # x_q = R x_m + t: the query camera centre in the match frame is -R^T t.
+    direction = -r.T @ t.ravel()
+    return Verification(True, "", "essential", len(good), int(inliers), r.T, direction / np.linalg.norm(direction))

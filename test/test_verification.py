@@ -1,0 +1,93 @@
+"""Geometric verification on real images: known camera rotations recovered within 2 degrees,
+crops handled through their intrinsics, unrelated real images rejected."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from qaa_vpr_ros.verification import Intrinsics, VerificationConfig, verify_pair
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "rtabmap_samples"
+pytestmark = pytest.mark.skipif(not (SAMPLES / "images" / "1.jpg").is_file(),
+                                reason=f"real test images not found in {SAMPLES} (see /work/shared/data/README.md)")
+# 512x384 images; the camera is not calibrated, so any plausible K serves as long as warping and
+# estimation use the same one (~62 degree horizontal field of view).
+K = Intrinsics(420.0, 420.0, 256.0, 192.0)
+
+
+def _image(n: int) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(SAMPLES / "images" / f"{n}.jpg"), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _rotated_view(image: np.ndarray, rotation: np.ndarray, k_src: Intrinsics, k_dst: Intrinsics,
+                  size: tuple[int, int]) -> np.ndarray:
+    """What a camera with intrinsics ``k_dst`` rotated by ``rotation`` (x_new = R x_old) sees."""
+    h = k_dst.matrix @ rotation @ np.linalg.inv(k_src.matrix)
+    return cv2.warpPerspective(image, h, size)
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    return math.degrees(Rotation.from_matrix(a @ b.T).magnitude())
+
+
+CASES = [(n, rv) for n, rv in zip(
+    (10, 25, 40, 55, 70, 84),
+    np.random.default_rng(7).uniform(-0.12, 0.12, size=(6, 3)), strict=True)]
+
+
+@pytest.mark.parametrize("number, rotvec", CASES)
+def test_known_rotation_is_recovered_within_2_degrees(number, rotvec):
+    image = _image(number)
+    r_new_old = Rotation.from_rotvec(rotvec).as_matrix()
+    query = _rotated_view(image, r_new_old, K, K, (512, 384))
+    result = verify_pair(query, image, K)
+    assert result.accepted, result.reason
+    # R_match_query: the query camera's orientation in the match camera's frame = R_new_old^T.
+    assert _angle_deg(result.rotation, r_new_old.T) < 2.0
+    assert result.inliers >= VerificationConfig().min_inliers
+
+
+@pytest.mark.parametrize("number", [15, 60])
+def test_rotated_and_cropped_view_with_its_own_intrinsics(number):
+    image = _image(number)
+    r_new_old = Rotation.from_euler("xyz", [0.03, -0.08, 0.05]).as_matrix()
+    # A 320x240 crop at (100, 60) of the rotated view: the principal point moves by the offset.
+    cropped_k = Intrinsics(K.fx, K.fy, K.cx - 100, K.cy - 60)
+    query = _rotated_view(image, r_new_old, K, cropped_k, (320, 240))
+    result = verify_pair(query, image, cropped_k, K)
+    assert result.accepted, result.reason
+    assert _angle_deg(result.rotation, r_new_old.T) < 2.0
+    assert result.model == "rotation"  # explained as a pure rotation only with the crop's own K
+
+
+def _unrelated_pairs() -> list[tuple[int, int]]:
+    """Pairs far apart in the walk that the ground-truth mask does not mark as the same place."""
+    truth = cv2.imread(str(SAMPLES / "loop_ground_truth.png"), cv2.IMREAD_GRAYSCALE)
+    rng = np.random.default_rng(3)
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < 8:
+        i, j = sorted(int(v) for v in rng.integers(0, 84, size=2))
+        if j - i > 15 and truth[j, i] == 0 and truth[i, j] == 0:
+            pairs.append((i + 1, j + 1))
+    return pairs
+
+
+@pytest.mark.parametrize("a, b", _unrelated_pairs())
+def test_unrelated_real_images_are_rejected(a, b):
+    result = verify_pair(_image(a), _image(b), K)
+    assert not result.accepted
+    assert result.reason  # says why
+
+
+def test_bad_input_names_the_culprit():
+    with pytest.raises(ValueError, match="focal"):
+        Intrinsics.from_camera_info([0.0] * 9)
+    with pytest.raises(ValueError, match="query"):
+        verify_pair(np.zeros((10, 10), np.float32), np.zeros((10, 10), np.uint8), K)
+    blank = np.zeros((384, 512, 3), np.uint8)
+    assert not verify_pair(blank, blank, K).accepted
