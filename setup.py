@@ -4,12 +4,18 @@ from glob import glob
 from setuptools import find_packages, setup
 
 package_name = 'qaa_vpr_ros'
+TRAINING = 'qaa_vpr_ros_training'
 
 setup(
     name=package_name,
     version='0.1.0',
-    packages=find_packages(exclude=['test', 'test.*', 'tests', 'tests.*', 'scripts', 'scripts.*']),
-    package_data={'training': ['configs/*.yaml']},
+    # The training code installs under the package's own name (a top-level `training` would collide
+    # in site-packages); in a checkout it stays `training/` (`python -m training.train`).
+    packages=find_packages(exclude=['test', 'test.*', 'tests', 'tests.*', 'scripts', 'scripts.*',
+                                    'training', 'training.*'])
+    + [TRAINING] + [f'{TRAINING}.{sub}' for sub in find_packages('training')],
+    package_dir={TRAINING: 'training'},
+    package_data={TRAINING: ['configs/*.yaml']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

@@ -1,7 +1,8 @@
 """Start qaa_vpr_ros localize_node: live place matches and loop closures.
 
     ros2 launch qaa_vpr_ros localize.launch.py model:=/path/to/model map:=/path/to/map \\
-        image_topics:='[/front/image_raw, /rear/image_raw/compressed]' device:=cuda
+        image_topics:='[/front/image_raw, /rear/image_raw/compressed]' odom_topic:=/odom device:=cuda
+    ros2 launch qaa_vpr_ros localize.launch.py --show-args    # every argument, documented
 
 Parameters come from ``params_file`` (default: the installed ``config/localize.yaml``); the
 arguments below override it only when given (non-empty). Map building has no node: run
@@ -32,14 +33,27 @@ def _image_topics(text):
     return [t.strip() for t in items if t.strip()]
 
 
+def _flag(name, text):
+    value = text.lower()
+    if value not in ('true', 'false', '1', '0', 'yes', 'no'):
+        raise ValueError(f'{name}:={text!r} is not a boolean; write true or false')
+    return value in ('true', '1', 'yes')
+
+
 def _launch_setup(context, *args, **kwargs):
     def arg(name):
         return LaunchConfiguration(name).perform(context).strip()
 
-    overrides = {'use_sim_time': arg('use_sim_time').lower() in ('true', '1', 'yes')}
-    for name in ('map', 'model', 'device'):
+    overrides = {'use_sim_time': _flag('use_sim_time', arg('use_sim_time'))}
+    for name in ('map', 'model', 'device', 'odom_topic'):
         if arg(name):
             overrides[name] = arg(name)
+    for name in ('min_score', 'min_confidence'):
+        if arg(name):
+            try:
+                overrides[name] = float(arg(name))
+            except ValueError:
+                raise ValueError(f'{name}:={arg(name)!r} is not a number') from None
     if arg('image_topics'):
         overrides['image_topics'] = _image_topics(arg('image_topics'))
     params_file = arg('params_file')
@@ -54,6 +68,11 @@ def _launch_setup(context, *args, **kwargs):
         output='screen',
         emulate_tty=True,
         parameters=[params_file, overrides],
+        ros_arguments=['--log-level', arg('log_level')],
+        # The node exits non-zero on fatal start-up errors (missing model/map, no CUDA), so a
+        # respawn retries them too; each retry logs the same one-line error.
+        respawn=_flag('respawn', arg('respawn')),
+        respawn_delay=2.0,
     )
     return [node]
 
@@ -83,7 +102,26 @@ def generate_launch_description():
             'namespace', default_value='',
             description='Namespace of the node (its topics become <namespace>/localize_node/...).'),
         DeclareLaunchArgument(
+            'odom_topic', default_value='',
+            description='nav_msgs/Odometry topic for keyframe poses and motion gating, e.g. /odom. '
+                        'Empty: the params file value (default: no odometry).'),
+        DeclareLaunchArgument(
+            'min_score', default_value='',
+            description='Smallest descriptor similarity in [-1, 1] a candidate needs. '
+                        'Empty: the params file value.'),
+        DeclareLaunchArgument(
+            'min_confidence', default_value='',
+            description='Confidence threshold of an accepted place match / loop closure (raise it for '
+                        'fewer, surer loop closures). Empty: the params file value.'),
+        DeclareLaunchArgument(
             'use_sim_time', default_value='false',
             description='Use the /clock topic (true when playing a bag with --clock).'),
+        DeclareLaunchArgument(
+            'log_level', default_value='info',
+            description='Log level of the node: debug, info, warn, error or fatal.'),
+        DeclareLaunchArgument(
+            'respawn', default_value='false',
+            description='Restart the node (after 2 s) whenever it exits, including after a fatal '
+                        'start-up error; false: launch reports the exit and the node stays down.'),
     ]
     return LaunchDescription(arguments + [OpaqueFunction(function=_launch_setup)])
