@@ -3,6 +3,11 @@
 Map building, the ROS node and evaluation all call :class:`DescriptorExtractor`, so they share
 the release's preprocessing exactly: resize to the model's size (bilinear, antialiased, on the
 uint8 image as torchvision does), scale to [0, 1], ImageNet mean/std.
+
+Two inference backends run the model: ``torch`` and ``onnxruntime`` (the file
+:func:`qaa_vpr_ros.model.onnx_export.export_onnx` wrote for the same weights; TensorRT, CUDA or
+CPU execution provider). Both give the same fingerprint, so maps built with one are accepted with
+the other; the onnxruntime backend refuses a file exported from other weights or at another size.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +29,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ENCODINGS = ("rgb", "bgr", "mono")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,50 @@ def model_fingerprint(model: nn.Module, preprocessing: Preprocessing) -> str:
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     digest.update(json.dumps(asdict(preprocessing), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def onnx_providers(device: str | torch.device, precision: str, cache_dir: Path) -> tuple[list[Any], str]:
+    """onnxruntime execution providers for ``device`` and the precision they run at.
+
+    ``cpu``: the CPU provider, fp32. ``auto``: TensorRT (fp16 engine for ``auto``/``fp16``, cached
+    in ``cache_dir``), else CUDA (fp32), else CPU, whichever the installed onnxruntime has;
+    ``cuda``/``cuda:N`` is the same but requires a GPU provider. Raises ValueError naming what is
+    missing (a GPU provider, or TensorRT for fp16; bf16 is never supported).
+    """
+    import onnxruntime as ort
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} not one of {PRECISIONS}")
+    if precision == "bf16":
+        raise ValueError("precision 'bf16' is not supported by the onnxruntime backend; use fp32, fp16 "
+                         "(TensorRT) or auto, or backend 'torch'")
+    device = str(device)
+    available = ort.get_available_providers()
+    if device == "cpu":
+        if precision == "fp16":
+            raise ValueError("precision 'fp16' with the onnxruntime backend needs TensorRT on a GPU; on the "
+                             "CPU use fp32 or auto")
+        return ["CPUExecutionProvider"], "fp32"
+    if device != "auto" and not device.startswith("cuda"):
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+    providers: list[Any] = []
+    chosen = "fp32"
+    if "TensorrtExecutionProvider" in available:
+        chosen = "fp32" if precision == "fp32" else "fp16"
+        providers.append(("TensorrtExecutionProvider", {
+            "device_id": device_id, "trt_fp16_enable": chosen == "fp16",
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}))
+    if "CUDAExecutionProvider" in available:
+        providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    if device.startswith("cuda") and not providers:
+        raise ValueError(f"device {device!r} requested but onnxruntime {ort.__version__} has no CUDA or TensorRT "
+                         f"execution provider (it has {available}); install onnxruntime-gpu, or use device "
+                         "'cpu' or 'auto'")
+    if precision == "fp16" and chosen != "fp16":
+        raise ValueError(f"precision 'fp16' with the onnxruntime backend needs the TensorRT execution provider, "
+                         f"which onnxruntime {ort.__version__} lacks here (it has {available})")
+    return providers + ["CPUExecutionProvider"], chosen
 
 
 def to_rgb(image: np.ndarray, encoding: str) -> np.ndarray:
@@ -104,6 +156,9 @@ class DescriptorExtractor:
         device: ``auto`` (cuda when present), ``cpu``, ``cuda``, ``cuda:N``.
         batch_size: images per forward pass.
         precision: ``auto`` (fp16 autocast on GPU, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+        backend: ``torch`` or ``onnxruntime`` (then ``onnx_path`` is the file ``export_onnx`` wrote
+            for ``model``; preprocessing runs on the CPU; see :func:`onnx_providers` for devices
+            and precisions). ``model`` is still needed: the fingerprint is of its weights.
     """
 
     def __init__(
@@ -113,23 +168,71 @@ class DescriptorExtractor:
         batch_size: int = 16,
         precision: str = "auto",
         image_size: tuple[int, int] | None = None,
+        backend: str = "torch",
+        onnx_path: str | Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} not one of {PRECISIONS}")
-        self.device = resolve_device(device)
-        if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
-        self.precision = precision
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} not one of {BACKENDS}")
+        self.backend = backend
         self.batch_size = batch_size
         size = image_size if image_size is not None else getattr(model, "image_size", None)
         if size is None:
             raise ValueError("image_size not given and the model has no image_size attribute")
         self.preprocessing = Preprocessing(image_size=(int(size[0]), int(size[1])))
-        self.model = model.to(self.device).eval()
         self._fingerprint: str | None = None
         self._dim: int | None = getattr(model, "out_dim", None)
+        self._session: Any = None
+        self.providers: list[str] = []
+        if backend == "onnxruntime":
+            self.device = torch.device("cpu")  # preprocessing; the session runs on its providers
+            self.model = model.eval()
+            self.precision = self._open_onnx(onnx_path, device, precision)
+            return
+        if onnx_path is not None:
+            raise ValueError(f"onnx_path {onnx_path} given but backend is 'torch'; set backend 'onnxruntime'")
+        self.device = resolve_device(device)
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
+        self.model = model.to(self.device).eval()
+
+    def _open_onnx(self, onnx_path: str | Path | None, device: str | torch.device, precision: str) -> str:
+        """Opens the onnxruntime session and checks the file is this model's; returns the precision."""
+        import onnxruntime as ort
+
+        from .model.onnx_export import FINGERPRINT_KEY, INPUT_NAME, OUTPUT_NAME
+
+        if onnx_path is None or not str(onnx_path):
+            raise ValueError("backend 'onnxruntime' needs onnx_path: the .onnx file export_onnx wrote for this model")
+        path = Path(onnx_path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"onnx_path {path} is not a file (write one with: export_onnx --model DIR --out {path})")
+        providers, chosen = onnx_providers(device, precision, path.parent / f"{path.stem}.trt_cache")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # one knob (torch_threads) for both backends
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+            raise ValueError(f"onnx_path {path} could not be loaded by onnxruntime: {err}") from err
+        stored = self._session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
+        if stored is None:
+            raise ValueError(f"onnx_path {path} carries no model fingerprint (exported by an older export_onnx?); "
+                             "export it again with export_onnx")
+        if stored != self.fingerprint:
+            raise ValueError(f"onnx_path {path} was exported from other weights or at another image size than "
+                             f"this model at {self.image_size[0]}x{self.image_size[1]} (fingerprint "
+                             f"{stored[:12]} vs {self.fingerprint[:12]}); export it again from this model")
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+            raise ValueError(f"onnx_path {path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}")
+        if isinstance(outputs[0].shape[1], int):
+            self._dim = int(outputs[0].shape[1])
+        self.providers = list(self._session.get_providers())
+        return chosen
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -168,6 +271,8 @@ class DescriptorExtractor:
         """Descriptors (N, D) float32, L2-normalised, in input order. Empty input -> (0, D)."""
         if isinstance(encodings, str):
             encodings = [encodings] * len(images)
+        if self._session is not None:
+            return self._extract_onnx(images, encodings)
         outputs = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(images), self.batch_size):
@@ -177,3 +282,16 @@ class DescriptorExtractor:
         if not outputs:
             return np.zeros((0, self.dim), np.float32)
         return torch.cat(outputs).numpy()
+
+    def _extract_onnx(self, images: Sequence[np.ndarray], encodings: Sequence[str]) -> np.ndarray:
+        from .model.onnx_export import INPUT_NAME, OUTPUT_NAME
+
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            stop = start + self.batch_size
+            with torch.inference_mode():
+                batch = self.preprocess(images[start:stop], encodings[start:stop]).numpy()
+            outputs.append(self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0].astype(np.float32, copy=False))
+        if not outputs:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(outputs)

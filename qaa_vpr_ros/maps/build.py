@@ -570,6 +570,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                        help="inference backend (default torch); onnxruntime runs the --onnx file")
+    parser.add_argument("--onnx", help="with --backend onnxruntime: the file export_onnx wrote for --model "
+                        "(the map gets the same fingerprint as with torch)")
     parser.add_argument("--chunk-size", type=int, default=256, help="keyframes per resumable chunk (default 256)")
     parser.add_argument("--prefetch", type=int, default=64, help="decoded keyframes queued for the model (default 64)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), help="process part i of N (merge with merge_maps)")
@@ -609,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not Path(args.model).exists():
             raise MapError(f"model {args.model} does not exist")
         extractor = DescriptorExtractor(
-            load_model(args.model), device=args.device, batch_size=args.batch_size, precision=args.precision
+            load_model(args.model), device=args.device, batch_size=args.batch_size, precision=args.precision,
+            backend=args.backend, onnx_path=args.onnx,
         )
         result = build_map(
             args.bags, args.output, extractor, options, resume=args.resume, overwrite=args.overwrite,

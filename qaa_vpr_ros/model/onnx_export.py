@@ -5,6 +5,11 @@ L2-normalised; H and W are fixed at export, the batch is dynamic. What does not 
 image (QAA's query branches, the position embeddings at that size) is evaluated once and stored
 as constants, so the graph runs the backbone, the cross-attention and the aggregation only.
 
+The file's metadata carries the model fingerprint (:func:`qaa_vpr_ros.extractor.model_fingerprint`
+of the exported weights and the preprocessing at that size): the extractor's ``onnxruntime``
+backend refuses a file exported from other weights, and a map built with either backend has the
+same fingerprint, so it is accepted by the other.
+
 CLI (console script ``export_onnx``)::
 
     export_onnx --model QAA-8192/ --out qaa.onnx [--image-size 322 322] [--opset 17]
@@ -32,6 +37,9 @@ from .backbone import PATCH_SIZE
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "descriptors"
+# Keys of the ONNX model's metadata_props written by export_onnx.
+FINGERPRINT_KEY = "qaa_vpr_ros.model_fingerprint"
+IMAGE_SIZE_KEY = "qaa_vpr_ros.image_size"  # "H,W"
 MIN_OPSET = 17
 PARITY_TOLERANCE = 1e-3  # max abs difference accepted when the export checks itself (float32)
 _EXAMPLE_BATCH = 2  # not 1, so that nothing batch-dependent can pass for a constant
@@ -48,6 +56,7 @@ class OnnxExport:
     image_size: tuple[int, int]
     out_dim: int
     max_abs_diff: float
+    fingerprint: str = ""
 
 
 @contextlib.contextmanager
@@ -90,6 +99,16 @@ def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
+def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(model, str(path))
+
+
 def run_onnx(path: str | Path, images: np.ndarray) -> np.ndarray:
     """Descriptors (B, D) from an exported model on CPU; ``images`` (B, 3, H, W) float32."""
     import onnxruntime as ort
@@ -109,12 +128,15 @@ def export_onnx(
 
     The file appears (atomically) only once onnxruntime's descriptors on a random batch match
     PyTorch's within ``PARITY_TOLERANCE``. Models over 2 GB (ViT-g) are beyond one ONNX file.
+    Its metadata holds the model fingerprint at ``image_size`` (``FINGERPRINT_KEY``).
 
     Raises:
         ValueError: image size not a multiple of 14, or opset below 17.
         RuntimeError: the exported graph disagrees with PyTorch.
     """
     import onnxruntime  # noqa: F401  (fail before the slow export when the onnx extra is missing)
+
+    from ..extractor import Preprocessing, model_fingerprint
 
     height, width = _check_image_size(image_size)
     if opset < MIN_OPSET:
@@ -125,6 +147,7 @@ def export_onnx(
     model.eval()
     example = torch.randn(_EXAMPLE_BATCH, 3, height, width)
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    fingerprint = model_fingerprint(model, Preprocessing(image_size=(height, width)))
     frozen = _frozen_image_independent_parts(model, (height, width))
     try:
         with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
@@ -146,6 +169,7 @@ def export_onnx(
                     output_names=[OUTPUT_NAME],
                     dynamic_axes=dynamic_axes,
                 )
+            _write_metadata(staged, {FINGERPRINT_KEY: fingerprint, IMAGE_SIZE_KEY: f"{height},{width}"})
             diff = float(np.abs(run_onnx(staged, example.numpy()) - expected).max())
             if not diff <= PARITY_TOLERANCE:
                 raise RuntimeError(
@@ -157,7 +181,8 @@ def export_onnx(
             fsync_path(path.parent)
     finally:
         model.train(was_training)
-    return OnnxExport(path, (height, width), out_dim=int(expected.shape[1]), max_abs_diff=diff)
+    return OnnxExport(path, (height, width), out_dim=int(expected.shape[1]), max_abs_diff=diff,
+                      fingerprint=fingerprint)
 
 
 def main(argv: list[str] | None = None) -> int:
