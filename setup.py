@@ -44,6 +44,7 @@ setup(
         'train': ['pytorch-metric-learning>=2.3', 'tensorboard>=2.14'],
         'onnx': ['onnx>=1.15', 'onnxruntime>=1.17', 'onnxscript>=0.1'],
         'test': ['pytest>=7', 'ruff>=0.4'],
+        'slam': ['gtsam>=4.2', 'evo>=1.20'],  # pose_graph_node, the SLAM demo's trajectory error
     },
     zip_safe=True,
     maintainer='qaa_vpr_ros maintainers',
@@ -53,6 +54,7 @@ setup(
     entry_points={
         'console_scripts': [
             'localize_node = qaa_vpr_ros.localize_node:main',
+            'pose_graph_node = qaa_vpr_ros.pose_graph_node:main',
             'build_map = qaa_vpr_ros.maps.build:main',
             'merge_maps = qaa_vpr_ros.maps.merge:main',
             'map_info = qaa_vpr_ros.maps.info:main',

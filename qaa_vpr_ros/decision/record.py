@@ -39,6 +39,7 @@ __all__ = [
     "CovarianceModel",
     "LoopClosureRecord",
     "matrix_quaternion",
+    "point_fields",
     "pose_matrix",
     "records_from_table",
     "records_to_table",
@@ -409,3 +410,23 @@ def transform_error(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(axis)
     rotvec = axis / norm * angle if norm > 1e-12 else np.zeros(3)
     return np.concatenate([delta[:3, 3], rotvec])
+
+
+# sensor_msgs/PointField datatype codes (no ROS import here).
+_POINTFIELD_CODES = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4": 7, "f8": 8, "S1": 2}
+
+
+def point_fields() -> list[tuple[str, int, int, int]]:
+    """``(name, offset, PointField datatype, count)`` of every :data:`RECORD_DTYPE` field, for the
+    ``sensor_msgs/PointCloud2`` that carries the table (strings as ``count`` UINT8 bytes)."""
+    out = []
+    for name in RECORD_DTYPE.names:
+        dtype, offset = RECORD_DTYPE.fields[name][:2]
+        if dtype.kind == "S":
+            out.append((name, offset, 2, dtype.itemsize))
+        elif dtype.subdtype is not None:
+            base, shape = dtype.subdtype
+            out.append((name, offset, _POINTFIELD_CODES[base.str[1:]], int(np.prod(shape))))
+        else:
+            out.append((name, offset, _POINTFIELD_CODES[dtype.str[1:]], 1))
+    return out

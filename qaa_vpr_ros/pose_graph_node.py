@@ -1,0 +1,216 @@
+"""``pose_graph_node``: a small SLAM back end for our loop closures (rclpy edge of :mod:`qaa_vpr_ros.pose_graph`).
+
+Subscribes to
+
+- ``odom_topic`` (``nav_msgs/Odometry``): the robot's drifting odometry;
+- ``loop_topic`` (``sensor_msgs/PointCloud2``): ``localize_node``'s ``~/loop_candidates`` table
+  of :class:`~qaa_vpr_ros.decision.record.LoopClosureRecord` rows (accepted ones become edges).
+
+and publishes, after each optimisation (at most every ``optimize_period_s``, when something new
+arrived):
+
+- ``~/path`` (``nav_msgs/Path``, frame ``map_frame``): the corrected trajectory (graph nodes);
+- ``~/map_to_odom`` (``geometry_msgs/TransformStamped``): the correction ``map_frame`` ->
+  odometry frame (also broadcast on ``/tf`` when ``tf2_ros`` is importable and ``publish_tf``);
+- ``~/loop_closures`` (``sensor_msgs/PointCloud2``): the records in the graph, ``accepted`` = the
+  edge is an inlier of the solution (outliers were switched off by the robust loss).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import Header
+
+from qaa_vpr_ros.decision.record import (
+    RECORD_DTYPE,
+    LoopClosureRecord,
+    matrix_quaternion,
+    point_fields,
+    pose_matrix,
+    records_from_table,
+    records_to_table,
+)
+from qaa_vpr_ros.pose_graph import PoseGraph, PoseGraphConfig
+
+__all__ = ["PoseGraphNode", "main", "records_cloud", "records_from_cloud"]
+
+_PARAMETERS = {
+    # name: (default, description)
+    "odom_topic": ("/odom", "nav_msgs/Odometry input (the drifting odometry to correct)."),
+    "loop_topic": ("/localize_node/loop_candidates", "Loop-closure records (localize_node's ~/loop_candidates)."),
+    "map_frame": ("map", "Frame of the corrected path and parent of the map->odom correction."),
+    "optimize_period_s": (1.0, "Smallest time between two optimisations (s)."),
+    "node_spacing_m": (5.0, "A new graph node after this much odometry travel (m)."),
+    "node_rotation_rad": (0.3, "... or this much rotation (rad)."),
+    "odom_translation_noise": (0.05, "Odometry translation sigma per metre travelled "
+                               "(calibrate against ground truth)."),
+    "odom_rotation_noise": (0.01, "Odometry rotation sigma, rad per sqrt(metre) travelled."),
+    "loss": ("gnc", "Robust loss on loop closures: gnc (truncated quadratic, GNC), cauchy or huber."),
+    "publish_tf": (True, "Also broadcast map_frame -> odometry frame on /tf when tf2_ros is importable."),
+}
+
+
+def records_cloud(header: Header, records: list[LoopClosureRecord]) -> PointCloud2:
+    """The record table as a ``PointCloud2`` (one point per record, fields of RECORD_DTYPE)."""
+    table = records_to_table(records)
+    fields = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in point_fields()]
+    return PointCloud2(header=header, height=1, width=len(records), fields=fields, is_bigendian=False,
+                       point_step=RECORD_DTYPE.itemsize, row_step=RECORD_DTYPE.itemsize * len(records),
+                       data=table.tobytes(), is_dense=True)
+
+
+def records_from_cloud(msg: PointCloud2) -> list[LoopClosureRecord]:
+    """Inverse of :func:`records_cloud`; raises ValueError naming the mismatch for a foreign table."""
+    if msg.point_step != RECORD_DTYPE.itemsize:
+        raise ValueError(f"loop-candidate table has point_step {msg.point_step}, this version expects "
+                         f"{RECORD_DTYPE.itemsize}: publisher and subscriber run different qaa_vpr_ros versions")
+    return records_from_table(bytes(msg.data))
+
+
+def _transform_matrix(msg: Any) -> np.ndarray:
+    p, q = msg.position, msg.orientation
+    return pose_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+
+
+def _stamp_of(seconds: float) -> Any:
+    from builtin_interfaces.msg import Time
+
+    sec = int(seconds // 1)
+    return Time(sec=sec, nanosec=min(round((seconds - sec) * 1e9), 999_999_999))
+
+
+class PoseGraphNode(Node):
+    """ROS edge of :class:`~qaa_vpr_ros.pose_graph.PoseGraph`."""
+
+    def __init__(self, node_name: str = "pose_graph_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, (default, description) in _PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        p = {name: self.get_parameter(name).value for name in _PARAMETERS}
+        self.map_frame = p["map_frame"]
+        self.graph = PoseGraph(PoseGraphConfig(
+            node_spacing_m=float(p["node_spacing_m"]), node_rotation_rad=float(p["node_rotation_rad"]),
+            odom_translation_noise=float(p["odom_translation_noise"]),
+            odom_rotation_noise=float(p["odom_rotation_noise"]), loss=p["loss"]))
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._odom_frame = "odom"
+        self._last_odom_stamp = None
+        self.rejected_frames = 0
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.path_pub = self.create_publisher(PathMsg, "~/path", latched)
+        self.correction_pub = self.create_publisher(TransformStamped, "~/map_to_odom", latched)
+        self.loops_pub = self.create_publisher(PointCloud2, "~/loop_closures", latched)
+        self._tf = None
+        if p["publish_tf"]:
+            try:
+                from tf2_ros import TransformBroadcaster
+            except ImportError:
+                self.get_logger().info("tf2_ros is not importable: map->odom only on ~/map_to_odom")
+            else:
+                self._tf = TransformBroadcaster(self)
+        self.create_subscription(Odometry, p["odom_topic"], self._on_odom, 100)
+        self.create_subscription(PointCloud2, p["loop_topic"], self._on_records, 100)
+        self.create_timer(float(p["optimize_period_s"]), self._optimize)
+
+    def _on_odom(self, msg: Odometry) -> None:
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        with self._lock:
+            if msg.header.frame_id:
+                self._odom_frame = msg.header.frame_id
+            if self._last_odom_stamp is not None and stamp < self._last_odom_stamp:
+                self.get_logger().warning(f"odometry time went back ({self._last_odom_stamp} -> {stamp}): "
+                                          "starting a new graph")
+                self.graph = PoseGraph(self.graph.config)
+            self._last_odom_stamp = stamp
+            self.graph.add_odometry(stamp, _transform_matrix(msg.pose.pose))
+            self._dirty = True
+
+    def _on_records(self, msg: PointCloud2) -> None:
+        try:
+            records = records_from_cloud(msg)
+        except ValueError as err:
+            self.get_logger().error(f"{self.get_parameter('loop_topic').value}: {err}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            for record in records:
+                if not record.accepted:
+                    continue
+                expected = self._odom_frame if record.is_online else self.map_frame
+                if record.match_frame != expected:
+                    self.rejected_frames += 1
+                    self.get_logger().warning(
+                        f"loop closure in frame {record.match_frame!r} (session {record.match_session!r}) "
+                        f"ignored: expected {expected!r} (map_frame parameter / odometry frame)",
+                        throttle_duration_sec=5.0)
+                    continue
+                self.graph.add_loop_closure(record)
+                self._dirty = True
+
+    def _optimize(self) -> None:
+        with self._lock:
+            if not self._dirty or self.graph.node_count == 0:
+                return
+            self._dirty = False
+            self.graph.optimize()
+            path = self.graph.corrected_path()
+            correction = self.graph.map_to_odom()
+            edges = [(e.record, e.inlier) for e in self.graph.edges]
+            odom_frame = self._odom_frame
+        now = self.get_clock().now().to_msg()
+        msg = PathMsg(header=Header(stamp=now, frame_id=self.map_frame))
+        for stamp, pose in path:
+            ps = PoseStamped(header=Header(stamp=_stamp_of(stamp), frame_id=self.map_frame))
+            ps.pose.position.x, ps.pose.position.y, ps.pose.position.z = (float(v) for v in pose[:3, 3])
+            q = matrix_quaternion(pose[:3, :3])
+            ps.pose.orientation.x, ps.pose.orientation.y, ps.pose.orientation.z, ps.pose.orientation.w = q
+            msg.poses.append(ps)
+        self.path_pub.publish(msg)
+        tf = TransformStamped(header=Header(stamp=_stamp_of(path[-1][0]), frame_id=self.map_frame),
+                              child_frame_id=odom_frame)
+        tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = (
+            float(v) for v in correction[:3, 3])
+        q = matrix_quaternion(correction[:3, :3])
+        tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z, tf.transform.rotation.w = q
+        self.correction_pub.publish(tf)
+        if self._tf is not None:
+            self._tf.sendTransform(tf)
+        self.loops_pub.publish(records_cloud(Header(stamp=now, frame_id=self.map_frame),
+                                             [replace(r, accepted=inlier) for r, inlier in edges]))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``pose_graph_node`` (``ros2 run qaa_vpr_ros pose_graph_node --ros-args ...``)."""
+    rclpy.init(args=args)
+    try:
+        node = PoseGraphNode()
+    except ValueError as err:
+        print(f"pose_graph_node: invalid parameters: {err}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
