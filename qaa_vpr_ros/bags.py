@@ -20,6 +20,7 @@ from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_typestore
 
 from qaa_vpr_ros.keyframes import PoseTrack, latlon_to_utm, utm_zone
+from qaa_vpr_ros.paths import expand_path
 
 __all__ = [
     "IMAGE_TYPES",
@@ -59,8 +60,8 @@ class TopicError(BagError):
 
 
 def resolve_bag(path: str | Path) -> Path:
-    """Check that ``path`` is a rosbag2 folder (with metadata.yaml) or a .db3/.mcap file."""
-    path = Path(path)
+    """Check that ``path`` (``~`` and variables expanded) is a rosbag2 folder or a .db3/.mcap file."""
+    path = expand_path(path)
     if not path.exists():
         raise BagError(f"bag {path} does not exist")
     if path.is_dir():

@@ -180,7 +180,8 @@ def load_dinov2_weights(backbone: DINOv2Backbone, path: str | Path) -> None:
 
     Raises: ValueError naming missing, unexpected or mis-shaped keys.
     """
+    from ..paths import expand_path
     from .checkpoint import read_state_dict, strict_load
 
-    state = convert_dinov2_state_dict(read_state_dict(Path(path)))
+    state = convert_dinov2_state_dict(read_state_dict(expand_path(path)))
     strict_load(backbone, state, source=str(path))

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..atomic import atomic_folder
+from ..paths import expand_path
 from .vpr_model import RELEASE_IMAGE_SIZE, REQUIRED_KEYS, ModelConfigError, VPRModel
 
 CONFIG_FILE = "config.json"
@@ -110,8 +111,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VPRModel
 
     Never touches the network and never unpickles. Raises :class:`CheckpointError` naming
     missing/unexpected/mis-shaped keys and :class:`ModelConfigError` for unsupported configs.
+    ``~`` and environment variables in ``path`` are expanded.
     """
-    path = Path(path)
+    path = expand_path(path)
     if path.is_dir():
         config = _read_config(path)
         weights = path / WEIGHTS_FILE
@@ -173,7 +175,7 @@ def save_checkpoint(model: VPRModel, folder: str | Path, extra: dict[str, Any] |
     }
     config = {"model_config_dict": model.model_config_dict, PROJECT_KEY: project}
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    folder = Path(folder)
+    folder = expand_path(folder)
     with atomic_folder(folder, replaces=is_checkpoint_folder) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
