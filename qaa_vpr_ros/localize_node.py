@@ -307,7 +307,8 @@ class LocalizeNode(Node):
             torch.set_num_threads(cfg.torch_threads)
         model = load_model(cfg.model, device="cpu")
         extractor = DescriptorExtractor(model, device=cfg.device, batch_size=max(16, len(self.cameras)),
-                                        precision=cfg.precision)
+                                        precision=cfg.precision, backend=cfg.backend,
+                                        onnx_path=cfg.onnx if cfg.backend == "onnxruntime" else None)
         prior_map = None
         if cfg.map:
             self.state_message = f"loading map {cfg.map}"
@@ -331,7 +332,8 @@ class LocalizeNode(Node):
             self.state = "error" if self.map_error else "ready"
             self.state_message = self.map_error or "ready"
             self.get_logger().info(
-                f"ready: device {self.extractor.device}, descriptor dim {self.extractor.dim}, "
+                f"ready: device {self.extractor.device}, backend {self.extractor.backend} "
+                f"{' '.join(self.extractor.providers)}, descriptor dim {self.extractor.dim}, "
                 f"map {len(self.localizer.prior_map) if self.localizer.prior_map else 0} keyframes")
         except Exception as err:  # any load failure is reported in /diagnostics as ERROR
             self.state, self.state_message = "error", f"model {self.config.model!r} failed to load: {err}"

@@ -71,6 +71,11 @@ class LocalizeConfig:
     precision: str = _param("auto", "Inference precision passed to the extractor: auto, fp32, "
                             "fp16 or bf16.", choices=("auto", "fp32", "fp16", "bf16"),
                             read_only=True)
+    backend: str = _param("torch", "Inference backend: torch, or onnxruntime running the 'onnx' file "
+                          "(TensorRT, CUDA or CPU execution provider, whichever is installed).",
+                          choices=("torch", "onnxruntime"), read_only=True)
+    onnx: str = _param("", "With backend onnxruntime: the .onnx file export_onnx wrote for 'model' (same "
+                       "fingerprint, so maps built with either backend load).", read_only=True)
     torch_threads: int = _param(
         0, "CPU inference threads (torch.set_num_threads); 0 keeps torch's default. On a busy "
         "CPU shared with SLAM, 1 is often faster than several spin-waiting threads.",
