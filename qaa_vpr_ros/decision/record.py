@@ -87,8 +87,11 @@ class LoopClosureRecord:
       pitch, yaw; m^2, rad^2).
     - ``transform_source``: one of :data:`TRANSFORM_SOURCES`.
     - ``score``: descriptor similarity (inner product of unit descriptors, [-1, 1]).
-    - ``confidence``: the decision's confidence that the match is right, [0, 1].
-    - ``sequence_support``: how many recent queries supported this match (1 = itself only).
+    - ``confidence``: the decision's confidence margin: the match's sequence score minus the best
+      sequence score of places elsewhere (see :mod:`qaa_vpr_ros.decision.decision`); larger is
+      surer, NaN when the decision did not compute one.
+    - ``sequence_support``: how many queries of the sequence found a keyframe near where this
+      match predicts them (1 = itself only).
     - ``inliers``: RANSAC inliers of geometric verification; -1 when geometry did not run.
     - ``rank``: rank of the candidate among the query's search hits (0 = best score).
     - ``accepted``: whether the decision accepted it as a loop closure / place match.
@@ -145,8 +148,6 @@ class LoopClosureRecord:
             if not isinstance(value, str) or len(value.encode("utf-8")) > NAME_BYTES:
                 raise ValueError(f"LoopClosureRecord.{name} must be a string of at most {NAME_BYTES} "
                                  f"UTF-8 bytes, got {value!r}")
-        if not 0.0 <= self.confidence <= 1.0:
-            raise ValueError(f"LoopClosureRecord.confidence {self.confidence} is outside [0, 1]")
 
     # --- derived values -----------------------------------------------------------------------
     @property
@@ -368,8 +369,8 @@ class CovarianceModel:
         return getattr(self, source)
 
     def covariance(self, source: str, confidence: float = 1.0) -> tuple[float, ...]:
-        """Row-major 6x6 diagonal covariance for ``source``; a lower ``confidence`` (in [0, 1])
-        widens it, up to 10x at confidence 0, so a back end trusts doubtful matches less."""
+        """Row-major 6x6 diagonal covariance for ``source``; a lower ``confidence`` (here a number
+        in [0, 1], 1 = sure) widens it, up to 10x at 0, so a back end trusts doubtful matches less."""
         factor = 1.0 / (0.1 + 0.9 * min(max(float(confidence), 0.0), 1.0))
         cov = [0.0] * 36
         for i, v in enumerate(self.diagonal(source)):
