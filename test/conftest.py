@@ -53,3 +53,20 @@ def nordland_root() -> Path:
     if not (NORDLAND / "summer").is_dir() or not (NORDLAND / "winter").is_dir():
         pytest.skip(f"shared test data absent: {NORDLAND} (see ../shared/data/README.md)")
     return NORDLAND
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The doc test's list of blocks run and skipped, with reasons (test_docs.REPORT)."""
+    import sys
+
+    report = getattr(sys.modules.get("test_docs"), "REPORT", None)
+    if report:
+        terminalreporter.section("docs: blocks run and skipped (test_docs.py)")
+        for line in report:
+            terminalreporter.write_line(line)
+        runs = sum(line.startswith("ran") for line in report)
+        skips = sum(line.startswith("skip") for line in report)
+        unchecked = sum(line.startswith("unchecked") for line in report)
+        checked = sum(line.startswith("checked") for line in report)
+        terminalreporter.write_line(f"docs: {runs} commands/snippets ran, {skips} skipped; figures: "
+                                    f"{checked} checked, {unchecked} marked unchecked")
