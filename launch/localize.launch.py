@@ -17,6 +17,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from qaa_vpr_ros.paths import expand_path
+
 PACKAGE = 'qaa_vpr_ros'
 
 
@@ -56,7 +58,7 @@ def _launch_setup(context, *args, **kwargs):
                 raise ValueError(f'{name}:={arg(name)!r} is not a number') from None
     if arg('image_topics'):
         overrides['image_topics'] = _image_topics(arg('image_topics'))
-    params_file = arg('params_file')
+    params_file = str(expand_path(arg('params_file')))  # ~ and $VARS; the node expands map/model itself
     if not os.path.isfile(params_file):
         raise FileNotFoundError(f'params_file:={params_file!r} does not exist; give a YAML file with '
                                 f'"/**: ros__parameters:" (see config/localize.yaml)')

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from qaa_vpr_ros.atomic import atomic_write_text, save_figure
+from qaa_vpr_ros.paths import expand_path, path_argument
 
 from .datasets import load_image_rgb
 from .datasets.base import IMAGE_SUFFIXES, natural_key
@@ -140,15 +141,15 @@ def plot_rates(rows: Sequence[dict[str, Any]], eps_values: Sequence[float], path
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.coding_rate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", required=True, help="checkpoint (repeatable)")
-    p.add_argument("--images", type=Path, required=True, help="folder of images (recursive)")
+    p.add_argument("--model", action="append", required=True, type=path_argument, help="checkpoint (repeatable)")
+    p.add_argument("--images", type=expand_path, required=True, help="folder of images (recursive)")
     p.add_argument("--limit", type=int, default=200, help="at most this many images, evenly spaced (default 200)")
     p.add_argument("--variants", nargs="+", choices=QAA_FAMILY,
                    help="also evaluate each model's weights under these QAA-family heads")
     p.add_argument("--eps", type=float, default=0.5, help="eps of the table (default 0.5)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the columns of Z (compare directions only)")
-    p.add_argument("--json", type=Path)
-    p.add_argument("--plot", type=Path)
+    p.add_argument("--json", type=expand_path)
+    p.add_argument("--plot", type=expand_path)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=32)
     return p

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from qaa_vpr_ros.paths import expand_path
+
 from .losses import LossConfig
 
 
@@ -94,7 +96,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads per process (None: torch default)
 
     def resolve_root(self, root: str) -> str:
-        return str(Path(self.data_root) / root)
+        return str(expand_path(root, base=self.data_root))  # ~ and $VARS expanded in both
 
 
 def _set_path(tree: Any, dotted: str, value: Any) -> None:

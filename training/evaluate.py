@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from qaa_vpr_ros.atomic import atomic_write_text, save_figure
+from qaa_vpr_ros.paths import expand_path, path_argument
 
 from .datasets import RetrievalSet, build_retrieval_set, load_image_rgb
 
@@ -226,7 +227,7 @@ def dataset_options(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint folder/file, or raw-pixels[:HxW]")
+    p.add_argument("--model", required=True, type=path_argument, help="checkpoint folder/file, or raw-pixels[:HxW]")
     p.add_argument("--dataset", required=True, action="append", metavar="FORMAT:ROOT",
                    help="msls, utm, traversal or images_csv, then ':' and the dataset root; repeatable")
     p.add_argument("--split", default=None, help="msls: val|test (default val); utm: train|val|test (default test)")
@@ -238,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-sequences", nargs="+", help="images_csv: database sequence(s)")
     p.add_argument("--query-sequences", nargs="+", help="images_csv: query sequence(s)")
     p.add_argument("--recalls", type=int, nargs="+", default=list(DEFAULT_KS), help="K values (default 1 5 10 20)")
-    p.add_argument("--json", type=Path, help="write the results as JSON here")
-    p.add_argument("--plot", type=Path, help="draw recall@K curves to this PNG")
-    p.add_argument("--msls-predictions", type=Path, help="write the MSLS challenge prediction file here")
+    p.add_argument("--json", type=expand_path, help="write the results as JSON here")
+    p.add_argument("--plot", type=expand_path, help="draw recall@K curves to this PNG")
+    p.add_argument("--msls-predictions", type=expand_path, help="write the MSLS challenge prediction file here")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the model's image size")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)

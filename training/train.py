@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from qaa_vpr_ros.atomic import atomic_folder, atomic_write_text, save_figure
 from qaa_vpr_ros.extractor import DescriptorExtractor, normalize, resize_uint8, to_rgb
+from qaa_vpr_ros.paths import expand_path
 
 from .config import AugmentConfig, ConfigError, OptimConfig, TrainConfig, config_to_dict, load_config
 from .datasets import PlaceSet, RetrievalSet, build_place_set, build_retrieval_set, load_image_rgb
@@ -265,7 +266,6 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
 def save_training_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any], extra: dict[str, Any]) -> None:
     """Model in the project format (``save_checkpoint``) + ``training_state.pt``, swapped in atomically."""
     from qaa_vpr_ros.model import save_checkpoint
-
     from qaa_vpr_ros.model.checkpoint import is_checkpoint_folder
 
     with atomic_folder(folder, replaces=lambda p: is_checkpoint_folder(p, (STATE_FILE,))) as tmp:
@@ -501,8 +501,8 @@ def _monitor_tag(config: TrainConfig) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, help="YAML config (with --resume: default DIR/config.yaml)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--config", type=expand_path, help="YAML config (with --resume: default DIR/config.yaml)")
+    p.add_argument("--out", type=expand_path, required=True, help="output folder")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. --set data_root=/data optim.lr_aggregator=2e-5 datasets.0.root=x")
     p.add_argument("--resume", action="store_true", help="continue exactly from DIR/checkpoints/last")

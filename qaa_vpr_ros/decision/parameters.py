@@ -11,6 +11,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from qaa_vpr_ros.image_conversion import DEFAULT_MAX_PIXELS
+from qaa_vpr_ros.paths import PathError, path_argument
 
 __all__ = ["ConfigError", "LocalizeConfig", "ParamSpec", "normalize", "parameter_table"]
 
@@ -133,6 +134,11 @@ class LocalizeConfig:
             reason = spec.check(getattr(self, spec.name))
             if reason:
                 out.append(reason)
+        for name in PATH_PARAMETERS:
+            try:
+                path_argument(getattr(self, name))
+            except PathError as err:
+                out.append(f"parameter '{name}': {err}")
         if not out:
             if self.consistency_window < self.consistency_k:
                 out.append(f"consistency_window ({self.consistency_window}) must be >= consistency_k "
@@ -217,9 +223,20 @@ def parameter_table() -> list[ParamSpec]:
     return rows
 
 
+# Parameters holding file system paths: ~ and $VARS are expanded (qaa_vpr_ros.paths.expand_path).
+PATH_PARAMETERS = ("model", "map", "onnx", "save_map_folder")
+
+
 def normalize(name: str, value: Any) -> Any:
     """Tidy a parameter value as ROS delivers it: ``image_topics`` entries split at commas and
-    stripped; float lists as floats; integral values given for float parameters as floats."""
+    stripped; float lists as floats; integral values given for float parameters as floats; paths
+    (``PATH_PARAMETERS``) with ``~`` and environment variables expanded (an unset variable is left
+    for :meth:`LocalizeConfig.problems` to name)."""
+    if name in PATH_PARAMETERS and isinstance(value, str):
+        try:
+            return path_argument(value)
+        except PathError:
+            return value
     if name == "image_topics":
         if isinstance(value, str):
             value = [value]

@@ -53,6 +53,7 @@ from qaa_vpr_ros.bags import (
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
 from qaa_vpr_ros.keyframes import KeyframeSelector, PoseSkip, PoseTrack, SelectionConfig
 from qaa_vpr_ros.maps.place_map import INDEX_TYPES, Keyframe, MapError, PlaceMap
+from qaa_vpr_ros.paths import expand_path, path_argument
 
 __all__ = ["BuildOptions", "BuildResult", "build_map", "main"]
 
@@ -361,7 +362,7 @@ def build_map(
     """
     options = options or BuildOptions()
     started = time.monotonic()
-    output = Path(output)
+    output = expand_path(output)
     if output.exists() and not overwrite:
         raise MapError(f"output {output} exists; pass --overwrite to replace it")
     if not bags:
@@ -550,9 +551,11 @@ def index_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="build_map", description=__doc__.split("\n\n")[0])
-    parser.add_argument("bags", nargs="+", help="rosbag2 folders (with metadata.yaml) or .db3/.mcap files")
-    parser.add_argument("-o", "--output", required=True, help="map folder to write")
-    parser.add_argument("--model", required=True, help="model folder or .pt/.ckpt file (qaa_vpr_ros.model.load_model)")
+    parser.add_argument("bags", nargs="+", type=path_argument,
+                        help="rosbag2 folders (with metadata.yaml) or .db3/.mcap files")
+    parser.add_argument("-o", "--output", required=True, type=path_argument, help="map folder to write")
+    parser.add_argument("--model", required=True, type=path_argument,
+                        help="model folder or .pt/.ckpt file (qaa_vpr_ros.model.load_model)")
     parser.add_argument("--image-topics", nargs="+", default=[],
                         help="camera topics (sensor_msgs/Image or CompressedImage); default: all in the first bag")
     parser.add_argument("--pose-topic", help="Odometry, PoseStamped, PoseWithCovarianceStamped or NavSatFix topic; "
@@ -572,7 +575,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                         help="inference backend (default torch); onnxruntime runs the --onnx file")
-    parser.add_argument("--onnx", help="with --backend onnxruntime: the file export_onnx wrote for --model "
+    parser.add_argument("--onnx", type=path_argument,
+                        help="with --backend onnxruntime: the file export_onnx wrote for --model "
                         "(the map gets the same fingerprint as with torch)")
     parser.add_argument("--chunk-size", type=int, default=256, help="keyframes per resumable chunk (default 256)")
     parser.add_argument("--prefetch", type=int, default=64, help="decoded keyframes queued for the model (default 64)")

@@ -28,6 +28,7 @@ import numpy as np
 from qaa_vpr_ros.atomic import save_figure
 from qaa_vpr_ros.bags import BagError
 from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
+from qaa_vpr_ros.paths import path_argument
 
 __all__ = ["EvalResult", "evaluate_queries", "main"]
 
@@ -189,11 +190,13 @@ def format_result(result: EvalResult, rows: int = 10) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eval_map", description=__doc__.split("\n\n")[0])
-    parser.add_argument("map", help="reference map folder")
+    parser.add_argument("map", type=path_argument, help="reference map folder")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--query-bags", nargs="+", help="query bag(s) with a ground-truth pose topic")
-    source.add_argument("--query-map", help="query map built with the same model (its poses are the ground truth)")
-    parser.add_argument("--model", help="model for --query-bags (must be the map's model)")
+    source.add_argument("--query-bags", nargs="+", type=path_argument,
+                        help="query bag(s) with a ground-truth pose topic")
+    source.add_argument("--query-map", type=path_argument,
+                        help="query map built with the same model (its poses are the ground truth)")
+    parser.add_argument("--model", type=path_argument, help="model for --query-bags (must be the map's model)")
     parser.add_argument("--image-topics", nargs="+", default=[], help="query camera topics (default: all)")
     parser.add_argument("--pose-topic", help="ground-truth pose topic of the query bags")
     parser.add_argument("--min-interval", type=float, default=0.0, help="query sampling: seconds between queries")
@@ -202,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="K values for Recall@K")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("-o", "--output", help="folder for summary.json, recall_at_k.csv, pr_curve.csv/png")
+    parser.add_argument("-o", "--output", type=path_argument,
+                        help="folder for summary.json, recall_at_k.csv, pr_curve.csv/png")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.query_bags and not (args.model and args.pose_topic):

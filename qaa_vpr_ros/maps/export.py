@@ -32,6 +32,7 @@ from qaa_vpr_ros.bags import BagError, bag_sha256, iter_image_messages, open_bag
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
 from qaa_vpr_ros.keyframes import yaw_of
 from qaa_vpr_ros.maps.place_map import Keyframe, MapError, PlaceMap
+from qaa_vpr_ros.paths import expand_path, path_argument
 
 __all__ = ["ExportResult", "export_map", "main"]
 
@@ -69,6 +70,7 @@ def export_map(
     check_hashes: bool = True,
 ) -> ExportResult:
     """Write ``output`` (atomically) from ``place_map``'s keyframes; see the module docstring."""
+    output = expand_path(output)
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image format must be png or jpg, got {image_format!r}")
     sources = {s.get("name"): s for s in place_map.sources}
@@ -139,9 +141,11 @@ def _to_bgr(pixels: np.ndarray, encoding: str) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="export_map", description=__doc__.split("\n\n")[0])
-    parser.add_argument("map", help="map folder")
-    parser.add_argument("-o", "--output", required=True, help="dataset root to write (images.csv + images/)")
-    parser.add_argument("--bags", nargs="+", help="source bags, when they moved since the map was built")
+    parser.add_argument("map", type=path_argument, help="map folder")
+    parser.add_argument("-o", "--output", required=True, type=path_argument,
+                        help="dataset root to write (images.csv + images/)")
+    parser.add_argument("--bags", nargs="+", type=path_argument,
+                        help="source bags, when they moved since the map was built")
     parser.add_argument("--format", choices=["png", "jpg"], default="png", help="image file format")
     parser.add_argument("--no-hash-check", action="store_true", help="do not check the bags' sha256")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

@@ -18,6 +18,7 @@ import numpy as np
 
 from qaa_vpr_ros.atomic import save_figure
 from qaa_vpr_ros.maps.place_map import MapError, PlaceMap, read_manifest
+from qaa_vpr_ros.paths import path_argument
 
 __all__ = ["main", "map_summary", "plot_keyframes"]
 
@@ -132,8 +133,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="map_info", description=__doc__.split("\n\n")[0])
-    parser.add_argument("map", help="map folder")
-    parser.add_argument("--plot", help="write a PNG of the keyframe positions here (default: <map>.keyframes.png)")
+    parser.add_argument("map", type=path_argument, help="map folder")
+    parser.add_argument("--plot", type=path_argument,
+                        help="write a PNG of the keyframe positions here (default: <map>.keyframes.png)")
     parser.add_argument("--no-plot", action="store_true", help="no PNG")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-verify", action="store_true", help="skip the checksum verification")

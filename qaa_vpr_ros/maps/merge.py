@@ -22,6 +22,7 @@ import numpy as np
 
 from qaa_vpr_ros.maps.build import add_index_arguments, index_params_from_args
 from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
+from qaa_vpr_ros.paths import path_argument
 
 __all__ = ["main", "merge_maps"]
 
@@ -127,8 +128,9 @@ def merge_maps(
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="merge_maps", description=__doc__.split("\n\n")[0])
-    parser.add_argument("maps", nargs="+", help="map folders (shards of one build and/or other sessions)")
-    parser.add_argument("-o", "--output", required=True, help="merged map folder to write")
+    parser.add_argument("maps", nargs="+", type=path_argument,
+                        help="map folders (shards of one build and/or other sessions)")
+    parser.add_argument("-o", "--output", required=True, type=path_argument, help="merged map folder to write")
     parser.add_argument("--map-frame", help="frame of the merged map; required when the inputs' frames differ")
     parser.add_argument("--model-fingerprint", help="refuse inputs built with another model")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output map")

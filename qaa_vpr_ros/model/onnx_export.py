@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..atomic import fsync_path
+from ..paths import path_argument
 from .aggregators.flops import mha_fastpath_disabled
 from .backbone import PATCH_SIZE
 
@@ -188,8 +189,9 @@ def export_onnx(
 def main(argv: list[str] | None = None) -> int:
     """``export_onnx --model PATH --out FILE [--image-size H W] [--opset N]``."""
     parser = argparse.ArgumentParser(prog="export_onnx", description="Export a model to ONNX, dynamic batch.")
-    parser.add_argument("--model", required=True, help="release folder, checkpoint folder or .pt/.ckpt file")
-    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument("--model", required=True, type=path_argument,
+                        help="release folder, checkpoint folder or .pt/.ckpt file")
+    parser.add_argument("--out", required=True, type=path_argument, help="output .onnx file")
     parser.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"),
                         help="input size, multiples of 14 (default: the model's, 322 322 for the release)")
     parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")

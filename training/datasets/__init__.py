@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qaa_vpr_ros.paths import path_argument
+
 from .base import DatasetFormatError, PlaceSet, RetrievalSet, load_image_rgb
 from .gsv_cities import load_gsv_cities
 from .images_csv import load_images_csv, load_images_csv_retrieval
@@ -49,6 +51,7 @@ def build_place_set(fmt: str, root: str | Path, min_images_per_place: int, name:
     """Training places of one dataset; ``options`` are the format loader's keyword arguments."""
     if fmt not in TRAIN_LOADERS:
         raise ValueError(f"unknown training dataset format {fmt!r}; choose one of {sorted(TRAIN_LOADERS)}")
+    root = path_argument(str(root))  # ~ and environment variables expanded
     return TRAIN_LOADERS[fmt](root, min_images_per_place=min_images_per_place, name=name or fmt, **options)
 
 
@@ -59,4 +62,5 @@ def build_retrieval_set(fmt: str, root: str | Path, name: str | None = None, **o
                                  "images_csv")
     if fmt not in RETRIEVAL_LOADERS:
         raise ValueError(f"unknown evaluation dataset format {fmt!r}; choose one of {sorted(RETRIEVAL_LOADERS)}")
+    root = path_argument(str(root))  # ~ and environment variables expanded
     return RETRIEVAL_LOADERS[fmt](root, name=name, **options)
