@@ -131,3 +131,30 @@ def test_keyframe_rows_of_the_wrong_type_are_refused(tmp_path):
     reseal(folder)
     with pytest.raises(MapError, match="keyframes.sqlite.*stamp_sec"):
         PlaceMap.load(folder)
+
+
+def _map_naming_bag(folder, bag_path: str, sha256: str | None) -> PlaceMap:
+    m = PlaceMap.create(DIM, FINGERPRINT)
+    m.add(unit_rows(2, 0), [Keyframe(id=i, stamp_sec=i, stamp_nanosec=0, camera="/cam", frame_id="cam",
+                                     position=(1.0, 2.0, 0.0), source="run1") for i in range(2)])
+    m.sources = [{"name": "run1", "path": bag_path, **({"sha256": sha256} if sha256 else {})}]
+    m.save(folder)
+    return PlaceMap.load(folder)
+
+
+def test_export_opens_no_path_a_map_names_unless_it_is_the_recorded_bag(tmp_path):
+    from qaa_vpr_ros.bags import BagError
+    from qaa_vpr_ros.maps.export import export_map
+
+    fifo = tmp_path / "run1.mcap"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    m = _map_naming_bag(tmp_path / "map", str(fifo), "0" * 64)
+    with pytest.raises(BagError, match="run1.mcap.*regular file"):
+        export_map(m, tmp_path / "out", check_hashes=False)
+    other = tmp_path / "other.mcap"
+    other.write_bytes(b"\x89MCAP0\r\n" + b"\0" * 64)  # a real file, but not the bag the map was built from
+    for sha in (None, "0" * 64):
+        m = _map_naming_bag(tmp_path / "map", str(other), sha)
+        with pytest.raises(BagError, match="other.mcap"):
+            export_map(m, tmp_path / "out", check_hashes=False)  # --no-hash-check covers --bags only
+    assert not (tmp_path / "out").exists()

@@ -19,6 +19,7 @@ import csv
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,25 @@ class ExportResult:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/")) or "camera"
+
+
+def _recorded_bag(name: str, source: dict) -> Path:
+    """The bag a map's manifest names, opened only if it is a rosbag of regular files whose sha256
+    is the recorded one: a map from elsewhere cannot make us read devices, FIFOs or other files."""
+    recorded, expected = source.get("path"), source.get("sha256")
+    if not isinstance(recorded, str) or not recorded or not Path(recorded).exists():
+        raise BagError(f"source bag {name!r} of the map is not at {recorded!r}; pass it with --bags")
+    path = resolve_bag(recorded)
+    files = [p for p in path.iterdir()] if path.is_dir() else [path]
+    for file in files:
+        if file.is_symlink() or not stat.S_ISREG(file.lstat().st_mode):
+            if path.is_dir() and file.is_dir():
+                continue
+            raise BagError(f"source bag {name!r} at {file} is not a regular file; pass the bag with --bags")
+    if not isinstance(expected, str) or bag_sha256(path) != expected:
+        raise BagError(f"{path}, named by the map as source bag {name!r}, is not the bag the map was built "
+                       "from (sha256 missing or different); pass the bag with --bags")
+    return path
 
 
 def _is_export_folder(folder: Path) -> bool:
@@ -87,12 +107,8 @@ def export_map(
         wanted.setdefault(kf.source, {})[(kf.camera, kf.stamp_ns)] = kf
     for name in wanted:
         if name not in bag_paths:
-            recorded = sources.get(name, {}).get("path")
-            if not recorded or not Path(recorded).exists():
-                raise BagError(
-                    f"source bag {name!r} of the map is not at {recorded!r}; pass it with --bags"
-                )
-            bag_paths[name] = resolve_bag(recorded)
+            bag_paths[name] = _recorded_bag(name, sources.get(name, {}))
+            continue  # checked against its sha256 by _recorded_bag, whatever check_hashes says
         expected = sources.get(name, {}).get("sha256")
         if check_hashes and expected and bag_sha256(bag_paths[name]) != expected:
             raise BagError(f"bag {bag_paths[name]} is not the one the map was built from (sha256 differs)")
