@@ -116,6 +116,16 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
+def confined_path(root: Path, rel: str, path: Path, row: int, column: str) -> Path:
+    """``root / rel`` for a path read from an index file, which must stay inside ``root``: relative,
+    no ``..``, no NUL. Errors name the index file, row and column."""
+    parts = Path(rel).parts
+    if not rel or "\0" in rel or Path(rel).is_absolute() or ".." in parts:
+        raise DatasetFormatError(f"{path}: row {row}, column {column!r}: {rel!r} must be a path relative to "
+                                 f"the dataset root {root} (no absolute paths, no '..')")
+    return root / rel
+
+
 def parse_float(value: str, path: Path, row: int, column: str) -> float:
     """Parse one CSV cell as a finite float; errors name file, row (1-based data row) and column."""
     try:

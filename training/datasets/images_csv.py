@@ -18,6 +18,7 @@ from .base import (
     DatasetFormatError,
     PlaceSet,
     RetrievalSet,
+    confined_path,
     group_into_places,
     parse_float,
     positives_within_radius,
@@ -49,7 +50,7 @@ def read_images_csv(root: str | Path) -> ImagesTable:
         rel = row["path"]
         if not rel:
             raise DatasetFormatError(f"{csv_path}: row {i}, column 'path' is empty")
-        image = root / rel
+        image = confined_path(root, rel, csv_path, i, "path")
         if not image.is_file():
             raise DatasetFormatError(f"{csv_path}: row {i}, column 'path': image {image} does not exist")
         paths.append(str(image))

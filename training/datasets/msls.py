@@ -21,6 +21,7 @@ from .base import (
     DatasetFormatError,
     PlaceSet,
     RetrievalSet,
+    confined_path,
     group_into_places,
     parse_float,
     positives_within_radius,
@@ -63,7 +64,7 @@ def _read_side(city_dir: Path, side: str, subtask: str | None, need_coordinates:
         raw_number, raw_row = raw_by_key[key]
         if _truthy(raw_row["pano"]) or (keep is not None and key not in keep):
             continue
-        image = images_dir / f"{key}.jpg"
+        image = confined_path(images_dir, f"{key}.jpg", post_path, i, "key")
         if not image.is_file():
             raise DatasetFormatError(f"{post_path}: row {i}: image {image} does not exist")
         keys.append(key)
