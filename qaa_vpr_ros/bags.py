@@ -198,6 +198,7 @@ class ReadStats:
 
     undeserialisable: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    undeserialisable_by_topic: dict[str, int] = field(default_factory=dict)
 
     def count(self, reason: str) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
@@ -226,9 +227,10 @@ def iter_image_messages(bag: OpenBag, topics: Sequence[str], stats: ReadStats | 
     for topic, msgtype, log_time, raw in bag.messages(topics):
         try:
             msg = bag.deserialize(raw, msgtype)
-        except Exception:  # a damaged message: count it, keep going
+        except Exception:  # a damaged message: count it, keep going (callers judge whole topics)
             if stats is not None:
                 stats.undeserialisable += 1
+                stats.undeserialisable_by_topic[topic] = stats.undeserialisable_by_topic.get(topic, 0) + 1
             continue
         frame_id = str(getattr(getattr(msg, "header", None), "frame_id", ""))
         yield ImageMessage(topic, msgtype, message_stamp_ns(msg, log_time), log_time, frame_id, msg)

@@ -182,9 +182,20 @@ class _KeyframeReader(threading.Thread):
                     if isinstance(err, TopicError) or not self.options.allow_truncated:
                         raise
                     self.truncated[plan.name] = str(err)
+            self._check_topics_deserialised()
             self._put(("end", None))
         except BaseException as err:  # hand every failure to the main thread
             self._put(("error", err))
+
+    def _check_topics_deserialised(self) -> None:
+        """A topic none of whose messages deserialise is an error (wrong type or definition), not
+        an empty map; a few damaged messages among good ones are only counted."""
+        for topic, failed in self.read_stats.undeserialisable_by_topic.items():
+            if failed and topic in self.cameras and self.cameras[topic].images == 0:
+                raise BagError(
+                    f"image topic {topic!r}: none of its {failed} messages could be deserialised as its "
+                    "recorded type (corrupt data or a different message definition); nothing was built"
+                )
 
     def _read_bag(self, bag: OpenBag, plan: _BagPlan, selector: KeyframeSelector) -> None:
         track: PoseTrack | None = None
