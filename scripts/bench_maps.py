@@ -117,7 +117,8 @@ class _NullExtractor:
         return out
 
 
-def bench_build(args: argparse.Namespace) -> None:
+def bench_build(args: argparse.Namespace) -> dict[str, float]:
+    """Prints and returns best-of-N bare extractor and build_map throughput (images/s) and their ratio."""
     import torch
 
     from qaa_vpr_ros.extractor import DescriptorExtractor
@@ -158,11 +159,15 @@ def bench_build(args: argparse.Namespace) -> None:
         # how far it is from being the bottleneck.
         null = _NullExtractor(extractor.dim, extractor.batch_size)
         result = build_map([bag], Path(tmp) / "null", null, options, progress=False)
-        print(f"   pipeline alone (instant model): {len(images) / result.seconds:7.1f} img/s")
+        pipeline_only = len(images) / result.seconds
+        print(f"   pipeline alone (instant model): {pipeline_only:7.1f} img/s")
         # Best of N for each (the timeit convention): robust to other processes stealing the CPU.
         bare, built = np.max(np.array(results), axis=0)
         print(f"   best of {len(results)}: bare {bare:.2f} img/s, build_map {built:.2f} img/s -> "
               f"ratio {built / bare:.3f} (target >= 0.9)")
+    return {"bare_img_s": float(bare), "build_img_s": float(built), "ratio": float(built / bare),
+            "pipeline_only_img_s": float(pipeline_only), "frames": args.frames, "repeats": args.repeats,
+            "model_size": args.model_size, "image_size": list(image_size), "dim": int(extractor.dim)}
 
 
 def synthetic_descriptors(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -188,43 +193,58 @@ def revisits(database: np.ndarray, count: int, seed: int = 1) -> np.ndarray:
     return q
 
 
-def bench_search(args: argparse.Namespace) -> None:
+DEFAULT_INDEXES = (("flat", {}), ("ivfpq", {"nprobe": 16}), ("hnsw", {"M": 32, "ef_search": 64}))
+
+
+def search_rows(database: np.ndarray, queries: np.ndarray, indexes=DEFAULT_INDEXES, single_queries: int = 50,
+                exact_ids: np.ndarray | None = None):
+    """For each (index_type, params), a PlaceMap over ``database``: build time, latency, recall@1.
+
+    Yields one dict per index. Recall@1 is against ``exact_ids`` (default: the first index's
+    results, so put ``flat`` first). ``index_bytes`` is faiss's index alone; the map also keeps
+    the float16 descriptors (memory-mapped once saved).
+    """
     from qaa_vpr_ros.maps import Keyframe
 
+    n, dim = database.shape
+    keyframes = [Keyframe(i, i, 0, "/c", "c") for i in range(n)]
+    for index_type, params in indexes:
+        place_map = PlaceMap.create(dim, "bench", index_type, **params)
+        start = time.perf_counter()
+        place_map.add(database, keyframes)
+        place_map.search(queries[:1], 1)  # trains/builds the index
+        build_s = time.perf_counter() - start
+        single = []
+        for q in queries[:single_queries]:
+            t0 = time.perf_counter()
+            place_map.search(q[None], 5)
+            single.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ids = place_map.search(queries, 5).ids[:, 0]
+        batch_qps = len(queries) / (time.perf_counter() - t0)
+        if exact_ids is None:
+            exact_ids = ids
+        yield {"n": n, "dim": dim, "index": index_type, "params": dict(params), "build_s": build_s,
+               "ms_median": 1e3 * float(np.median(single)), "ms_p99": 1e3 * float(np.percentile(single, 99)),
+               "batch_qps": batch_qps, "recall_at_1_vs_exact": float(np.mean(ids == exact_ids)),
+               "index_bytes": int(place_map.index_nbytes), "descriptor_bytes_fp16": n * dim * 2}
+        del place_map
+
+
+def bench_search(args: argparse.Namespace) -> None:
     sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
     if args.large:
         sizes += [(100_000, 1024), (100_000, 8192)]
-    indexes = [("flat", {}), ("ivfpq", {"nprobe": 16}), ("hnsw", {"M": 32, "ef_search": 64})]
     print("\n== search: latency and recall@1 vs exact (synthetic revisits)")
     print(f"   {'N':>7} {'dim':>5} {'index':<6} {'build s':>8} {'1-query ms':>10} {'p99 ms':>7} "
           f"{'batch q/s':>9} {'R@1/exact':>9} {'index MB':>9} {'B/vector':>9}")
     for n, dim in sizes:
         database = synthetic_descriptors(n, dim)
         queries = revisits(database, args.queries)
-        keyframes = [Keyframe(i, i, 0, "/c", "c") for i in range(n)]
-        exact_ids = None
-        for index_type, params in indexes:
-            place_map = PlaceMap.create(dim, "bench", index_type, **params)
-            start = time.perf_counter()
-            place_map.add(database, keyframes)
-            place_map.search(queries[:1], 1)  # trains/builds the index
-            build_s = time.perf_counter() - start
-            single = []
-            for q in queries[: args.single_queries]:
-                t0 = time.perf_counter()
-                place_map.search(q[None], 5)
-                single.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            ids = place_map.search(queries, 5).ids[:, 0]
-            batch_qps = len(queries) / (time.perf_counter() - t0)
-            if exact_ids is None:
-                exact_ids = ids
-            recall = float(np.mean(ids == exact_ids))
-            nbytes = place_map.index_nbytes
-            print(f"   {n:>7} {dim:>5} {index_type:<6} {build_s:8.1f} {1e3 * np.median(single):10.2f} "
-                  f"{1e3 * np.percentile(single, 99):7.2f} {batch_qps:9.0f} {recall:9.3f} {nbytes / 1e6:9.1f} "
-                  f"{nbytes / n:9.0f}", flush=True)
-            del place_map
+        for row in search_rows(database, queries, single_queries=args.single_queries):
+            print(f"   {n:>7} {dim:>5} {row['index']:<6} {row['build_s']:8.1f} {row['ms_median']:10.2f} "
+                  f"{row['ms_p99']:7.2f} {row['batch_qps']:9.0f} {row['recall_at_1_vs_exact']:9.3f} "
+                  f"{row['index_bytes'] / 1e6:9.1f} {row['index_bytes'] / n:9.0f}", flush=True)
         print(f"   {n:>7} {dim:>5} (+ stored float16 descriptors: {n * dim * 2 / 1e6:.1f} MB, memory-mapped on load)")
 
 

@@ -2,10 +2,12 @@
 
 Part 1, overhead: for each frame, the bare pipeline (``DescriptorExtractor.extract`` +
 ``PlaceMap.search`` on the decoded frame, in a helper process without ROS, timed there) and then
-the node (publish a sensor_msgs/Image, wait for its ``~/place_match``) run back to back, so both
-see the same machine load; both are separate processes started the same way, both idle between
-frames. Prints the median/p90 of
-each and the ratio node / bare (target: overhead <= 10 %, i.e. ratio <= 1.10).
+the node (publish a sensor_msgs/Image, wait for its ``~/loop_candidates``, which it publishes for
+every query whatever the decision) run back to back, so both see the same machine load; both are
+separate processes started the same way, both idle between frames. With ``--overhead-cameras N``
+one frame goes to each of N camera topics at once and the node's time runs until all N answered;
+the bare pipeline extracts the N frames as one batch. Prints the median/p90 of each and the
+ratio node / bare (target: overhead <= 10 %, i.e. ratio <= 1.10).
 
 Part 2, load: 4 cameras x 30 Hz into a fresh node (prebuilt map + online loop closure) for
 ``--duration`` seconds: processed rate, dropped frames, p50/p99 latency (image stamp -> place
@@ -109,9 +111,9 @@ def bare_worker(workdir: Path, device: str, torch_threads: int) -> int:
         frames = np.load(workdir / "frames.npy", allow_pickle=False)
         print("ready", flush=True)
         for line in sys.stdin:
-            frame = frames[int(line)]
+            batch = [frames[int(i)] for i in line.split(",")]
             t0 = time.perf_counter()
-            place_map.search(extractor.extract([frame], "rgb"), 5)
+            place_map.search(extractor.extract(batch, "rgb"), 5)
             print(f"{1000 * (time.perf_counter() - t0):.4f}", flush=True)
 
     # Exactly like the node: torch is imported, the model loaded and run in one non-main thread.
@@ -131,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="published image size (rgb8)")
     parser.add_argument("--frames", type=int, default=20, help="frames timed in part 1")
     parser.add_argument("--map-size", type=int, default=1000, help="keyframes in the map (frames + random)")
-    parser.add_argument("--cameras", type=int, default=4)
+    parser.add_argument("--cameras", type=int, default=4, help="cameras in part 2")
+    parser.add_argument("--overhead-cameras", type=int, default=1,
+                        help="cameras in part 1: each step sends one frame to each at once")
     parser.add_argument("--rate", type=float, default=30.0, help="Hz per camera in part 2")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of part 2 (0: skip)")
     parser.add_argument("--device", default="cpu")
@@ -148,9 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     import torch
     from diagnostic_msgs.msg import DiagnosticArray
-    from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import Image, PointCloud2
 
     from qaa_vpr_ros.extractor import DescriptorExtractor
     from qaa_vpr_ros.maps import Keyframe, PlaceMap
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     arrived = threading.Event()  # part 1 waits on it: no polling that would steal the node's CPU
 
-    def on_match(msg: PoseWithCovarianceStamped) -> None:
+    def on_match(msg: PointCloud2) -> None:
         now = time.perf_counter()
         with lock:
             received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = now
@@ -200,9 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     client.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
     base_params = {"model": str(model_dir), "map": str(workdir / "map"), "device": args.device,
-                   "transport": "raw", "reliable": True, "min_score": -1.0, "consistency_k": 1,
-                   "consistency_window": 1, "top_k": 5, "diagnostics_period_s": 1.0,
-                   "torch_threads": args.torch_threads}
+                   "transport": "raw", "reliable": True, "min_score": -1.0, "top_k": 5,
+                   "diagnostics_period_s": 1.0, "torch_threads": args.torch_threads}
 
     def wait_ready(name: str, node: NodeProcess) -> None:
         deadline = time.monotonic() + 300
@@ -227,14 +229,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- part 1: overhead ------------------------------------------------------------------------
     name = "bench_overhead"
-    node = NodeProcess(name, base_params | {"image_topics": ["/bench/overhead"], "online_loop_closure": False},
+    cams = args.overhead_cameras
+    overhead_topics = [f"/bench/overhead{c}" for c in range(cams)]
+    node = NodeProcess(name, base_params | {"image_topics": overhead_topics, "online_loop_closure": False},
                        workdir)
-    pub = client.create_publisher(Image, "/bench/overhead", 10)
-    client.create_subscription(PoseWithCovarianceStamped, f"/{name}/place_match", on_match, 50)
+    overhead_pubs = [client.create_publisher(Image, t, 10) for t in overhead_topics]
+    client.create_subscription(PointCloud2, f"/{name}/loop_candidates", on_match, 50)
     wait_ready(name, node)
-    while pub.get_subscription_count() == 0:
+    while any(p.get_subscription_count() == 0 for p in overhead_pubs):
         time.sleep(0.05)
-    msgs = [image_msg(f) for f in frames]
     bare_proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.bench_node", "--bare-worker", str(workdir), "--device", args.device,
          "--torch-threads", str(args.torch_threads)],
@@ -245,19 +248,27 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the bare-pipeline helper process failed to start")
     bare_ms, node_ms = [], []
     for i in range(len(frames) + 1):  # the first pair warms both up
-        bare_proc.stdin.write(f"{max(i - 1, 0)}\n")
+        step = [(max(i - 1, 0) + 5 * c) % len(frames) for c in range(cams)]
+        bare_proc.stdin.write(",".join(map(str, step)) + "\n")
         bare = float(bare_proc.stdout.readline()) / 1000.0
-        msg = msgs[max(i - 1, 0)]
-        msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + i, 0
+        step_msgs = [image_msg(frames[k]) for k in step]
+        for c, msg in enumerate(step_msgs):
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + i, c
         arrived.clear()
         t0 = time.perf_counter()
-        pub.publish(msg)
+        for pub, msg in zip(overhead_pubs, step_msgs, strict=True):
+            pub.publish(msg)
         deadline = t0 + 120
-        while (got := received.get((2000 + i, 0))) is None and time.perf_counter() < deadline:
+        while time.perf_counter() < deadline:
+            with lock:
+                times = [received.get((2000 + i, c)) for c in range(cams)]
+            if all(t is not None for t in times):
+                break
             arrived.wait(timeout=1.0)
             arrived.clear()
-        if got is None:
-            raise SystemExit(f"no place_match for frame {i} within 120 s; log in {node.log.name}")
+        if any(t is None for t in times):
+            raise SystemExit(f"no loop_candidates for step {i} within 120 s; log in {node.log.name}")
+        got = max(times)
         if i > 0:
             bare_ms.append(1000 * bare)
             node_ms.append(1000 * (got - t0))
@@ -271,14 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     bare_proc.wait(timeout=30)
     ratio = statistics.median(node_ms) / statistics.median(bare_ms)
     pair_ratios = [n / b for n, b in zip(node_ms, bare_ms, strict=True)]
-    print(f"\n[overhead] {len(bare_ms)} frames, interleaved")
+    print(f"\n[overhead] {len(bare_ms)} steps of {cams} camera(s), interleaved")
     print(f"  bare extract+search  median {statistics.median(bare_ms):8.2f} ms   p90 {percentile(bare_ms, 90):8.2f} ms")
     print(f"  node publish->match  median {statistics.median(node_ms):8.2f} ms   p90 {percentile(node_ms, 90):8.2f} ms")
     print(f"  ratio node/bare: median-of-medians {ratio:.3f}, median per-frame {statistics.median(pair_ratios):.3f}"
           f"  (overhead {100 * (ratio - 1):+.1f} %, target <= +10 %)")
     extra = statistics.median([n - b for n, b in zip(node_ms, bare_ms, strict=True)])
     print(f"  median per-frame node - bare: {extra:+.2f} ms (DDS transport, decoding, deciding, publishing)")
-    results["overhead"] = {"frames": len(bare_ms), "bare_ms_median": statistics.median(bare_ms),
+    results["overhead"] = {"frames": len(bare_ms), "cameras": cams, "bare_ms_median": statistics.median(bare_ms),
                            "node_ms_median": statistics.median(node_ms), "ratio": ratio,
                            "ratio_per_frame_median": statistics.median(pair_ratios),
                            "node_minus_bare_ms_median": extra}
@@ -292,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         pubs = [client.create_publisher(Image, t, 10) for t in topics]
         with lock:
             received.clear()
-        client.create_subscription(PoseWithCovarianceStamped, f"/{name}/place_match", on_match, 200)
+        client.create_subscription(PointCloud2, f"/{name}/loop_candidates", on_match, 200)
         wait_ready(name, node)
         while any(p.get_subscription_count() == 0 for p in pubs):
             time.sleep(0.05)

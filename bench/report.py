@@ -1,0 +1,204 @@
+"""Writes ``report.md`` and the PNG figures of ``make bench`` from ``bench.run``'s results."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qaa_vpr_ros.atomic import atomic_write_text, save_figure
+
+GOAL_MS, GOAL_RECALL, GOAL_BYTES = 2.0, 0.99, 1.5e9
+
+
+def _machine_line(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    load = results.get("overall_load", {})
+    return (f"{m['host']}: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
+            f"other processes used {100 * load.get('others_share', float('nan')):.0f} % of the CPU during the run")
+
+
+def _figure(results: dict[str, Any], title: str, ncols: int = 1, width: float = 6.5):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 4.2), squeeze=False)
+    fig.suptitle(f"{title}\n{_machine_line(results)}", fontsize=9)
+    return fig, list(axes[0])
+
+
+def _load_note(results: dict[str, Any], name: str) -> str:
+    load = results["load"].get(name)
+    if not load:
+        return ""
+    return (f"*Load: {load['wall_s']:.0f} s; other processes used {100 * load['others_share']:.0f} % of the "
+            f"{load['cores']} cores meanwhile (load average {load['loadavg_start']:.1f} -> "
+            f"{load['loadavg_end']:.1f}).*")
+
+
+def _heads(results: dict[str, Any], out: Path, lines: list[str]) -> None:
+    section = results["sections"].get("heads")
+    if not section:
+        return
+    rows = section["rows"]
+    lines += ["## Aggregators on the same DINOv2-B tokens (322 x 322, batch 1)", "",
+              "| head | params | GFLOPs/img | GFLOPs vs QAA | descriptor bytes (fp32) | ms/call | latency vs QAA |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['params']:,} | {r['gflops']:.3f} | {r['gflops_vs_qaa']:.2f}x | "
+                     f"{r['descriptor_bytes']:,} | {r['ms']:.1f} | {r['ms_vs_qaa']:.2f}x |")
+    by_name = {r["name"]: r for r in rows}
+    if "BoQ" in by_name:
+        ratio = by_name["BoQ"]["gflops"] / by_name["QAA"]["gflops"]
+        lines += ["", f"QAA's aggregator is **{ratio:.2f}x cheaper in GFLOPs than BoQ's** "
+                  f"({by_name['QAA']['gflops']:.2f} vs {by_name['BoQ']['gflops']:.2f}; goal >= 3x: "
+                  f"{'met' if ratio >= 3 else 'NOT met'})."]
+    lines += ["", _load_note(results, "heads"), "", "![heads](heads.png)", ""]
+    fig, (ax_flops, ax_ms) = _figure(results, "Aggregators on DINOv2-B tokens at 322x322, ratio to QAA (same run)", 2)
+    names = [r["name"] for r in rows]
+    ax_flops.bar(names, [r["gflops_vs_qaa"] for r in rows], color="tab:blue")
+    ax_flops.set_ylabel("GFLOPs per image / QAA's")
+    ax_ms.bar(names, [r["ms_vs_qaa"] for r in rows], color="tab:orange")
+    ax_ms.set_ylabel("CPU latency / QAA's")
+    for ax in (ax_flops, ax_ms):
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    save_figure(fig, out / "heads.png")
+
+
+def _extraction(results: dict[str, Any], out: Path, lines: list[str]) -> None:
+    section = results["sections"].get("extraction")
+    ort = results["sections"].get("onnxruntime")
+    if not section and not ort:
+        return
+    lines += ["## Extraction: DINOv2-B/14 + QAA-8192 (random weights) on this CPU", ""]
+    if section:
+        lines += ["| input | full model img/s | backbone alone img/s | full / backbone |", "|---|---:|---:|---:|"]
+        for size, r in section.items():
+            lines.append(f"| {size}x{size}, batch {r['batch']} | {r['full_img_s']:.2f} | {r['backbone_img_s']:.2f} | "
+                         f"{r['ratio']:.3f} |")
+        lines += ["", _load_note(results, "extraction"), ""]
+    if ort:
+        lines += [f"**ONNX Runtime backend** (CPU execution provider) on the node's path (DescriptorExtractor, "
+                  f"uint8 480x640 frame, batch 1, 322x322): torch {ort['torch_ms']:.0f} ms, onnxruntime "
+                  f"{ort['onnxruntime_ms']:.0f} ms per image -> onnxruntime runs at **"
+                  f"{ort['speed_ratio_ort_vs_torch']:.2f}x torch's speed**; descriptors differ by at most "
+                  f"**{ort['max_abs_diff']:.1e}** (max abs, 4 frames; L2-normalised 8192-d). Export took "
+                  f"{ort['export_s']:.0f} s.", "", _load_note(results, "onnxruntime"), ""]
+    lines += ["![extraction](extraction.png)", ""]
+    fig, (ax,) = _figure(results, "Extraction speed as a ratio to its same-run baseline")
+    labels, values = [], []
+    for size, r in (section or {}).items():
+        labels.append(f"full / backbone\n{size}x{size}")
+        values.append(r["ratio"])
+    if ort:
+        labels.append("onnxruntime / torch\n(speed, 322x322)")
+        values.append(ort["speed_ratio_ort_vs_torch"])
+    ax.bar(labels, values, color=["tab:blue"] * (len(values) - (1 if ort else 0)) + (["tab:green"] if ort else []))
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_ylabel("images/s ratio")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    save_figure(fig, out / "extraction.png")
+
+
+def _search(results: dict[str, Any], out: Path, lines: list[str]) -> None:
+    section = results["sections"].get("search")
+    if not section:
+        return
+    rows = section["rows"]
+    lines += ["## Map search (synthetic revisit queries, 1024-d)", "",
+              f"Goal: <= {GOAL_MS:g} ms per query, recall@1 >= {GOAL_RECALL} of exact search, index <= "
+              f"{GOAL_BYTES / 1e9:.1f} GB. Ratio: the cslam NumPy loop's latency / this index's (same N, same run).",
+              "", "| N | index | build s | ms/query (median) | vs cslam loop | R@1 vs exact | index MB | goal |",
+              "|---:|---|---:|---:|---:|---:|---:|---|"]
+    cslam = {r["n"]: r["ms_median"] for r in rows if r["index"] == "cslam numpy"}
+    for r in rows:
+        speedup = cslam.get(r["n"], float("nan")) / r["ms_median"]
+        met = (r["ms_median"] <= GOAL_MS, r["recall_at_1_vs_exact"] >= GOAL_RECALL, r["index_bytes"] <= GOAL_BYTES)
+        verdict = "met" if all(met) else "missed: " + ", ".join(
+            what for what, ok in zip(("time", "recall", "memory"), met, strict=True) if not ok)
+        lines.append(f"| {r['n']:,} | {r['index']} | {r.get('build_s', 0):.1f} | {r['ms_median']:.3f} | "
+                     f"{speedup:.0f}x | {r['recall_at_1_vs_exact']:.3f} | {r['index_bytes'] / 1e6:.0f} | {verdict} |")
+    lines += [""] + [f"- {note}" for note in section.get("notes", [])]
+    lines += ["- ivfpq = the map's IVF-PQ at PlaceMap's defaults; ivfpq+sq8 kK = its shortlist of K x 5 re-ranked "
+              "with 8-bit scalar-quantised vectors (1 byte/dim; measured with faiss directly, not yet a "
+              "build_map index type). Memory counts the index only; a map also keeps its float16 "
+              "descriptors on disk, memory-mapped.", "", _load_note(results, "search"), "",
+              "![search](search.png)", ""]
+    fig, (ax_ms, ax_ratio) = _figure(results, "Map search, 1024-d: latency and speed-up over the cslam NumPy loop", 2)
+    for name in sorted({r["index"] for r in rows}):
+        pts = sorted((r["n"], r["ms_median"], cslam.get(r["n"], float("nan")) / r["ms_median"]) for r in rows
+                     if r["index"] == name)
+        ax_ms.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        if name != "cslam numpy":
+            ax_ratio.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=name)
+    ax_ms.axhline(GOAL_MS, color="r", ls="--", lw=0.8, label="goal 2 ms")
+    for ax, label in ((ax_ms, "ms per query"), (ax_ratio, "cslam loop ms / index ms")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("map size N")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    save_figure(fig, out / "search.png")
+
+
+def _node(results: dict[str, Any], out: Path, lines: list[str]) -> None:
+    node = results["sections"].get("node")
+    build = results["sections"].get("build")
+    if not node and not build:
+        return
+    lines += ["## The node and map building", ""]
+    if node:
+        lines += ["End to end over DDS (publish an rgb8 320x240 image on each camera topic, wait for every "
+                  "`~/loop_candidates`) vs the bare extractor + map search on the same frames in a process "
+                  "without ROS, interleaved; ViT-S/14 + QAA at 224x224, 1000-keyframe map:", "",
+                  "| cameras | bare model + search (median ms) | node over DDS (median ms) | node / bare |",
+                  "|---:|---:|---:|---:|"]
+        for cams, r in node.items():
+            lines.append(f"| {cams} | {r['bare_ms_median']:.1f} | {r['node_ms_median']:.1f} | {r['ratio']:.2f} |")
+        lines += ["", _load_note(results, "node"), ""]
+    if build:
+        lines += [f"Map building from a bag ({build['frames']} JPEG 640x480 frames + odometry, ViT-S/14 at "
+                  f"224x224, best of {build['repeats']}): build_map {build['build_img_s']:.2f} img/s vs the bare "
+                  f"extractor {build['bare_img_s']:.2f} img/s on the already decoded frames -> **ratio "
+                  f"{build['ratio']:.3f}** (target >= 0.9); the pipeline alone (instant model) "
+                  f"{build['pipeline_only_img_s']:.0f} img/s.", "", _load_note(results, "build"), ""]
+    lines += ["![node](node.png)", ""]
+    fig, (ax,) = _figure(results, "Node and build_map as a ratio to the bare model (same run)")
+    labels, values = [], []
+    for cams, r in (node or {}).items():
+        labels.append(f"node / bare\n{cams} camera(s)")
+        values.append(r["ratio"])
+    if build:
+        labels.append("build_map / bare\nextractor (speed)")
+        values.append(build["ratio"])
+    ax.bar(labels, values, color="tab:purple")
+    ax.axhline(1.0, color="k", lw=0.8)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    ax.set_yscale("log")
+    save_figure(fig, out / "node.png")
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    load = results.get("overall_load", {})
+    lines = ["# make bench report", "",
+             f"Machine: {_machine_line(results)}. Command: `{results['command']}`; total {results['total_s']:.0f} s "
+             f"(load average {load.get('loadavg_start', float('nan')):.1f} at the start, "
+             f"{load.get('loadavg_end', float('nan')):.1f} at the end). Every figure is a ratio to a baseline "
+             "measured in this same run; absolute times on a shared CPU are only indicative. Weights are "
+             "random (speed does not depend on them).", ""]
+    _heads(results, out, lines)
+    _extraction(results, out, lines)
+    _search(results, out, lines)
+    _node(results, out, lines)
+    if results["errors"] or results["skipped"]:
+        lines += ["## Not measured in this run", ""]
+        lines += [f"- {name}: FAILED: {error}" for name, error in results["errors"].items()]
+        lines += [f"- {name}: skipped: {why}" for name, why in results["skipped"].items()]
+        lines.append("")
+    lines += ["GPU figures: `bench/gpu.sh` (see its summary.md on a lent GPU machine).", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))

@@ -1,0 +1,422 @@
+"""``make bench``: every benchmark in one run -> ``bench/report.md`` and ``bench/*.png``.
+
+Each figure is a ratio to a baseline measured in the same run on the same machine (named in every
+figure), so that a loaded or slow machine shifts both sides alike:
+
+1. heads: the aggregators on the same DINOv2-B tokens (``scripts.bench_heads.measure_heads``):
+   params, GFLOPs, descriptor bytes, latency, each as a ratio to QAA;
+2. extraction: images/s of DINOv2-B + QAA-8192 at 224 and 322 as a ratio to the backbone alone;
+3. ONNX Runtime (CPU provider) vs torch on the node's extractor path: speed ratio and numeric
+   difference;
+4. map search: flat / IVF-PQ / HNSW at 10k, 100k and 1M x 1024 against the goal (<= 2 ms per
+   query, recall@1 >= 0.99 of exact, <= 1.5 GB), plus the NumPy brute-force loop of cslam
+   (Swarm-SLAM's ``NearestNeighborsMatching.search``: L2 distance to every row, full argsort) as
+   the peer baseline; build times;
+5. the node end to end over DDS as a ratio to the bare model + search, 1 and 4 cameras
+   (``scripts.bench_node``, its own processes), and map building from a bag as a ratio to the bare
+   extractor (``scripts.bench_maps.bench_build``).
+
+Every section runs under its own time limit inside ``--budget-s`` (default 19 minutes) and in a
+try/except, so one failure is reported and the rest still run. How busy the CPU was with other
+work during each section is measured from /proc/stat and reported next to its figures.
+
+    .venv/bin/python -m bench.run [--out bench] [--budget-s 1140] [--quick]
+
+Weights are random (nothing is downloaded); speed does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GOAL_MS, GOAL_RECALL, GOAL_BYTES = 2.0, 0.99, 1.5e9
+
+
+# --- machine and load -------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"host": platform.node(), "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "mem_gb": _meminfo("MemTotal") / 2**30}
+
+
+def _meminfo(key: str) -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1]) * 1024
+    return float("nan")
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def _own_cpu_s() -> float:
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+class LoadMeter:
+    """CPU share taken by other processes while a section ran (0 = the machine was ours alone)."""
+
+    def __init__(self) -> None:
+        self.busy, self.total = _cpu_jiffies()
+        self.own = _own_cpu_s()
+        self.wall = time.monotonic()
+        self.loadavg = os.getloadavg()[0]
+
+    def result(self) -> dict[str, float]:
+        busy, total = _cpu_jiffies()
+        tick = os.sysconf("SC_CLK_TCK")
+        cores = os.cpu_count() or 1
+        capacity = (total - self.total) / tick  # CPU-seconds available in the interval
+        busy_s = (busy - self.busy) / tick
+        own_s = _own_cpu_s() - self.own  # children count once they have exited
+        others = max(0.0, busy_s - own_s)
+        return {"wall_s": time.monotonic() - self.wall, "cpu_capacity_s": capacity, "busy_s": busy_s,
+                "own_cpu_s": own_s, "others_share": others / capacity if capacity else float("nan"),
+                "loadavg_start": self.loadavg, "loadavg_end": os.getloadavg()[0], "cores": cores}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- sections ---------------------------------------------------------------------------------------
+def section_heads(ctx: Context) -> dict[str, Any]:
+    from scripts.bench_heads import measure_heads
+
+    rows = measure_heads(batch=1, repeats=5 if ctx.quick else 12)
+    qaa = next(r for r in rows if r.name == "QAA")
+    out = []
+    for r in rows:
+        out.append({"name": r.name, "params": r.params, "gflops": r.gflops, "dim": r.dim,
+                    "descriptor_bytes": r.descriptor_bytes, "ms": r.ms, "gflops_vs_qaa": r.gflops / qaa.gflops,
+                    "ms_vs_qaa": r.ms / qaa.ms})
+        log(f"  {r.name:13s} {r.params:>11,d} params {r.gflops:7.3f} GFLOPs {r.dim:6d}-d {r.ms:8.1f} ms "
+            f"({r.ms / qaa.ms:.2f}x QAA)")
+    return {"rows": out}
+
+
+def release_model(image_size: tuple[int, int]):
+    import torch
+
+    from bench.gpu_bench import load_release_config
+    from qaa_vpr_ros.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(load_release_config(), image_size=image_size).eval()
+
+
+def section_extraction(ctx: Context) -> dict[str, Any]:
+    import torch
+
+    from scripts.bench_heads import _latency_ms
+
+    batch = 2
+    model = release_model((322, 322))
+    out = {}
+    for size in (224, 322):
+        images = torch.randn(batch, 3, size, size)
+        with torch.inference_mode():
+            calls = {"full": lambda images=images: model(images),
+                     "backbone": lambda images=images: model.backbone(images)}
+            ms = _latency_ms(calls, repeats=2 if ctx.quick else 3, warmup=1)
+        full_ips, backbone_ips = 1e3 * batch / ms["full"], 1e3 * batch / ms["backbone"]
+        out[str(size)] = {"batch": batch, "full_img_s": full_ips, "backbone_img_s": backbone_ips,
+                          "ratio": full_ips / backbone_ips}
+        log(f"  {size}x{size}: full model {full_ips:.2f} img/s, backbone alone {backbone_ips:.2f} img/s -> "
+            f"{full_ips / backbone_ips:.3f} of the backbone-bound limit")
+    return out
+
+
+def section_onnxruntime(ctx: Context) -> dict[str, Any]:
+    from qaa_vpr_ros.extractor import DescriptorExtractor
+    from qaa_vpr_ros.model.onnx_export import export_onnx
+    from scripts.bench_heads import _latency_ms
+
+    size = (322, 322)
+    model = release_model(size)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(4)]
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
+        started = time.perf_counter()
+        export = export_onnx(model, Path(tmp) / "qaa8192.onnx", size)
+        export_s = time.perf_counter() - started
+        by_torch = DescriptorExtractor(model, device="cpu", batch_size=1)
+        by_ort = DescriptorExtractor(model, device="cpu", batch_size=1, backend="onnxruntime",
+                                     onnx_path=export.path)
+        diff = float(np.abs(by_torch.extract(frames) - by_ort.extract(frames)).max())
+        one = frames[:1]
+        ms = _latency_ms({"torch": lambda: by_torch.extract(one), "onnxruntime": lambda: by_ort.extract(one)},
+                         repeats=2 if ctx.quick else 4, warmup=1)
+    out = {"model": "DINOv2-B/14 + QAA-8192 at 322x322", "export_s": export_s, "max_abs_diff": diff,
+           "torch_ms": ms["torch"], "onnxruntime_ms": ms["onnxruntime"],
+           "speed_ratio_ort_vs_torch": ms["torch"] / ms["onnxruntime"], "providers": by_ort.providers}
+    log(f"  node path, batch 1, uint8 480x640: torch {ms['torch']:.0f} ms, onnxruntime {ms['onnxruntime']:.0f} ms "
+        f"-> onnxruntime {out['speed_ratio_ort_vs_torch']:.2f}x torch's speed; max |diff| {diff:.1e}")
+    return out
+
+
+def cslam_search(data: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """The peer baseline, as cslam searches: L2 distance to every stored row, then a full argsort."""
+    distances = np.linalg.norm(query[None, :] - data, axis=1)
+    return np.argsort(distances)[:k]
+
+
+def time_cslam(database: np.ndarray, queries: np.ndarray, count: int) -> float:
+    """Median ms per query of :func:`cslam_search` over ``count`` queries."""
+    times = []
+    for q in queries[:count]:
+        t0 = time.perf_counter()
+        cslam_search(database, q, 5)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def section_search(ctx: Context) -> dict[str, Any]:
+    from scripts.bench_maps import revisits, search_rows, synthetic_descriptors
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    dim = 1024
+    for n in (10_000, 100_000):
+        database = synthetic_descriptors(n, dim)
+        queries = revisits(database, 100 if ctx.quick else 200)
+        for row in search_rows(database, queries, single_queries=30):
+            rows.append(row)
+            log(f"  {n:>8} x {dim} {row['index']:6s} build {row['build_s']:6.1f} s, {row['ms_median']:8.3f} ms/query,"
+                f" R@1 {row['recall_at_1_vs_exact']:.3f}, index {row['index_bytes'] / 1e6:8.1f} MB")
+        cslam_ms = time_cslam(database, queries, 10)
+        rows.append({"n": n, "dim": dim, "index": "cslam numpy", "ms_median": cslam_ms, "recall_at_1_vs_exact": 1.0,
+                     "index_bytes": database.nbytes, "build_s": 0.0})
+        log(f"  {n:>8} x {dim} cslam numpy loop {cslam_ms:.2f} ms/query")
+        del database
+    rows += million(ctx, dim, notes, hnsw_100k_build_s=next(
+        r["build_s"] for r in rows if r["n"] == 100_000 and r["index"] == "hnsw"))
+    return {"rows": rows, "notes": notes}
+
+
+def million(ctx: Context, dim: int, notes: list[str], hnsw_100k_build_s: float) -> list[dict[str, Any]]:
+    """1M x dim with faiss directly, using the map's own IVF-PQ factory string (PlaceMap's
+    per-keyframe Python records would only add memory here)."""
+    import faiss
+
+    from qaa_vpr_ros.maps.place_map import MAX_TRAIN, _factory_string
+    from scripts.bench_maps import revisits, synthetic_descriptors
+
+    n = 250_000 if ctx.quick else 1_000_000
+    need = n * dim * 4 * 2.6  # database + flat index + search scratch
+    available = _meminfo("MemAvailable")
+    if available < need:
+        notes.append(f"{n:,} x {dim} skipped: {available / 2**30:.1f} GB available, about {need / 2**30:.1f} GB needed")
+        return []
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    database = synthetic_descriptors(n, dim)
+    queries = revisits(database, 200)
+    log(f"  {n:,} x {dim}: synthetic descriptors in {time.perf_counter() - started:.0f} s")
+
+    def timed_single(index: Any, count: int) -> tuple[float, float]:
+        times = []
+        for q in queries[:count]:
+            t0 = time.perf_counter()
+            index.search(q[None], 5)
+            times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times)), 1e3 * float(np.percentile(times, 99))
+
+    def add_blocks(index: Any) -> None:
+        for start in range(0, n, 65536):
+            index.add(database[start:start + 65536])
+
+    # Exact: the reference for recall, and the memory a flat map needs.
+    t0 = time.perf_counter()
+    flat = faiss.IndexFlatIP(dim)
+    add_blocks(flat)
+    build = time.perf_counter() - t0
+    ms, p99 = timed_single(flat, 10)
+    exact = flat.search(queries, 5)[1][:, 0]
+    rows.append({"n": n, "dim": dim, "index": "flat", "build_s": build, "ms_median": ms, "ms_p99": p99,
+                 "recall_at_1_vs_exact": 1.0, "index_bytes": n * dim * 4})
+    log(f"  {n:,} flat: {ms:.1f} ms/query")
+    del flat
+
+    # The map's IVF-PQ (PlaceMap defaults at this size), trained as PlaceMap trains it.
+    description, resolved = _factory_string("ivfpq", dim, n, {})
+    t0 = time.perf_counter()
+    ivfpq = faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
+    faiss.downcast_index(faiss.extract_index_ivf(ivfpq)).pq.cp.niter = 10
+    ivfpq.train(database[:: max(1, -(-n // MAX_TRAIN))])
+    add_blocks(ivfpq)
+    build = time.perf_counter() - t0
+    ivf = faiss.extract_index_ivf(ivfpq)
+    ivf.nprobe = resolved["nprobe"]
+    code_bytes = n * (resolved["m"] * resolved["nbits"] // 8 + 8)  # codes + ids in the inverted lists
+    ms, p99 = timed_single(ivfpq, 30)
+    recall = float(np.mean(ivfpq.search(queries, 5)[1][:, 0] == exact))
+    rows.append({"n": n, "dim": dim, "index": "ivfpq", "params": resolved, "build_s": build, "ms_median": ms,
+                 "ms_p99": p99, "recall_at_1_vs_exact": recall, "index_bytes": code_bytes})
+    log(f"  {n:,} ivfpq {description} nprobe {ivf.nprobe}: build {build:.0f} s, {ms:.2f} ms/query, R@1 {recall:.3f}")
+
+    # IVF-PQ shortlist re-ranked with 8-bit scalar-quantised vectors (1 byte per dimension).
+    t0 = time.perf_counter()
+    sq8 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    sq8.train(database[:: max(1, -(-n // MAX_TRAIN))])
+    add_blocks(sq8)
+    refined = faiss.IndexRefine(ivfpq, sq8)
+    build_refine = build + time.perf_counter() - t0
+    for k_factor in (4, 16):
+        refined.k_factor = k_factor
+        ms, p99 = timed_single(refined, 30)
+        recall = float(np.mean(refined.search(queries, 5)[1][:, 0] == exact))
+        rows.append({"n": n, "dim": dim, "index": f"ivfpq+sq8 k{k_factor}", "params": resolved | {"k_factor": k_factor},
+                     "build_s": build_refine, "ms_median": ms, "ms_p99": p99, "recall_at_1_vs_exact": recall,
+                     "index_bytes": code_bytes + n * dim})
+        log(f"  {n:,} ivfpq + SQ8 re-rank (k_factor {k_factor}): {ms:.2f} ms/query, R@1 {recall:.3f}")
+    del refined, sq8, ivfpq
+
+    # HNSW: its build grows ~N log N; at 1M it does not fit the budget on this machine.
+    estimate = hnsw_100k_build_s * (n / 100_000) * np.log(n) / np.log(100_000)
+    notes.append(f"HNSW at {n:,} x {dim} was not built: its build took {hnsw_100k_build_s:.0f} s at 100k, so about "
+                 f"{estimate / 60:.0f} min at {n:,} (N log N), beyond the 20-minute budget; HNSW figures are "
+                 f"for 10k and 100k only. Its memory at {n:,}: {n * (dim * 4 + 2 * 32 * 4) / 1e9:.1f} GB "
+                 "(float32 vectors + M=32 links), over the 1.5 GB goal regardless of speed.")
+
+    # The cslam loop: 2 x the database in temporaries per query.
+    if _meminfo("MemAvailable") > 2.2 * database.nbytes:
+        cslam_ms = time_cslam(database, queries, 3)
+        rows.append({"n": n, "dim": dim, "index": "cslam numpy", "ms_median": cslam_ms, "recall_at_1_vs_exact": 1.0,
+                     "index_bytes": database.nbytes, "build_s": 0.0})
+        log(f"  {n:,} cslam numpy loop: {cslam_ms:.0f} ms/query")
+    else:
+        notes.append(f"cslam loop at {n:,} skipped: not enough free memory for its temporaries")
+    return rows
+
+
+def section_node(ctx: Context) -> dict[str, Any]:
+    out = {}
+    for cameras in (1, 4):
+        with tempfile.NamedTemporaryFile(suffix=".json") as result:
+            command = [sys.executable, "-m", "scripts.bench_node", "--arch", "small", "--frames",
+                       "5" if ctx.quick else "10", "--duration", "0", "--overhead-cameras", str(cameras),
+                       "--json", result.name]
+            proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                  timeout=max(60.0, ctx.left() - 30))
+            if proc.returncode != 0:
+                raise RuntimeError(f"scripts.bench_node ({cameras} cameras) failed: {proc.stdout[-800:]}"
+                                   f"{proc.stderr[-800:]}")
+            figures = json.loads(Path(result.name).read_text())["overhead"]
+        out[str(cameras)] = figures
+        log(f"  {cameras} camera(s): bare {figures['bare_ms_median']:.0f} ms, node {figures['node_ms_median']:.0f} ms "
+            f"-> ratio {figures['ratio']:.2f}")
+    return out
+
+
+def section_build(ctx: Context) -> dict[str, Any]:
+    from scripts.bench_maps import bench_build
+
+    args = argparse.Namespace(model_size="small", frames=12 if ctx.quick else 24, batch_size=8, repeats=2,
+                              device="cpu")
+    return bench_build(args)
+
+
+# --- driver -----------------------------------------------------------------------------------------
+SECTIONS: list[tuple[str, Callable[[Context], Any], float]] = [
+    ("heads", section_heads, 90),
+    ("extraction", section_extraction, 150),
+    ("onnxruntime", section_onnxruntime, 150),
+    ("search", section_search, 540),
+    ("node", section_node, 240),
+    ("build", section_build, 150),
+]
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.quick = args.quick
+        self.deadline = time.monotonic() + args.budget_s
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def run_sections(ctx: Context, only: list[str] | None) -> dict[str, Any]:
+    results: dict[str, Any] = {"sections": {}, "load": {}, "errors": {}, "skipped": {}}
+    for name, fn, _limit in SECTIONS:
+        if only and name not in only:
+            continue
+        if ctx.left() < 20:
+            results["skipped"][name] = f"budget spent ({ctx.left():.0f} s left)"
+            log(f"[{name}] skipped: budget spent")
+            continue
+        log(f"[{name}] ({ctx.left():.0f} s of the budget left)")
+        meter = LoadMeter()
+        try:
+            results["sections"][name] = fn(ctx)
+        except Exception as err:  # one section failing must not lose the others
+            results["errors"][name] = f"{type(err).__name__}: {err}"
+            log(f"[{name}] FAILED: {type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+        results["load"][name] = meter.result()
+        log(f"[{name}] {results['load'][name]['wall_s']:.0f} s; other processes used "
+            f"{100 * results['load'][name]['others_share']:.0f} % of the CPU meanwhile")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench", help="folder for report.md, PNGs, results.json")
+    parser.add_argument("--budget-s", type=float, default=1140.0, help="wall-clock budget (default 19 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
+    parser.add_argument("--only", nargs="+", choices=[s[0] for s in SECTIONS], help="run these sections only")
+    args = parser.parse_args(argv)
+    from bench.report import write_report
+
+    started = time.monotonic()
+    overall = LoadMeter()
+    ctx = Context(args)
+    info = machine()
+    log(f"make bench on {info['host']}: {info['cpu']}, {info['cores']} cores, {info['mem_gb']:.0f} GB; "
+        f"budget {args.budget_s:.0f} s")
+    results = run_sections(ctx, args.only)
+    results["machine"] = info
+    results["overall_load"] = overall.result()
+    results["total_s"] = time.monotonic() - started
+    given = argv if argv is not None else sys.argv[1:]
+    results["command"] = " ".join(["python -m bench.run", *given]) if given else "make bench"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(results, args.out)
+    log(f"wrote {args.out / 'report.md'} in {results['total_s']:.0f} s total")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
