@@ -33,5 +33,10 @@ test-fast: setup
 demo: setup
 	$(PY) -m scripts.demo --out demo_out
 
+# Every benchmark in one run (<= 20 min on 2 CPU cores): bench/report.md + bench/*.png.
+# GPU: bench/gpu.sh [OUT] on a GPU machine (no .venv needed; --smoke checks it on a CPU).
+bench: setup
+	$(PY) -m bench.run --out bench
+
 clean:
 	rm -rf build install log demo_out .pytest_cache
