@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from qaa_vpr_ros.extractor import DescriptorExtractor, resolve_device
+from qaa_vpr_ros.extractor import DescriptorExtractor, normalize, resolve_device
 
 
 @pytest.fixture
@@ -84,3 +84,22 @@ def test_gpu_autocast_close_to_fp32(tiny_model, images, precision):
     fp32 = DescriptorExtractor(tiny_model, device="cpu").extract(images)
     low = DescriptorExtractor(tiny_model, device="cuda", precision=precision).extract(images)
     assert np.abs(fp32 - low).max() < 5e-2
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_batched_device_preprocessing_equals_per_image_path(tiny_model, device):
+    """The GPU path (one copy + one resize per image size, channel order on the device) gives the
+    per-image CPU path's tensor, in input order, for mixed sizes and encodings."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, size=shape, dtype=np.uint8)
+              for shape in ((48, 64, 3), (30, 40, 3), (48, 64, 3), (48, 64), (30, 40, 1), (48, 64, 3))]
+    encodings = ["rgb", "bgr", "bgr", "mono", "mono", "rgb"]
+    extractor = DescriptorExtractor(tiny_model, device=device)
+    expected = DescriptorExtractor(tiny_model, device="cpu").preprocess(images, encodings)
+    batched = extractor._resize_on_device(images, encodings)
+    assert batched.shape == (6, 3, 56, 56) and batched.dtype == torch.uint8
+    assert torch.allclose(normalize(batched).cpu(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="encoding"):
+        extractor._resize_on_device(images[:1], ["yuv"])
+    with pytest.raises(ValueError, match="uint8"):
+        extractor._resize_on_device([images[0].astype(np.float32)], ["rgb"])
