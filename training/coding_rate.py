@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from qaa_vpr_ros.atomic import atomic_write_text, save_figure
 from qaa_vpr_ros.paths import expand_path, path_argument
+from qaa_vpr_ros.progress import progress_bar
 
 from .datasets import load_image_rgb
 from .datasets.base import IMAGE_SUFFIXES, natural_key
@@ -160,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     files = list_image_files(args.images, args.limit)
-    images = [load_image_rgb(f) for f in tqdm(files, desc="images", leave=False)]
+    with progress_bar(len(files), desc="images", unit="img", leave=False) as bar:
+        images = []
+        for f in files:
+            images.append(load_image_rgb(f))
+            bar.update(1)
     eps_values = sorted({float(args.eps), *np.geomspace(0.05, 5.0, 13).tolist()})
     rows = []
     for path in args.model:

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from qaa_vpr_ros.atomic import atomic_write_text, save_figure
 from qaa_vpr_ros.paths import expand_path, path_argument
+from qaa_vpr_ros.progress import progress_bar
 
 from .datasets import RetrievalSet, build_retrieval_set, load_image_rgb
 
@@ -66,7 +66,7 @@ def extract_descriptors(extractor: Any, paths: Sequence[str], chunk: int = 256, 
     mine = list(range(rank, len(paths), world_size))
     parts = []
     with ThreadPoolExecutor(max_workers=4) as pool:
-        bar = tqdm(total=len(mine), desc=desc, unit="img", disable=not progress, leave=False)
+        bar = progress_bar(len(mine), desc=desc, unit="img", enabled=progress, leave=False)
         for start in range(0, len(mine), chunk):
             idx = mine[start:start + chunk]
             parts.append(np.asarray(extractor.extract(_load_images([paths[i] for i in idx], pool)), np.float32))

@@ -44,11 +44,11 @@ import torchvision.transforms as T
 import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from qaa_vpr_ros.atomic import atomic_folder, atomic_write_text, save_figure
 from qaa_vpr_ros.extractor import DescriptorExtractor, normalize, resize_uint8, to_rgb
 from qaa_vpr_ros.paths import expand_path
+from qaa_vpr_ros.progress import progress_bar
 
 from .config import AugmentConfig, ConfigError, OptimConfig, TrainConfig, config_to_dict, load_config
 from .datasets import PlaceSet, RetrievalSet, build_place_set, build_retrieval_set, load_image_rgb
@@ -401,8 +401,8 @@ def train(config: TrainConfig, raw_config: dict[str, Any], out: Path, resume: bo
         names = ", ".join(f"{ps.name}: {ps.num_places} places / {ps.num_images} images" for ps in place_sets)
         print(f"training on {names}; {steps_per_epoch} steps/epoch, steps {start_step}..{total_steps}, "
               f"{info.world_size} process(es) on {device}", file=sys.stderr)
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-               disable=not (progress and info.is_main), dynamic_ncols=True)
+    bar = progress_bar(total_steps, initial=start_step, desc="train", unit="step",
+                       enabled=progress and info.is_main)  # plain lines when stderr is a log file
     started = time.monotonic()
     acc: dict[str, list[float]] = {}
     last_val: dict[str, float] = {}

@@ -451,8 +451,9 @@ def build_map(
             batch.append(candidate)
             if len(batch) >= batch_size:
                 run_batch()
+            # Both counts as of this keyframe: the reader thread runs up to --prefetch keyframes ahead.
+            bar.set_postfix(keyframes=candidate.index + 1, refresh=False)
             bar.update(candidate.images_seen - bar.n)
-            bar.set_postfix(keyframes=reader.keyframes_total, refresh=False)
     except BaseException:
         if not any(work.glob("chunk-*.npz")):  # nothing to resume: do not block the next run
             shutil.rmtree(work, ignore_errors=True)
@@ -460,6 +461,7 @@ def build_map(
     finally:
         stop.set()
         reader.join(timeout=5.0)
+        bar.set_postfix(keyframes=reader.keyframes_total, refresh=False)
         bar.update(max(0, reader.images_seen - bar.n))
         bar.close()
 
@@ -515,9 +517,9 @@ def _assemble(work: Path, reader: _KeyframeReader, options: BuildOptions, extrac
 
 
 def _progress_bar(total: int | None, enabled: bool) -> Any:
-    from tqdm import tqdm
+    from qaa_vpr_ros.progress import progress_bar
 
-    return tqdm(total=total, unit="img", desc="build_map", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(total, unit="img", desc="build_map", enabled=enabled)  # plain lines in a log
 
 
 # --- CLI -----------------------------------------------------------------------------------------
