@@ -335,6 +335,33 @@ class PlaceMap:
         with self._lock:
             return int(faiss.serialize_index(self._ensure_index()).size)
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held in memory: the float16 descriptor buffer (its capacity) and, for a flat index,
+        its float32 copy (other index types: their code size is not counted here)."""
+        with self._lock:
+            data = self._desc._data
+            held = 0 if isinstance(data, np.memmap) else data.nbytes  # a loaded map stays on disk
+            if self._index is not None and self.index_type == "flat" and "pca_dim" not in self.index_params:
+                held += self._index.ntotal * self.dim * 4
+            return int(held)
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> PlaceMap:
+        """A new map of the keyframes at ``rows`` (kept in row order, ids unchanged) with its index
+        rebuilt from their descriptors; sources and info are copied."""
+        with self._lock:
+            rows = np.unique(np.asarray(rows, np.int64))
+            if len(rows) and (rows[0] < 0 or rows[-1] >= len(self._keyframes)):
+                raise MapError(f"rows must lie in 0..{len(self._keyframes) - 1}")
+            kept = PlaceMap(self.dim, self.model_fingerprint, self.index_type, dict(self.index_params), self.map_frame,
+                            _descriptors=np.array(self._desc.view()[rows]),
+                            _keyframes=[self._keyframes[r] for r in rows])
+            kept.sources, kept.info = list(self.sources), dict(self.info)
+        if len(kept):
+            with kept._lock:
+                kept._ensure_index()
+        return kept
+
     def keyframe(self, keyframe_id: int) -> Keyframe:
         """The keyframe with this id (KeyError when absent)."""
         with self._lock:
