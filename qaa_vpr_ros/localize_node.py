@@ -54,7 +54,7 @@ from qaa_vpr_ros.decision import (
     PoseHistory,
     Query,
     QueryResult,
-    covariance_from_score,
+    covariance_from_confidence,
     normalize,
     parameter_table,
 )
@@ -68,6 +68,7 @@ LOOP_CANDIDATE_DTYPE = np.dtype([
     ("qx", "<f4"), ("qy", "<f4"), ("qz", "<f4"), ("qw", "<f4"),
     ("score", "<f4"), ("rank", "<u4"), ("map_id", "<u4"),
     ("map_stamp_sec", "<i4"), ("map_stamp_nanosec", "<u4"), ("accepted", "u1"),
+    ("confidence", "<f4"), ("sequence_score", "<f4"), ("support", "<u4"),
 ])
 _POINTFIELD_TYPES = {"<f8": PointField.FLOAT64, "<f4": PointField.FLOAT32, "<u4": PointField.UINT32,
                      "<i4": PointField.INT32, "|u1": PointField.UINT8}
@@ -116,7 +117,7 @@ def loop_candidates_cloud(header: Header, candidates: list[Candidate]) -> PointC
     for i, c in enumerate(candidates):
         kf = c.keyframe
         table[i] = (*kf.position, *kf.orientation, c.score, c.rank, int(kf.id) & 0xFFFFFFFF,
-                    kf.stamp_sec, kf.stamp_nanosec, int(c.accepted))
+                    kf.stamp_sec, kf.stamp_nanosec, int(c.accepted), c.confidence, c.sequence_score, c.support)
     fields = [PointField(name=name, offset=offset, datatype=_POINTFIELD_TYPES[dt.str], count=1)
               for name, (dt, offset) in LOOP_CANDIDATE_DTYPE.fields.items()]
     return PointCloud2(header=header, height=1, width=len(candidates), fields=fields, is_bigendian=False,
@@ -274,7 +275,8 @@ class LocalizeNode(Node):
         now = time.monotonic()
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         found = self.poses.lookup(stamp, self.config.odom_max_age_s)
-        admitted = self.gate.admit(cam.topic, stamp, found[0] if found else None)
+        # Only asks: the gate advances once the frame is decoded and processed (see _process).
+        admitted = self.gate.admit(cam.topic, stamp, found[0] if found else None, commit=False)
         with self._lock:
             cam.received += 1
             cam.last_receive = now
@@ -367,6 +369,10 @@ class LocalizeNode(Node):
                 continue
             stamp = msg.header.stamp
             found = self.poses.lookup(stamp.sec + 1e-9 * stamp.nanosec, cfg.odom_max_age_s)
+            if not self.gate.admit(cam.topic, stamp.sec + 1e-9 * stamp.nanosec, found[0] if found else None):
+                with self._lock:  # a frame processed meanwhile (another slot) already covers this one
+                    cam.gated += 1
+                continue
             queries.append(Query(camera=cam.topic, stamp_sec=stamp.sec, stamp_nanosec=stamp.nanosec,
                                  frame_id=msg.header.frame_id, pose=found[0] if found else None,
                                  pose_frame=found[1] if found else cfg.odom_frame))
@@ -401,14 +407,15 @@ class LocalizeNode(Node):
             best = place.best
             header = Header(stamp=_time_msg(q.stamp_sec, q.stamp_nanosec), frame_id=place.map_frame)
             match = None
-            if best is not None and (place.source == "map" or best.keyframe.has_pose):
+            if best is not None and best.keyframe.has_pose:  # never an identity pose for an unknown one
                 match = PoseWithCovarianceStamped(header=header)
                 match.pose.pose = _pose_msg(best.keyframe.position, best.keyframe.orientation)
-                match.pose.covariance = covariance_from_score(best.score, cfg.min_score, cfg.covariance_base)
+                floor = cfg.loop_min_confidence if place.source == "online" else cfg.min_confidence
+                match.pose.covariance = covariance_from_confidence(best.confidence, floor, cfg.covariance_base)
                 with self._lock:
                     self._stats.update(last_score=best.score, last_match=time.monotonic())
                     self._stats["accepted"] += 1
-            elif cfg.publish_unmatched:
+            elif cfg.publish_unmatched and place.candidates and place.candidates[0].keyframe.has_pose:
                 match = PoseWithCovarianceStamped(header=header)
                 top = place.candidates[0].keyframe if place.candidates else None
                 match.pose.pose = _pose_msg(top.position if top else None, top.orientation if top else None)
@@ -426,7 +433,7 @@ class LocalizeNode(Node):
             self.loop_candidates_pub.publish(loop_candidates_cloud(header, channel.candidates))
             markers.markers.extend(self._candidate_markers(header, channel))
             best = channel.best
-            if best is not None:
+            if best is not None and q.pose is not None and best.keyframe.has_pose:
                 self._publish_loop_closure(q, channel, best, markers)
         if markers.markers:
             self.markers_pub.publish(markers)

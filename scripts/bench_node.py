@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     client.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
     base_params = {"model": str(model_dir), "map": str(workdir / "map"), "device": args.device,
                    "transport": "raw", "reliable": True, "min_score": -1.0, "top_k": 5,
+                   # Default decision (sequences, confidence); every frame answers on ~/place_match.
+                   "publish_unmatched": True,
                    "diagnostics_period_s": 1.0, "torch_threads": args.torch_threads}
 
     def wait_ready(name: str, node: NodeProcess) -> None:

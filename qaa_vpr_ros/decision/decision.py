@@ -1,7 +1,26 @@
-"""The accept/reject decision of one query's candidates against one database, and its covariance."""
+"""The accept decision for one database: hypotheses, sequence evidence, confidence, covariance.
+
+For each query of a camera, :class:`SequenceMatcher`
+
+1. gathers *hypotheses* "this frame is keyframe m": the query's ``top_k`` search hits plus the
+   previous query's best hypotheses carried forward by the odometry between the two queries
+   (so a place whose single frame ranks poorly now stays in the running);
+2. scores each with the sequence evidence of :mod:`qaa_vpr_ros.decision.sequence` (mean
+   similarity of the camera's recent queries at the map places the hypothesis predicts);
+3. computes the *confidence* of each hypothesis: its sequence score minus the best sequence score
+   of the hypotheses outside its neighbourhood (further than ``confidence_radius_m``, or, without
+   positions, more than ``confidence_frames`` rows away). A place that only looks like the query
+   has look-alikes elsewhere that score about as well: its margin is small;
+4. accepts the best hypothesis when its support (sequence queries with a keyframe within
+   ``sequence_radius_m``) is >= ``sequence_min_support``, its sequence score >= ``min_score``
+   (a floor) and its confidence >= ``min_confidence``.
+
+Each camera keeps its own sequence: two cameras seeing one look-alike at the same instant do not
+add up, and a camera's sequence only grows with time steps it was processed at.
+"""
 from __future__ import annotations
 
-from collections import deque
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,19 +28,23 @@ from typing import Any
 import numpy as np
 
 from qaa_vpr_ros.decision.parameters import LocalizeConfig
+from qaa_vpr_ros.decision.sequence import KeyframeTable, QueryTrack, TrackEntry, quaternion_matrices, score_sequence
 
-__all__ = ["Candidate", "ChannelResult", "PlaceMatcher", "covariance_from_score"]
+__all__ = ["Candidate", "ChannelResult", "Hypotheses", "SequenceMatcher", "covariance_from_confidence"]
 
 
 @dataclass
 class Candidate:
-    """A database keyframe returned for a query, in rank order (0 = best score)."""
+    """A database keyframe hypothesised for a query, best sequence score first (rank 0)."""
 
     keyframe: Any  # qaa_vpr_ros.maps.Keyframe
-    score: float
+    score: float  # single-frame similarity of the query and this keyframe
     rank: int
     accepted: bool = False
-    reason: str = ""  # why not accepted: "score" | "recent" | "inconsistent"
+    reason: str = ""  # why not accepted: "support" | "score" | "confidence" | "not best"
+    sequence_score: float = math.nan  # mean similarity along the odometry-aligned sequence
+    support: int = 0  # sequence queries with a keyframe within sequence_radius_m
+    confidence: float = math.nan  # sequence_score minus the best sequence score elsewhere
 
 
 @dataclass
@@ -34,90 +57,191 @@ class ChannelResult:
 
     @property
     def best(self) -> Candidate | None:
-        """The best-scoring accepted candidate, or None."""
+        """The accepted candidate, or None."""
         return next((c for c in self.candidates if c.accepted), None)
 
 
-def _position(keyframe: Any) -> np.ndarray | None:
-    pos = getattr(keyframe, "position", None)
-    if pos is None:
-        return None
-    arr = np.asarray(pos, dtype=np.float64)
-    return arr if arr.shape == (3,) and np.all(np.isfinite(arr)) else None
+@dataclass
+class Hypotheses:
+    """The decision's numbers for one query, best sequence score first (rows of the table)."""
+
+    rows: np.ndarray  # (H,)
+    frame_score: np.ndarray  # (H,) single-frame similarity
+    sequence_score: np.ndarray  # (H,)
+    support: np.ndarray  # (H,)
+    confidence: np.ndarray  # (H,)
+    accepted: bool  # rows[0] accepted
+    reason: str  # why rows[0] was not accepted ("" when accepted)
 
 
-def _stamp(keyframe: Any) -> float:
-    return float(keyframe.stamp_sec) + 1e-9 * float(keyframe.stamp_nanosec)
+class SequenceMatcher:
+    """Decides query by query against one :class:`KeyframeTable`; keeps one track per camera.
 
-
-class PlaceMatcher:
-    """Accept/reject the candidates of successive queries against one database.
-
-    Keeps the short history the temporal-consistency check needs; not thread-safe.
+    Not thread-safe (the node calls it from its inference thread).
     """
 
-    def __init__(self, config: LocalizeConfig, exclude_recent: bool) -> None:
+    def __init__(self, config: LocalizeConfig, table: KeyframeTable, online: bool = False) -> None:
         self.config = config
-        self.exclude_recent = exclude_recent
-        # One entry per past query: the keyframes that passed score (and exclusion).
-        self._history: deque[list[Any]] = deque(maxlen=max(config.consistency_window - 1, 0))
+        self.table = table
+        self.online = online  # loop closures against the robot's own past: loop_min_confidence
+        self._tracks: dict[str, QueryTrack] = {}
+        self._previous: dict[str, tuple[TrackEntry, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def set_config(self, config: LocalizeConfig) -> None:
-        """Apply new parameters, keeping as much history as the new window allows."""
         self.config = config
-        self._history = deque(self._history, maxlen=max(config.consistency_window - 1, 0))
 
     def reset(self) -> None:
-        self._history.clear()
+        self._tracks.clear()
+        self._previous.clear()
 
-    def _near(self, a: Any, b: Any) -> bool:
-        pa, pb = _position(a), _position(b)
-        if pa is not None and pb is not None:
-            return float(np.linalg.norm(pa - pb)) <= self.config.consistency_radius_m
-        return abs(int(a.id) - int(b.id)) <= self.config.consistency_frames
-
-    def decide(self, query_stamp: float, scores: Sequence[float],
-               keyframes: Sequence[Any]) -> list[Candidate]:
-        """Candidates of one query in rank order, each marked accepted or with a reason.
-
-        Args:
-            query_stamp: the query image's stamp, seconds.
-            scores: descending similarity scores of the search hits (padding already removed).
-            keyframes: the hits' keyframe records (``.id``, ``.stamp_sec``, ``.stamp_nanosec``,
-                ``.position``), same order.
-        """
+    def decide(self, camera: str, descriptor: np.ndarray, pose: tuple[Any, Any] | None, path_m: float,
+               search_rows: Sequence[int], mask: np.ndarray | None = None,
+               rival_rows: Sequence[int] = (), step: int = 0) -> Hypotheses:
+        """Decide one query (descriptor (D,) float32, odometry ``pose`` or None, odometry path
+        length ``path_m``) given its search hits (table rows, best first). ``mask``: the table
+        rows that may be matched at all (online database: old enough), None for all.
+        ``step``: the query's time step (see :class:`TrackEntry`).
+        ``rival_rows``: rows outside ``mask`` that can never be matched but whose sequence score
+        still counts as "elsewhere" for the confidence (online: the robot's own recent past, so
+        that a scene that repeats itself while driving, a train stopped at a station, is no loop)."""
         cfg = self.config
-        if len(scores) != len(keyframes):
-            raise ValueError(f"{len(scores)} scores for {len(keyframes)} keyframes")
-        candidates = [Candidate(kf, float(s), rank)
-                      for rank, (s, kf) in enumerate(zip(scores, keyframes, strict=True))]
-        passing = []
-        for c in candidates:
-            if c.score < cfg.min_score:
-                c.reason = "score"
-            elif self.exclude_recent and _stamp(c.keyframe) > query_stamp - cfg.exclude_recent_s:
-                c.reason = "recent"
-            else:
-                passing.append(c)
-        for c in passing:
-            support = 1 + sum(any(self._near(c.keyframe, kf) for kf in past) for past in self._history)
-            c.accepted = support >= cfg.consistency_k
-            if not c.accepted:
-                c.reason = "inconsistent"
-        if self._history.maxlen:
-            self._history.append([c.keyframe for c in passing])
-        return candidates
+        position = rotation = None
+        if pose is not None and all(math.isfinite(v) for v in pose[0]):
+            position = np.asarray(pose[0], np.float64)
+            rotation = quaternion_matrices(np.asarray(pose[1], np.float64))[0]
+        entry = TrackEntry(np.asarray(descriptor, np.float32), position, rotation,
+                           path_m if position is not None else math.nan, step=step)
+        track = self._tracks.setdefault(camera, QueryTrack())
+        track.add(entry, keep_path_m=2.0 * cfg.sequence_length_m, keep_entries=cfg.sequence_keyframes)
+        sequence = track.sequence(cfg.sequence_length_m, cfg.sequence_keyframes)
+
+        table = self.table
+        hyp: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # row -> (position, rotation) of the hypothesis
+        previous = self._previous.get(camera)
+        carried = self._carry_forward(previous, entry, mask) if previous is not None else {}
+        for r in self._spread(search_rows, mask):
+            hyp[r] = carried.pop(r, (table.positions[r], table.rotations[r]))
+        hyp.update(carried)
+        rows = np.fromiter(hyp.keys(), np.int64, len(hyp))
+        positions = np.array([p for p, _ in hyp.values()], np.float64).reshape(-1, 3)
+        rotations = np.array([r for _, r in hyp.values()], np.float64).reshape(-1, 3, 3)
+        scores = score_sequence(table, rows, sequence, cfg.sequence_radius_m, mask, (positions, rotations))
+        # Decidable hypotheses (enough support) first, each group by sequence score.
+        order = np.lexsort((-scores.score, scores.support < cfg.sequence_min_support))
+        rows, seq_score, support = rows[order], scores.score[order], scores.support[order]
+        keep = order[: max(cfg.top_k, 1)]
+        self._previous[camera] = (entry, rows[: len(keep)], positions[keep], rotations[keep])
+        valid = support >= cfg.sequence_min_support
+        rival = -np.inf
+        if len(rival_rows):
+            rivals = score_sequence(table, np.asarray(list(dict.fromkeys(int(r) for r in rival_rows)), np.int64),
+                                    sequence, cfg.sequence_radius_m)
+            supported = rivals.support >= cfg.sequence_min_support
+            rival = float(rivals.score[supported].max()) if supported.any() else -np.inf
+        confidence = self._confidence(rows, np.where(valid, seq_score, -np.inf), rival)
+        desc = self.table.descriptors
+        frame = np.array([entry.sims.get(int(r), math.nan) for r in rows], np.float64)
+        frame[np.isnan(frame)] = desc[rows[np.isnan(frame)]] @ entry.descriptor if len(rows) else []
+
+        reason = ""
+        if len(rows) == 0:
+            reason = "support"
+        elif not valid[0]:
+            reason = "support"
+        elif seq_score[0] < cfg.min_score:
+            reason = "score"
+        elif not confidence[0] >= (cfg.loop_min_confidence if self.online else cfg.min_confidence):
+            reason = "confidence"
+        return Hypotheses(rows, frame, seq_score, support, confidence, accepted=not reason and len(rows) > 0,
+                          reason=reason)
+
+    def _spread(self, search_rows: Sequence[int], mask: np.ndarray | None) -> list[int]:
+        """Up to ``top_k`` search hits, best first, each outside the others' neighbourhoods
+        (``confidence_radius_m`` / ``confidence_frames``): near-duplicate neighbours of one
+        place would otherwise crowd out the places the confidence compares against."""
+        table, cfg = self.table, self.config
+        rows = np.asarray(search_rows, np.int64)
+        rows = rows[rows >= 0]
+        if mask is not None:
+            rows = rows[mask[rows]]
+        if len(rows) == 0:
+            return []
+        pos = table.positions[rows]
+        posed = table.has_pose[rows]
+        clash = np.abs(rows[:, None] - rows[None, :]) <= cfg.confidence_frames
+        both = posed[:, None] & posed[None, :]
+        if both.any():
+            dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
+            clash = np.where(both, dist <= cfg.confidence_radius_m, clash)
+        kept: list[int] = []
+        free = np.ones(len(rows), bool)
+        for i in range(len(rows)):
+            if free[i]:
+                kept.append(int(rows[i]))
+                if len(kept) >= cfg.top_k:
+                    break
+                free &= ~clash[i]
+        return kept
+
+    def _carry_forward(self, previous: tuple[TrackEntry, np.ndarray, np.ndarray, np.ndarray], entry: TrackEntry,
+                       mask: np.ndarray | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The previous query's best hypotheses moved by the odometry between the two queries:
+        ``{row: (position, rotation)}`` with the continuous pose (it may lie between keyframes;
+        ``row`` is the nearest keyframe). Without poses: the next row."""
+        before, rows, positions, rotations = previous
+        steps = max(entry.step - before.step, 1)  # without odometry: rows advance with time steps
+        table = self.table
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        posed = np.all(np.isfinite(positions), axis=1)
+        if before.position is not None and entry.position is not None and posed.any():
+            local = (entry.position - before.position) @ before.rotation  # R_prev^T (o_t - o_prev)
+            turn = before.rotation.T @ entry.rotation
+            moved = positions[posed] + rotations[posed] @ local
+            turned = rotations[posed] @ turn
+            found = table.lookup(moved, self.config.sequence_radius_m, mask)
+            for r, p, rot in zip(found, moved, turned, strict=True):
+                if r >= 0 and int(r) not in out:
+                    out[int(r)] = (p, rot)
+            unposed = rows[~posed]
+        else:
+            unposed = rows
+        for r in unposed:
+            nxt = int(r) + steps
+            if nxt < len(table) and (mask is None or mask[nxt]) and nxt not in out:
+                out[nxt] = (table.positions[nxt], table.rotations[nxt])
+        return out
+
+    def _confidence(self, rows: np.ndarray, seq_score: np.ndarray, rival: float = -np.inf) -> np.ndarray:
+        """Per hypothesis: its score minus the best score of hypotheses outside its neighbourhood
+        (-inf scores are unsupported; a hypothesis with nothing elsewhere gets NaN: undecidable)."""
+        h = len(rows)
+        if h == 0:
+            return np.zeros(0)
+        cfg = self.config
+        pos = self.table.positions[rows]
+        posed = np.all(np.isfinite(pos), axis=1)
+        far = np.abs(rows[:, None] - rows[None, :]) > cfg.confidence_frames
+        both = posed[:, None] & posed[None, :]
+        if both.any():
+            dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
+            far = np.where(both, dist > cfg.confidence_radius_m, far)
+        others = np.maximum(np.where(far, seq_score[None, :], -np.inf).max(axis=1), rival)
+        with np.errstate(invalid="ignore"):
+            conf = seq_score - others
+        conf[~np.isfinite(others) | ~np.isfinite(seq_score)] = np.nan
+        return conf
 
 
-def covariance_from_score(score: float, min_score: float, base_diagonal: Sequence[float]) -> list[float]:
-    """Row-major 6x6 covariance: ``base_diagonal`` at score 1, growing to 10x at ``min_score``.
+def covariance_from_confidence(confidence: float, min_confidence: float, base_diagonal: Sequence[float]) -> list[float]:
+    """Row-major 6x6 covariance: 10x ``base_diagonal`` at ``min_confidence``, falling linearly in
+    ``t = (confidence - min_confidence) / (3 min_confidence)`` to the base at 4x ``min_confidence``.
 
-    confidence = (score - min_score) / (1 - min_score) clipped to [0, 1];
-    variance = base / (0.1 + 0.9 * confidence).
+    variance = base / (0.1 + 0.9 t), t clipped to [0, 1] (NaN confidence: t = 0).
     """
-    span = max(1.0 - min_score, 1e-9)
-    confidence = min(max((score - min_score) / span, 0.0), 1.0)
-    factor = 1.0 / (0.1 + 0.9 * confidence)
+    span = 3.0 * max(min_confidence, 1e-3)
+    t = (confidence - min_confidence) / span if math.isfinite(confidence) else 0.0
+    t = min(max(t, 0.0), 1.0)
+    factor = 1.0 / (0.1 + 0.9 * t)
     cov = [0.0] * 36
     for i, v in enumerate(base_diagonal):
         cov[7 * i] = float(v) * factor

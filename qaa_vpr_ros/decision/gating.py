@@ -30,8 +30,12 @@ class KeyframeGate:
             self._selector = KeyframeSelector(self._selector.config)
             self._last_ns.clear()
 
-    def admit(self, camera: str, stamp: float, pose: Pose | None) -> bool:
-        """``stamp`` in seconds; ``pose`` the odometry pose at it, or None (time gating only)."""
+    def admit(self, camera: str, stamp: float, pose: Pose | None, commit: bool = True) -> bool:
+        """Is this frame a new keyframe? ``stamp`` in seconds; ``pose`` the odometry pose at it, or
+        None (time gating only). With ``commit`` (default) a passing frame becomes the camera's
+        latest keyframe; the node first asks with ``commit=False`` when the frame arrives and
+        commits only once it was decoded and processed, so dropped or undecodable frames never
+        advance the gate."""
         cfg = self.config
         position, orientation = pose if pose is not None else (None, None)
         stamp_ns = round(stamp * 1e9)
@@ -42,6 +46,7 @@ class KeyframeGate:
             jumped = stamp_ns < self._last_ns.get(camera, stamp_ns)
             if not jumped and not self._selector.wants(camera, stamp_ns, position, orientation):
                 return False
-            self._selector.accept(camera, stamp_ns, position, orientation)
-            self._last_ns[camera] = stamp_ns
+            if commit:
+                self._selector.accept(camera, stamp_ns, position, orientation)
+                self._last_ns[camera] = stamp_ns
             return True

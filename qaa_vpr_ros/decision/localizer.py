@@ -15,11 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from qaa_vpr_ros.decision.decision import ChannelResult, PlaceMatcher
+from qaa_vpr_ros.decision.decision import Candidate, ChannelResult, Hypotheses, SequenceMatcher
 from qaa_vpr_ros.decision.odometry import Pose
 from qaa_vpr_ros.decision.parameters import LocalizeConfig
+from qaa_vpr_ros.decision.sequence import KeyframeTable
 
-__all__ = ["Localizer", "Query", "QueryResult"]
+__all__ = ["SEARCH_DEPTH", "Localizer", "Query", "QueryResult"]
+
+SEARCH_DEPTH = 4
+"""Each query searches ``SEARCH_DEPTH * top_k`` neighbours, of which ``top_k`` spread-out ones
+become hypotheses (see :meth:`SequenceMatcher._spread`)."""
 
 
 @dataclass
@@ -56,7 +61,9 @@ class QueryResult:
 class Localizer:
     """Searches a prebuilt map and/or the online keyframe database and decides, query by query.
 
-    Not thread-safe: the node calls it from its one inference thread (and services under a lock).
+    Holds each database's descriptors and poses once in memory (:class:`KeyframeTable`) for the
+    sequence evidence. Not thread-safe: the node calls it from its one inference thread (and
+    services under a lock).
     """
 
     def __init__(self, config: LocalizeConfig, dim: int, fingerprint: str,
@@ -66,25 +73,31 @@ class Localizer:
         self.fingerprint = fingerprint
         self.prior_map = prior_map
         self.online_frame = online_frame
-        self.online_map = self._new_online_map()
-        self.map_matcher = PlaceMatcher(config, exclude_recent=False)
-        self.online_matcher = PlaceMatcher(config, exclude_recent=True)
+        self._prior_keyframes = prior_map.keyframes if prior_map is not None else []
+        self._prior_row_of_id = {int(i): r for r, i in enumerate(prior_map.ids)} if prior_map is not None else {}
+        prior_table = KeyframeTable.from_map(prior_map) if prior_map is not None else KeyframeTable(dim)
+        self.map_matcher = SequenceMatcher(self.config, prior_table)
+        self._new_online()
 
-    def _new_online_map(self) -> Any:
+    def _new_online(self) -> None:
         from qaa_vpr_ros.maps import PlaceMap
 
-        return PlaceMap.create(self.dim, self.fingerprint, index_type="flat", map_frame=self.online_frame)
+        self.online_map = PlaceMap.create(self.dim, self.fingerprint, index_type="flat", map_frame=self.online_frame)
+        self._online_keyframes: list[Any] = []
+        self.online_matcher = SequenceMatcher(self.config, KeyframeTable(self.dim), online=True)
+        self._path_m = 0.0
+        self._last_position: np.ndarray | None = None
+        self._step, self._step_stamp = 0, math.nan
 
     def set_config(self, config: LocalizeConfig) -> None:
         self.config = config.validate()
-        self.map_matcher.set_config(config)
-        self.online_matcher.set_config(config)
+        self.map_matcher.set_config(self.config)
+        self.online_matcher.set_config(self.config)
 
     def reset(self) -> None:
-        """Forget the online database and the consistency histories (the prebuilt map stays)."""
-        self.online_map = self._new_online_map()
+        """Forget the online database and the sequences (the prebuilt map stays)."""
+        self._new_online()
         self.map_matcher.reset()
-        self.online_matcher.reset()
 
     def save_online(self, folder: str | Path) -> int:
         """Write the online database as a map folder; returns its keyframe count."""
@@ -94,20 +107,60 @@ class Localizer:
         self.online_map.save(folder)
         return len(self.online_map)
 
-    def _search(self, place_map: Any, descriptors: np.ndarray) -> tuple[np.ndarray, list[list[Any]]]:
-        k = min(self.config.top_k, len(place_map))
-        result = place_map.search(descriptors, k)
-        return np.asarray(result.scores), [list(kfs) for kfs in result.keyframes]
+    def _prior_hits(self, descriptors: np.ndarray) -> np.ndarray:
+        """(N, k) prior-map rows of each query's search hits (-1: none)."""
+        k = min(SEARCH_DEPTH * self.config.top_k, len(self.prior_map))
+        ids = self.prior_map.search(descriptors, k).ids
+        return np.vectorize(lambda i: self._prior_row_of_id.get(int(i), -1), otypes=[np.int64])(ids)
 
-    @staticmethod
-    def _hits(scores: np.ndarray, keyframes: list[list[Any]], row: int) -> tuple[list[float], list[Any]]:
-        """Row ``row`` of a search result without its padding (missing keyframes)."""
-        kfs = [kf for kf in keyframes[row] if kf is not None]
-        return [float(s) for s in scores[row, : len(kfs)]], kfs
+    def _online_hits(self, descriptor: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Rows of the ``top_k`` most similar online keyframes among those in ``mask``."""
+        rows = np.flatnonzero(mask)
+        if len(rows) == 0:
+            return rows
+        sims = self.online_matcher.table.descriptors[rows] @ descriptor
+        k = min(SEARCH_DEPTH * self.config.top_k, len(rows))
+        best = np.argpartition(-sims, k - 1)[:k]
+        return rows[best[np.argsort(-sims[best], kind="stable")]]
+
+    def _recent_rivals(self, q: Query, path_m: float) -> np.ndarray:
+        """Online rows too recent to be loop closures but not the immediate past (further back than
+        ``confidence_radius_m`` of travel, or ``confidence_frames`` keyframes without odometry):
+        their sequence scores are the baseline a loop closure must beat."""
+        table, cfg = self.online_matcher.table, self.config
+        if math.isnan(path_m):
+            mask = ~table.eligible(q.stamp - cfg.exclude_recent_s, None)
+            mask[max(len(table) - cfg.confidence_frames, 0):] = False
+            return mask
+        path = table.path_m
+        with np.errstate(invalid="ignore"):
+            return (path < path_m - cfg.confidence_radius_m) & ~table.eligible(
+                q.stamp - cfg.exclude_recent_s, path_m - cfg.loop_min_travel_m)
+
+    def _advance_path(self, query: Query) -> float:
+        """Odometry path length (m) at this query; NaN when it has no pose."""
+        if query.pose is None or not all(math.isfinite(v) for v in query.pose[0]):
+            return math.nan
+        position = np.asarray(query.pose[0], np.float64)
+        if self._last_position is not None:
+            self._path_m += float(np.linalg.norm(position - self._last_position))
+        self._last_position = position
+        return self._path_m
+
+    def _candidates(self, hyp: Hypotheses, keyframes: list[Any]) -> list[Candidate]:
+        out = []
+        for rank in range(min(self.config.top_k, len(hyp.rows))):
+            first = rank == 0
+            out.append(Candidate(
+                keyframe=keyframes[int(hyp.rows[rank])], score=float(hyp.frame_score[rank]), rank=rank,
+                accepted=first and hyp.accepted, reason=hyp.reason if first else "not best",
+                sequence_score=float(hyp.sequence_score[rank]), support=int(hyp.support[rank]),
+                confidence=float(hyp.confidence[rank])))
+        return out
 
     def process(self, queries: Sequence[Query], descriptors: np.ndarray) -> list[QueryResult]:
-        """Decide for a batch of queries (descriptors (N, D) float32, same order), then add them
-        to the online database when online loop closure is on. Queries are decided in stamp order."""
+        """Decide for a batch of queries (descriptors (N, D) float32, same order) in stamp order;
+        with online loop closure on, each query joins the online database after its decision."""
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
         if descriptors.shape != (len(queries), self.dim):
             raise ValueError(f"descriptors have shape {descriptors.shape}, "
@@ -115,43 +168,49 @@ class Localizer:
         results = [QueryResult(q) for q in queries]
         if not queries:
             return results
+        cfg = self.config
         order = sorted(range(len(queries)), key=lambda i: queries[i].stamp)
-        if self.prior_map is not None and len(self.prior_map) > 0:
-            scores, kfs = self._search(self.prior_map, descriptors)
-            frame = self.prior_map.map_frame
-            for i in order:
-                s, k = self._hits(scores, kfs, i)
-                results[i].map = ChannelResult("map", frame, self.map_matcher.decide(queries[i].stamp, s, k))
-        elif self.prior_map is not None:
-            for i in order:
+        prior = self.prior_map is not None and len(self.prior_map) > 0
+        hits = self._prior_hits(descriptors) if prior else None
+        for i in order:
+            q, d = queries[i], descriptors[i]
+            path_m = self._advance_path(q)
+            if q.stamp != self._step_stamp:
+                self._step, self._step_stamp = self._step + 1, q.stamp
+            if prior:
+                hyp = self.map_matcher.decide(q.camera, d, q.pose, path_m, hits[i], step=self._step)
+                results[i].map = ChannelResult("map", self.prior_map.map_frame,
+                                               self._candidates(hyp, self._prior_keyframes))
+            elif self.prior_map is not None:
                 results[i].map = ChannelResult("map", self.prior_map.map_frame, [])
-        if self.config.online_loop_closure:
-            if len(self.online_map) > 0:
-                scores, kfs = self._search(self.online_map, descriptors)
-            for i in order:
-                if len(self.online_map) > 0:
-                    s, k = self._hits(scores, kfs, i)
-                    cands = self.online_matcher.decide(queries[i].stamp, s, k)
-                else:
-                    cands = self.online_matcher.decide(queries[i].stamp, [], [])
-                results[i].online = ChannelResult("online", self.online_frame, cands)
-            self._add_online([queries[i] for i in order], descriptors[order], [results[i] for i in order])
+            if cfg.online_loop_closure:
+                if q.pose is not None and not self._online_keyframes:
+                    # The online database lives in the odometry's own frame.
+                    self.online_frame = self.online_map.map_frame = q.pose_frame
+                table = self.online_matcher.table
+                mask = table.eligible(q.stamp - cfg.exclude_recent_s,
+                                      None if math.isnan(path_m) else path_m - cfg.loop_min_travel_m)
+                rivals = self._online_hits(d, self._recent_rivals(q, path_m))
+                hyp = self.online_matcher.decide(q.camera, d, q.pose, path_m, self._online_hits(d, mask), mask, rivals,
+                                                 step=self._step)
+                results[i].online = ChannelResult("online", self.online_frame,
+                                                  self._candidates(hyp, self._online_keyframes))
+                results[i].keyframe = self._add_online(q, d, path_m)
         return results
 
-    def _add_online(self, queries: list[Query], descriptors: np.ndarray, results: list[QueryResult]) -> None:
+    def _add_online(self, q: Query, descriptor: np.ndarray, path_m: float) -> Any:
         from qaa_vpr_ros.maps import Keyframe
 
-        start = len(self.online_map)
-        keyframes = []
-        for n, q in enumerate(queries):
-            if q.pose is not None:
-                position, orientation = q.pose
-            else:
-                position, orientation = (math.nan, math.nan, math.nan), (0.0, 0.0, 0.0, 1.0)
-            keyframes.append(Keyframe(
-                id=start + n, stamp_sec=q.stamp_sec, stamp_nanosec=q.stamp_nanosec, camera=q.camera,
-                frame_id=q.frame_id, position=tuple(position), orientation=tuple(orientation),
-                source="online"))
-        self.online_map.add(descriptors, keyframes)
-        for r, kf in zip(results, keyframes, strict=True):
-            r.keyframe = kf
+        if q.pose is not None:
+            position, orientation = q.pose
+        else:
+            position, orientation = (math.nan, math.nan, math.nan), (0.0, 0.0, 0.0, 1.0)
+        keyframe = Keyframe(
+            id=len(self._online_keyframes), stamp_sec=q.stamp_sec, stamp_nanosec=q.stamp_nanosec, camera=q.camera,
+            frame_id=q.frame_id, position=tuple(position), orientation=tuple(orientation), source="online")
+        self.online_map.add(descriptor[None], [keyframe])
+        self.online_matcher.table.append(descriptor[None], np.array([position], np.float64),
+                                         np.array([orientation], np.float64), np.array([q.stamp]),
+                                         np.array([path_m]))
+        self._online_keyframes.append(keyframe)
+        return keyframe

@@ -1,35 +1,77 @@
 """Odometry poses: the recent history of the odometry topic and the pose at an image stamp."""
 from __future__ import annotations
 
+import bisect
+import math
 import threading
-from collections import deque
 
-__all__ = ["Pose", "PoseHistory"]
+__all__ = ["Pose", "PoseHistory", "interpolate_pose"]
 
 Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
 """(position (x, y, z) in metres, orientation (qx, qy, qz, qw)) in some frame."""
 
+
+def interpolate_pose(a: Pose, b: Pose, t: float) -> Pose:
+    """Pose at fraction ``t`` in [0, 1] from ``a`` to ``b``: linear in position, slerp in orientation."""
+    (pa, qa), (pb, qb) = a, b
+    position = tuple(float(x + t * (y - x)) for x, y in zip(pa, pb, strict=True))
+    dot = sum(x * y for x, y in zip(qa, qb, strict=True))
+    if dot < 0.0:  # the shorter way round
+        qb, dot = tuple(-v for v in qb), -dot
+    if dot > 0.9995:
+        q = [x + t * (y - x) for x, y in zip(qa, qb, strict=True)]
+    else:
+        theta = math.acos(min(dot, 1.0))
+        wa, wb = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+        q = [wa * x + wb * y for x, y in zip(qa, qb, strict=True)]
+    norm = math.sqrt(sum(v * v for v in q)) or 1.0
+    return position, tuple(v / norm for v in q)
+
+
 class PoseHistory:
-    """Recent odometry poses; :meth:`lookup` returns the one nearest a stamp. Thread-safe."""
+    """Recent odometry poses, kept in stamp order; :meth:`lookup` interpolates to a stamp. Thread-safe."""
 
     def __init__(self, maxlen: int = 2000) -> None:
-        self._items: deque[tuple[float, Pose, str]] = deque(maxlen=maxlen)
+        self.maxlen = maxlen
+        self._stamps: list[float] = []
+        self._items: list[tuple[Pose, str]] = []
         self._lock = threading.Lock()
 
     def add(self, stamp: float, pose: Pose, frame_id: str) -> None:
         with self._lock:
-            self._items.append((stamp, pose, frame_id))
+            if self._stamps and stamp < self._stamps[-1] - 1.0:
+                # Time jumped back (a bag replayed again, a simulator reset): start afresh.
+                self._stamps.clear()
+                self._items.clear()
+            i = bisect.bisect_right(self._stamps, stamp)
+            self._stamps.insert(i, stamp)
+            self._items.insert(i, (pose, frame_id))
+            if len(self._stamps) > self.maxlen:
+                del self._stamps[: len(self._stamps) - self.maxlen]
+                del self._items[: len(self._items) - self.maxlen]
 
     def clear(self) -> None:
         with self._lock:
+            self._stamps.clear()
             self._items.clear()
 
     def lookup(self, stamp: float, max_age_s: float) -> tuple[Pose, str] | None:
-        """``(pose, frame_id)`` of the odometry message nearest ``stamp`` within ``max_age_s``."""
+        """``(pose, frame_id)`` at ``stamp``: interpolated between the samples around it when both
+        are within ``max_age_s`` of it, else the nearest sample within ``max_age_s``, else None."""
         with self._lock:
-            if not self._items:
+            if not self._stamps:
                 return None
-            best = min(self._items, key=lambda item: abs(item[0] - stamp))
-        if abs(best[0] - stamp) > max_age_s:
-            return None
-        return best[1], best[2]
+            i = bisect.bisect_left(self._stamps, stamp)
+            before = i - 1 if i > 0 else None
+            after = i if i < len(self._stamps) else None
+            if after is not None and self._stamps[after] == stamp:
+                return self._items[after]
+            if before is not None and after is not None:
+                t0, t1 = self._stamps[before], self._stamps[after]
+                (p0, frame), (p1, _) = self._items[before], self._items[after]
+                if stamp - t0 <= max_age_s and t1 - stamp <= max_age_s:
+                    return interpolate_pose(p0, p1, (stamp - t0) / (t1 - t0)), frame
+            near = min((j for j in (before, after) if j is not None), key=lambda j: abs(self._stamps[j] - stamp))
+            if abs(self._stamps[near] - stamp) > max_age_s:
+                return None
+            return self._items[near]

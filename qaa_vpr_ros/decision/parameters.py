@@ -13,7 +13,7 @@ from typing import Any
 from qaa_vpr_ros.image_conversion import DEFAULT_MAX_PIXELS
 from qaa_vpr_ros.paths import PathError, path_argument
 
-__all__ = ["ConfigError", "LocalizeConfig", "ParamSpec", "normalize", "parameter_table"]
+__all__ = ["ConfigError", "LocalizeConfig", "ParamSpec", "normalize", "parameter_table", "params_yaml"]
 
 
 class ConfigError(ValueError):
@@ -55,8 +55,8 @@ class LocalizeConfig:
         "odom", "Frame of the online keyframe database when odometry messages carry no frame_id.",
         read_only=True)
     odom_max_age_s: float = _param(
-        0.5, "Largest gap between an image stamp and the nearest odometry stamp for the pose to "
-        "be used.", range=(0.0, 60.0))
+        0.5, "Largest gap between an image stamp and the odometry samples the pose is interpolated "
+        "from (or the nearest one, at the ends of the history).", range=(0.0, 60.0))
     max_image_pixels: int = _param(
         DEFAULT_MAX_PIXELS, "Images claiming more pixels are rejected (and counted) before any "
         "allocation.", range=(1, 1_000_000_000))
@@ -81,28 +81,44 @@ class LocalizeConfig:
         0, "CPU inference threads (torch.set_num_threads); 0 keeps torch's default. On a busy "
         "CPU shared with SLAM, 1 is often faster than several spin-waiting threads.",
         range=(0, 256), read_only=True)
-    # Decision
-    top_k: int = _param(5, "Candidates searched and published per query.", range=(1, 100))
+    # Decision (docs/NODE.md "How a match is decided")
+    top_k: int = _param(10, "Hypotheses taken from each query's search (besides the previous query's "
+                        "best ones carried forward by odometry); the best top_k are published.",
+                        range=(1, 100))
     min_score: float = _param(
-        0.5, "Smallest similarity (inner product of unit descriptors) a candidate needs.",
-        range=(-1.0, 1.0))
+        0.0, "Floor on the sequence score (mean similarity of unit descriptors along the aligned "
+        "sequence) of an accepted match; the confidence decides.", range=(-1.0, 1.0))
+    min_confidence: float = _param(
+        0.05, "A match is accepted when its sequence score exceeds the best sequence score elsewhere "
+        "(beyond confidence_radius_m) by at least this much.", range=(0.0, 2.0))
+    confidence_radius_m: float = _param(
+        25.0, "Hypotheses within this distance of each other are one place for the confidence.",
+        range=(0.0, 100000.0))
+    confidence_frames: int = _param(
+        5, "... or, when a keyframe has no position, within this many keyframe rows.", range=(0, 1_000_000))
+    sequence_length_m: float = _param(
+        200.0, "Odometry path length the sequence evidence looks back over.", range=(0.0, 100000.0))
+    sequence_keyframes: int = _param(
+        20, "Queries in a sequence at most (spread evenly over sequence_length_m; without odometry: "
+        "the last ones).", range=(1, 1000))
+    sequence_radius_m: float = _param(
+        15.0, "An earlier query is compared with the nearest map keyframe within this distance of "
+        "the position the hypothesis and the odometry predict for it.", range=(0.0, 100000.0))
+    sequence_min_support: int = _param(
+        10, "A hypothesis is decidable when at least this many queries of its sequence found a map "
+        "keyframe within sequence_radius_m (<= sequence_keyframes).", range=(1, 1000))
     online_loop_closure: bool = _param(
         True, "Search the robot's own past keyframes too (the database grows as it drives).")
     exclude_recent_s: float = _param(
         30.0, "Online mode: past keyframes younger than this (relative to the query) are never "
         "loop-closure candidates.", range=(0.0, 86400.0))
-    consistency_k: int = _param(
-        3, "A candidate is accepted only when at least this many of the recent queries matched "
-        "places near it (1 disables the check).", range=(1, 50))
-    consistency_window: int = _param(
-        5, "Number of recent queries (this one included) the consistency check looks at; "
-        ">= consistency_k.", range=(1, 200))
-    consistency_radius_m: float = _param(
-        10.0, "Two matched places are 'near' when their positions are at most this far apart.",
-        range=(0.0, 100000.0))
-    consistency_frames: int = _param(
-        10, "... or, when a keyframe has no position, when their keyframe ids differ by at "
-        "most this.", range=(0, 1_000_000))
+    loop_min_confidence: float = _param(
+        0.1, "Online mode: min_confidence for loop closures against the robot's own past (stricter: "
+        "a SLAM back end trusts them, and images of one drive resemble each other more).",
+        range=(0.0, 2.0))
+    loop_min_travel_m: float = _param(
+        100.0, "Online mode, with odometry: a past keyframe is a loop-closure candidate only when the "
+        "robot has travelled this far (odometry path length) since it.", range=(0.0, 1e9))
     # Keyframe gating
     min_period_s: float = _param(
         0.0, "Per camera, frames closer than this to the previous keyframe are skipped.",
@@ -115,7 +131,7 @@ class LocalizeConfig:
     # Outputs
     covariance_base: list[float] = _param(
         [1.0, 1.0, 1.0, 0.1, 0.1, 0.1], "Covariance diagonal (x, y, z m^2; roll, pitch, yaw "
-        "rad^2) of a perfect place match; scaled up to 10x as the score falls to min_score.")
+        "rad^2) of a perfect place match; scaled up to 10x as the confidence falls to min_confidence.")
     publish_unmatched: bool = _param(
         False, "When nothing is accepted, still publish ~/place_match (best candidate's pose or "
         "identity) with 9999 on the covariance diagonal.")
@@ -140,9 +156,9 @@ class LocalizeConfig:
             except PathError as err:
                 out.append(f"parameter '{name}': {err}")
         if not out:
-            if self.consistency_window < self.consistency_k:
-                out.append(f"consistency_window ({self.consistency_window}) must be >= consistency_k "
-                           f"({self.consistency_k}): the check cannot find k supports in fewer queries")
+            if self.sequence_min_support > self.sequence_keyframes:
+                out.append(f"sequence_min_support ({self.sequence_min_support}) must be <= sequence_keyframes "
+                           f"({self.sequence_keyframes}): no sequence could ever give that much support")
             if not self.image_topics:
                 out.append("image_topics is empty: give at least one camera topic")
             if len(self.covariance_base) != 6:
@@ -248,3 +264,39 @@ def normalize(name: str, value: Any) -> Any:
         if kinds.get(name) in ("float", float):
             return float(value)
     return value
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def params_yaml(values: dict[str, Any] | None = None, header: str = "") -> str:
+    """A ROS 2 parameter file (``/**: ros__parameters:``) of every parameter, each with its
+    description as a comment: the defaults, with ``values`` overriding some (unknown names are an
+    error). ``config/localize.yaml`` is this with no overrides; ``eval_map --write-params`` writes
+    it with the tuned values."""
+    import textwrap
+
+    values = dict(values or {})
+    config = LocalizeConfig.from_dict(values).validate()
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    lines += ["/**:", "  ros__parameters:"]
+    for spec in parameter_table():
+        notes = []
+        if spec.choices:
+            notes.append("one of " + "|".join(spec.choices))
+        if spec.range is not None:
+            notes.append(f"range [{spec.range[0]}, {spec.range[1]}]")
+        if spec.read_only:
+            notes.append("start-up only")
+        text = spec.description + (f" ({'; '.join(notes)})" if notes else "")
+        lines += textwrap.wrap(text, width=106, break_on_hyphens=False, initial_indent="    # ",
+                               subsequent_indent="    # ")
+        lines.append(f"    {spec.name}: {_yaml_value(getattr(config, spec.name))}")
+    return "\n".join(lines) + "\n"

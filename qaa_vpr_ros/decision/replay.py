@@ -1,0 +1,132 @@
+"""Offline replay of the node's decision (the same :class:`Localizer`) for calibration and tests.
+
+A query run with ground-truth poses (a :class:`~qaa_vpr_ros.maps.PlaceMap` built from it) is fed
+query by query, in stamp order, with its poses as the odometry. Each decision is then scored
+against the ground truth: a match is correct when the matched keyframe lies within ``radius_m``
+of the query's true position. Because the best hypothesis of each query does not depend on the
+thresholds, one replay yields the whole precision-recall curve over ``min_confidence`` (matches
+against a prebuilt map) or ``loop_min_confidence`` (loop closures against the robot's own past).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from qaa_vpr_ros.decision.localizer import Localizer, Query
+from qaa_vpr_ros.decision.parameters import LocalizeConfig
+
+__all__ = ["Decision", "PRCurve", "pr_curve", "replay_loop_closures", "replay_place_matches"]
+
+
+@dataclass
+class Decision:
+    """The decision for one query, scored against the ground truth."""
+
+    decidable: bool  # enough support and sequence score >= min_score: only the confidence is left
+    accepted: bool  # with the configuration's own thresholds
+    correct: bool  # the best hypothesis lies within radius_m of the true position
+    confidence: float  # NaN when undecidable
+    matched_id: int  # keyframe id of the best hypothesis (-1: none)
+
+
+@dataclass
+class PRCurve:
+    """Precision and recall of accepted matches as the confidence threshold falls (descending)."""
+
+    thresholds: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    queries: int
+
+    def threshold_for(self, target_precision: float) -> float | None:
+        """The lowest threshold at which every threshold at or above it keeps precision >= the
+        target (None: no threshold does)."""
+        ok = np.flatnonzero(np.minimum.accumulate(self.precision) >= target_precision)
+        return float(self.thresholds[ok[-1]]) if len(ok) else None
+
+    def at(self, threshold: float) -> tuple[float, float, int]:
+        """(precision, recall, accepted count) when accepting confidence >= ``threshold``."""
+        n = int(np.sum(self.thresholds >= threshold))
+        if n == 0:
+            return 1.0, 0.0, 0
+        return float(self.precision[n - 1]), float(self.recall[n - 1]), n
+
+
+def pr_curve(decisions: list[Decision]) -> PRCurve:
+    """The curve over the decidable decisions; recall is over all ``len(decisions)`` queries."""
+    usable = [d for d in decisions if d.decidable and math.isfinite(d.confidence)]
+    conf = np.array([d.confidence for d in usable], np.float64)
+    correct = np.array([d.correct for d in usable], bool)
+    order = np.argsort(-conf, kind="stable")
+    tp = np.cumsum(correct[order])
+    accepted = np.arange(1, len(order) + 1)
+    return PRCurve(conf[order], tp / np.maximum(accepted, 1), tp / max(len(decisions), 1), len(decisions))
+
+
+def _queries(place_map: Any, stamp_offset_s: float = 0.0) -> tuple[list[Query], np.ndarray, np.ndarray]:
+    keyframes = place_map.keyframes
+    order = sorted(range(len(keyframes)), key=lambda i: (keyframes[i].stamp, i))
+    descriptors = np.asarray(place_map.descriptors, np.float32)[order]
+    queries, truth = [], []
+    for i in order:
+        kf = keyframes[i]
+        stamp_ns = kf.stamp_ns + round(stamp_offset_s * 1e9)
+        pose = (tuple(kf.position), tuple(kf.orientation)) if kf.has_pose else None
+        queries.append(Query(kf.camera, stamp_ns // 10**9, stamp_ns % 10**9, kf.frame_id, pose, place_map.map_frame))
+        truth.append(kf.position)
+    return queries, descriptors, np.asarray(truth, np.float64).reshape(-1, 3)
+
+
+def _decision(channel: Any, truth: np.ndarray, radius_m: float, truth_of: Any) -> Decision:
+    if channel is None or not channel.candidates:
+        return Decision(False, False, False, math.nan, -1)
+    top = channel.candidates[0]
+    where = truth_of(top.keyframe)
+    correct = bool(np.all(np.isfinite(where)) and np.linalg.norm(where[:2] - truth[:2]) <= radius_m)
+    decidable = top.reason in ("", "confidence")
+    return Decision(decidable, top.accepted, correct, top.confidence if decidable else math.nan, int(top.keyframe.id))
+
+
+def replay_place_matches(config: LocalizeConfig, reference: Any, query: Any, radius_m: float,
+                         dim: int | None = None) -> list[Decision]:
+    """Decide every keyframe of ``query`` (a PlaceMap; its poses are odometry and ground truth)
+    against the prebuilt map ``reference`` (same frame), in stamp order."""
+    loc = Localizer(replace(config, online_loop_closure=False), dim or reference.dim, reference.model_fingerprint,
+                    prior_map=reference)
+    queries, descriptors, truth = _queries(query)
+
+    def truth_of(kf: Any) -> np.ndarray:
+        return np.asarray(kf.position, np.float64)
+
+    out = []
+    for q, d, t in zip(queries, descriptors, truth, strict=True):
+        (result,) = loc.process([q], d[None])
+        out.append(_decision(result.map, t, radius_m, truth_of))
+    return out
+
+
+def replay_loop_closures(config: LocalizeConfig, laps: list[Any], radius_m: float) -> list[list[Decision]]:
+    """Drive ``laps`` (PlaceMaps with ground-truth poses, all in one frame: the odometry) one after
+    the other through the online database, the stamps of each lap shifted to follow the previous
+    one; one list of decisions per lap (a closure is correct when the matched past keyframe was
+    taken within ``radius_m`` of the query's true position)."""
+    first = laps[0]
+    loc = Localizer(replace(config, online_loop_closure=True), first.dim, first.model_fingerprint)
+    truth_of_id: dict[int, np.ndarray] = {}
+    out, offset, last_stamp = [], 0.0, -math.inf
+    for lap in laps:
+        stamps = [kf.stamp for kf in lap.keyframes]
+        if stamps and min(stamps) + offset <= last_stamp:
+            offset = last_stamp - min(stamps) + 1.0
+        queries, descriptors, truth = _queries(lap, offset)
+        decisions = []
+        for q, d, t in zip(queries, descriptors, truth, strict=True):
+            (result,) = loc.process([q], d[None])
+            decisions.append(_decision(result.online, t, radius_m, lambda kf: truth_of_id[int(kf.id)]))
+            truth_of_id[int(result.keyframe.id)] = t
+            last_stamp = q.stamp
+        out.append(decisions)
+    return out

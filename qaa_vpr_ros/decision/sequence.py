@@ -1,0 +1,319 @@
+"""Sequence evidence: score "the current frame is keyframe m" with the recent frames too, aligned by odometry.
+
+For a hypothesis *m* (a row of a keyframe table: the prebuilt map, or the robot's own past
+keyframes) and an earlier query *j* of the same camera, the map position where *j* should have
+been taken is predicted from m's pose and the odometry between *j* and the current query *t*::
+
+    predicted_j = p_m + R_m R_t^T (o_j - o_t)        # p, R: map pose of m; o, R_t: odometry poses
+
+and *j* is compared with the nearest table keyframe within ``sequence_radius_m`` of it. Variable
+speed, stops, reverse driving and turns need nothing special: only the relative odometry between
+the two queries matters. Without odometry (query without a pose) or without map poses (keyframe
+without a pose) the prediction falls back to keyframe order: a query *j* time steps back (distinct
+stamps of all cameras, so cameras taking turns keep the count) is row ``m - j``.
+
+The sequence of a query is chosen by travelled distance, not by frame count: walking back along
+the camera's recent queries, one query is kept every ``sequence_length_m / sequence_keyframes``
+metres until ``sequence_length_m`` are covered (or ``sequence_keyframes`` queries are kept). The
+same defaults therefore cover keyframes 1 m or 10 m apart at any speed.
+
+A hypothesis's *sequence score* is the mean similarity of its aligned pairs; its *support* the
+number of sequence queries that found a keyframe within the radius. Similarities are memoised per
+(query, keyframe) pair, so a step costs about one dot product per new pair.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+__all__ = ["KeyframeTable", "QueryTrack", "SequenceScores", "TrackEntry", "quaternion_matrices"]
+
+_uid = itertools.count()
+
+
+def quaternion_matrices(quaternions: np.ndarray) -> np.ndarray:
+    """(N, 4) quaternions (qx, qy, qz, qw) -> (N, 3, 3) rotation matrices (normalised first)."""
+    q = np.asarray(quaternions, np.float64).reshape(-1, 4)
+    norm = np.linalg.norm(q, axis=1, keepdims=True)
+    q = np.where(norm > 1e-12, q / np.maximum(norm, 1e-12), np.array([0.0, 0.0, 0.0, 1.0]))
+    x, y, z, w = q.T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], axis=-1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], axis=-1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=-1),
+    ], axis=1)
+
+
+class KeyframeTable:
+    """Descriptors and poses of one database's keyframes, in row order, with a spatial lookup.
+
+    The prebuilt map is filled once; the online database grows with :meth:`append`. ``path_m``
+    holds, per row, the odometry path length at which the keyframe was taken (online database;
+    NaN for a prebuilt map).
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._n = 0
+        self._desc = np.zeros((0, dim), np.float32)
+        self._pos = np.zeros((0, 3), np.float64)
+        self._rot = np.zeros((0, 3, 3), np.float64)
+        self._stamp = np.zeros(0, np.float64)
+        self._path = np.zeros(0, np.float64)
+        self._posed = np.zeros(0, bool)
+        self._tree: cKDTree | None = None
+        self._tree_rows = np.zeros(0, np.int64)
+        self._tree_key: tuple[int, int] = (-1, -1)
+
+    @classmethod
+    def from_map(cls, place_map) -> KeyframeTable:
+        """A table of a :class:`~qaa_vpr_ros.maps.PlaceMap` (descriptors held once, as float32)."""
+        table = cls(place_map.dim)
+        keyframes = place_map.keyframes
+        if keyframes:
+            table.append(np.asarray(place_map.descriptors, np.float32),
+                         np.array([kf.position for kf in keyframes], np.float64),
+                         np.array([kf.orientation for kf in keyframes], np.float64),
+                         np.array([kf.stamp for kf in keyframes], np.float64))
+        return table
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, descriptors: np.ndarray, positions: np.ndarray, orientations: np.ndarray,
+               stamps: np.ndarray, path_m: np.ndarray | None = None) -> None:
+        """Add rows: (N, D) descriptors, (N, 3) positions (NaN: no pose), (N, 4) quaternions, (N,) stamps."""
+        n = len(descriptors)
+        need = self._n + n
+        if need > len(self._desc):
+            cap = max(need, 2 * len(self._desc), 64)
+            self._desc = _grow(self._desc, cap)
+            self._pos = _grow(self._pos, cap)
+            self._rot = _grow(self._rot, cap)
+            self._stamp = _grow(self._stamp, cap)
+            self._path = _grow(self._path, cap)
+            self._posed = _grow(self._posed, cap)
+        rows = slice(self._n, need)
+        self._desc[rows] = descriptors
+        self._pos[rows] = np.asarray(positions, np.float64).reshape(n, 3)
+        self._rot[rows] = quaternion_matrices(orientations)
+        self._stamp[rows] = stamps
+        self._path[rows] = np.nan if path_m is None else path_m
+        self._posed[rows] = np.all(np.isfinite(self._pos[rows]), axis=1)
+        self._n = need
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        return self._desc[: self._n]
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self._pos[: self._n]
+
+    @property
+    def rotations(self) -> np.ndarray:
+        return self._rot[: self._n]
+
+    @property
+    def stamps(self) -> np.ndarray:
+        return self._stamp[: self._n]
+
+    @property
+    def path_m(self) -> np.ndarray:
+        return self._path[: self._n]
+
+    @property
+    def has_pose(self) -> np.ndarray:
+        return self._posed[: self._n]
+
+    def eligible(self, before_stamp: float | None, before_path_m: float | None) -> np.ndarray:
+        """Boolean mask of rows taken at or before ``before_stamp`` and ``before_path_m`` (None: no limit)."""
+        mask = np.ones(self._n, bool)
+        if before_stamp is not None:
+            mask &= self.stamps <= before_stamp
+        if before_path_m is not None:
+            path = self.path_m
+            mask &= np.isfinite(path) & (path <= before_path_m)
+        return mask
+
+    def lookup(self, points: np.ndarray, radius_m: float, mask: np.ndarray | None = None) -> np.ndarray:
+        """Row of the nearest keyframe (with a pose, inside ``mask``) within ``radius_m`` of each
+        of the (..., 3) points, -1 where there is none or the point is not finite."""
+        shape = points.shape[:-1]
+        flat = points.reshape(-1, 3)
+        out = np.full(len(flat), -1, np.int64)
+        usable = self.has_pose if mask is None else (self.has_pose & mask)
+        tree, rows = self._tree_for(usable)
+        finite = np.all(np.isfinite(flat), axis=1)
+        if tree is None or not finite.any():
+            return out.reshape(shape)
+        dist, idx = tree.query(flat[finite], k=1, distance_upper_bound=radius_m)
+        hit = np.isfinite(dist)
+        found = np.full(len(idx), -1, np.int64)
+        found[hit] = rows[idx[hit]]
+        # A tree built earlier may hold rows the mask now excludes (never the reverse: see _tree_for).
+        found[(found >= 0) & ~usable[np.maximum(found, 0)]] = -1
+        out[finite] = found
+        return out.reshape(shape)
+
+    def _tree_for(self, usable: np.ndarray) -> tuple[cKDTree | None, np.ndarray]:
+        """A KD-tree over the usable rows; rebuilt when it misses more than 5 % of them (a growing
+        online database), so most steps reuse it."""
+        count = int(usable.sum())
+        if count == 0:
+            return None, self._tree_rows
+        stale = self._tree is None or count > self._tree_key[1] + max(8, count // 20) \
+            or self._tree_key[0] > self._n or not usable[self._tree_rows].all()
+        if stale:
+            self._tree_rows = np.flatnonzero(usable)
+            self._tree = cKDTree(self.positions[self._tree_rows])
+            self._tree_key = (self._n, count)
+        return self._tree, self._tree_rows
+
+
+def _grow(array: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, *array.shape[1:]), array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+@dataclass
+class TrackEntry:
+    """One past query of a camera: its descriptor, odometry pose (or none) and cached similarities."""
+
+    descriptor: np.ndarray  # (D,) float32
+    position: np.ndarray | None  # (3,) odometry position, or None
+    rotation: np.ndarray | None  # (3, 3) odometry orientation, or None
+    path_m: float  # odometry path length at this query (NaN without odometry)
+    step: int = 0  # time step (distinct stamps processed so far, all cameras): the order without odometry
+    uid: int = field(default_factory=lambda: next(_uid))
+    sims: dict[int, float] = field(default_factory=dict)  # table row -> similarity
+
+
+@dataclass
+class SequenceScores:
+    """Sequence evidence of H hypotheses for one query."""
+
+    rows: np.ndarray  # (H,) hypothesis rows
+    score: np.ndarray  # (H,) mean similarity over the aligned pairs (-inf: no support)
+    support: np.ndarray  # (H,) number of sequence queries with a keyframe within the radius
+    length: int  # queries in the sequence (the current one included)
+
+
+class QueryTrack:
+    """The recent queries of one camera, newest last."""
+
+    def __init__(self, max_entries: int = 4000) -> None:
+        self.entries: deque[TrackEntry] = deque(maxlen=max_entries)
+
+    def add(self, entry: TrackEntry, keep_path_m: float, keep_entries: int) -> None:
+        """Append ``entry``; forget entries further back than ``keep_path_m`` of travel (when the
+        track has odometry) beyond the newest ``keep_entries``."""
+        self.entries.append(entry)
+        if entry.position is not None and math.isfinite(entry.path_m):
+            while (len(self.entries) > keep_entries and math.isfinite(self.entries[0].path_m)
+                   and entry.path_m - self.entries[0].path_m > keep_path_m):
+                self.entries.popleft()
+        else:
+            while len(self.entries) > keep_entries:
+                self.entries.popleft()
+
+    def sequence(self, length_m: float, keyframes: int) -> list[tuple[int, TrackEntry]]:
+        """``(steps back, entry)`` of the current query's sequence, current (0) first.
+
+        With odometry on the current query: one entry every ``length_m / keyframes`` metres of
+        path, back to ``length_m``; entries without odometry end it. Without: the last ``keyframes``.
+        """
+        entries = self.entries
+        if not entries:
+            return []
+        current = entries[-1]
+        out = [(0, current)]
+        if current.position is None or not math.isfinite(current.path_m):
+            for back in range(1, min(keyframes, len(entries))):
+                e = entries[-1 - back]
+                out.append((max(current.step - e.step, back), e))
+            return out
+        # The entries nearest the target distances step, 2 step, ... back along the path.
+        path = np.fromiter((e.path_m if e.position is not None else np.nan for e in entries), np.float64,
+                           len(entries))[::-1]  # newest first
+        back_m = current.path_m - path[1:]
+        stop = np.flatnonzero(~np.isfinite(back_m) | (back_m > length_m * 1.05 + 1e-9))
+        back_m = back_m[: stop[0]] if len(stop) else back_m
+        if len(back_m) == 0:
+            return out
+        step = length_m / max(keyframes - 1, 1)
+        targets = step * np.arange(1, keyframes)
+        targets = targets[targets <= back_m[-1] + step / 2]
+        # back_m is non-decreasing: the nearest entry to each target is at its insertion point or before.
+        at = np.clip(np.searchsorted(back_m, targets), 1, len(back_m) - 1) if len(back_m) > 1 else np.zeros(
+            len(targets), np.int64)
+        if len(back_m) > 1:
+            at = np.where(np.abs(back_m[at - 1] - targets) <= np.abs(back_m[at] - targets), at - 1, at)
+        good = (np.abs(back_m[at] - targets) <= step / 2) & (back_m[at] > 0)
+        chosen = np.unique(at[good])
+        out.extend((max(current.step - entries[-2 - int(i)].step, int(i) + 1), entries[-2 - int(i)])
+                   for i in chosen)
+        return out
+
+
+def predict_rows(table: KeyframeTable, hypotheses: np.ndarray, sequence: Sequence[tuple[int, TrackEntry]],
+                 radius_m: float, mask: np.ndarray | None = None, poses: tuple[np.ndarray, np.ndarray] | None = None,
+                 ) -> np.ndarray:
+    """(H, L) table rows where each sequence query should have been taken under each hypothesis
+    (-1: no keyframe within the radius, or outside ``mask``). ``poses``: (H, 3) positions and
+    (H, 3, 3) rotations of the hypotheses (default: their rows' poses; a hypothesis carried
+    forward by odometry sits between keyframes)."""
+    h, n = len(hypotheses), len(table)
+    rows = np.full((h, len(sequence)), -1, np.int64)
+    if h == 0 or not sequence:
+        return rows
+    current = sequence[0][1]
+    hyp_pos, hyp_rot = poses if poses is not None else (table.positions[hypotheses], table.rotations[hypotheses])
+    hyp_pose = np.all(np.isfinite(hyp_pos), axis=1)
+    with_odom = [i for i, (_, e) in enumerate(sequence) if e.position is not None]
+    if current.position is not None and with_odom and hyp_pose.any():
+        offsets = np.array([sequence[i][1].position for i in with_odom]) - current.position  # (L', 3)
+        local = offsets @ current.rotation  # R_t^T (o_j - o_t), row vectors
+        posed = hypotheses[hyp_pose]
+        predicted = hyp_pos[hyp_pose][:, None, :] + np.einsum("hab,lb->hla", hyp_rot[hyp_pose], local)
+        rows[np.ix_(np.flatnonzero(hyp_pose), with_odom)] = table.lookup(predicted, radius_m, mask)
+        # The current query is hypothesis m itself, whatever the lookup found.
+        rows[hyp_pose, 0] = posed
+    fallback = ~hyp_pose if current.position is not None else np.ones(h, bool)
+    if fallback.any():
+        backs = np.array([b for b, _ in sequence], np.int64)
+        by_order = hypotheses[fallback][:, None] - backs[None, :]
+        by_order[(by_order < 0) | (by_order >= n)] = -1
+        if mask is not None:
+            by_order[(by_order >= 0) & ~mask[np.maximum(by_order, 0)]] = -1
+        rows[fallback] = by_order
+    return rows
+
+
+def score_sequence(table: KeyframeTable, hypotheses: np.ndarray, sequence: Sequence[tuple[int, TrackEntry]],
+                   radius_m: float, mask: np.ndarray | None = None,
+                   poses: tuple[np.ndarray, np.ndarray] | None = None) -> SequenceScores:
+    """Sequence score and support of each hypothesis row (see the module docstring and :func:`predict_rows`)."""
+    hypotheses = np.asarray(hypotheses, np.int64)
+    rows = predict_rows(table, hypotheses, sequence, radius_m, mask, poses)
+    sims = np.full(rows.shape, np.nan, np.float64)
+    desc = table.descriptors
+    for col, (_, entry) in enumerate(sequence):
+        column = rows[:, col]
+        cache = entry.sims
+        missing = sorted({int(r) for r in column if r >= 0 and int(r) not in cache})
+        if missing:
+            values = desc[missing] @ entry.descriptor
+            cache.update(zip(missing, values.tolist(), strict=True))
+        sims[:, col] = [cache[int(r)] if r >= 0 else np.nan for r in column]
+    support = np.sum(~np.isnan(sims), axis=1)
+    with np.errstate(invalid="ignore"):
+        score = np.where(support > 0, np.nansum(sims, axis=1) / np.maximum(support, 1), -np.inf)
+    return SequenceScores(hypotheses, score, support, len(sequence))

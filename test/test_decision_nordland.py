@@ -1,0 +1,114 @@
+"""The default decision parameters on real held-out data (Nordland places the bundled model never saw).
+
+Descriptors come from ``models/nordland_tiny`` (trained on places 0-1919); the segment is places
+2200-2359. The summer images make the map, the winter images the queries (or the second lap).
+Keyframe spacing and speed vary: each map keyframe / query at position x (metres along the
+route) shows the Nordland place at x (places are ~10 m apart), so a 2 m map holds five
+keyframes per place and a 20 m/s drive queries every other place.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from qaa_vpr_ros.decision import LocalizeConfig
+from qaa_vpr_ros.decision.replay import pr_curve, replay_loop_closures, replay_place_matches
+from qaa_vpr_ros.maps import Keyframe, PlaceMap
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "nordland_tiny"
+SOURCES = [REPO / "data" / "nordland_heldout", REPO.parent / "shared" / "data" / "nordland64x32"]
+FIRST, PLACES, PLACE_M = 2200, 160, 10.0
+TOLERANCE_M = 2 * PLACE_M + 1e-6  # +-2 frames
+
+
+@pytest.fixture(scope="module")
+def seasons() -> dict[str, np.ndarray]:
+    """{"summer", "winter"}: (PLACES, D) descriptors of the segment."""
+    def path(root: Path, season: str, place: int) -> Path:
+        return root / season / f"images-{(place + 1) * 10:05d}.png"
+
+    root = next((r for r in SOURCES if path(r, "winter", FIRST + PLACES - 1).is_file()), None)
+    if root is None or not (MODEL / "model.safetensors").is_file():
+        pytest.skip(f"held-out Nordland images ({' or '.join(map(str, SOURCES))}) or {MODEL} absent")
+    from qaa_vpr_ros.extractor import DescriptorExtractor
+    from qaa_vpr_ros.model import load_model
+
+    extractor = DescriptorExtractor(load_model(MODEL), device="cpu", batch_size=64)
+    out = {}
+    for season in ("summer", "winter"):
+        images = [cv2.cvtColor(cv2.imread(str(path(root, season, p))), cv2.COLOR_BGR2RGB)
+                  for p in range(FIRST, FIRST + PLACES)]
+        out[season] = extractor.extract(images, "rgb")
+    return out
+
+
+def route_map(descriptors: np.ndarray, spacing_m: float, frame: str = "map", *, closed: bool = False,
+              t0: int = 0, speed_mps: float = 10.0) -> PlaceMap:
+    """Keyframes every ``spacing_m`` along the route (a straight line, or a circle when ``closed``),
+    each with the descriptor of the place it is at, stamped as driven at ``speed_mps``."""
+    length = PLACES * PLACE_M
+    xs = np.arange(0.0, length, spacing_m)
+    place_map = PlaceMap.create(descriptors.shape[1], "fp", index_type="flat", map_frame=frame)
+    keyframes = []
+    for k, x in enumerate(xs):
+        if closed:
+            a, r = 2 * math.pi * x / length, length / (2 * math.pi)
+            position = (r * math.sin(a), r - r * math.cos(a), 0.0)
+            orientation = (0.0, 0.0, math.sin(a / 2), math.cos(a / 2))
+        else:
+            position, orientation = (x, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)
+        stamp_ns = t0 * 10**9 + round(x / speed_mps * 1e9)
+        keyframes.append(Keyframe(id=k, stamp_sec=stamp_ns // 10**9, stamp_nanosec=stamp_ns % 10**9, camera="cam",
+                                  frame_id="cam", position=position, orientation=orientation))
+    place_map.add(descriptors[np.minimum((xs // PLACE_M).astype(int), PLACES - 1)], keyframes)
+    return place_map
+
+
+@pytest.mark.parametrize("map_spacing_m, query_spacing_m", [(10.0, 10.0), (2.0, 3.0), (1.0, 10.0), (10.0, 1.0)])
+def test_defaults_give_precise_place_matches_at_any_spacing(seasons, map_spacing_m, query_spacing_m) -> None:
+    cfg = LocalizeConfig()
+    reference = route_map(seasons["summer"], map_spacing_m)
+    query = route_map(seasons["winter"], query_spacing_m)
+    decisions = replay_place_matches(cfg, reference, query, TOLERANCE_M)
+    accepted = [d for d in decisions if d.accepted]
+    correct = sum(d.correct for d in accepted)
+    precision, recall = correct / max(len(accepted), 1), correct / len(decisions)
+    single_frame = np.mean([abs(int(np.argmax(reference.descriptors @ d)) * map_spacing_m - x) <= TOLERANCE_M
+                            for d, x in zip(query.descriptors, np.arange(0, PLACES * PLACE_M, query_spacing_m),
+                                            strict=True)])
+    assert precision >= 0.99 and recall >= 0.5, (precision, recall, len(accepted))
+    assert recall > single_frame + 0.2  # sequences are what makes it work: one frame alone is far worse
+
+
+def test_the_confidence_ranks_right_above_wrong(seasons) -> None:
+    decisions = replay_place_matches(LocalizeConfig(), route_map(seasons["summer"], 10.0),
+                                     route_map(seasons["winter"], 10.0), TOLERANCE_M)
+    curve = pr_curve(decisions)
+    threshold = curve.threshold_for(1.0)
+    assert threshold is not None and curve.at(threshold)[1] >= 0.5
+    assert threshold <= LocalizeConfig().min_confidence + 0.02  # the default is not a lucky guess far from it
+    wrong = [d.confidence for d in decisions if d.decidable and not d.correct]
+    right = [d.confidence for d in decisions if d.decidable and d.correct]
+    assert np.median(right) > 2 * max(np.median(wrong), 0.0)
+
+
+def test_no_loop_closure_on_a_route_that_never_comes_back(seasons) -> None:
+    for season in ("summer", "winter"):
+        for spacing in (1.0, 10.0):
+            (lap,) = replay_loop_closures(LocalizeConfig(), [route_map(seasons[season], spacing, "odom")], TOLERANCE_M)
+            assert not [d for d in lap if d.accepted], (season, spacing)
+
+
+def test_a_route_driven_twice_closes_the_loop_on_the_second_lap_only(seasons) -> None:
+    laps = [route_map(seasons["summer"], 10.0, "odom", closed=True),
+            route_map(seasons["winter"], 10.0, "odom", closed=True, t0=10_000)]
+    first, second = replay_loop_closures(LocalizeConfig(), laps, TOLERANCE_M)
+    assert not [d for d in first if d.accepted]
+    accepted = [d for d in second if d.accepted]
+    assert all(d.correct for d in accepted), [d for d in accepted if not d.correct]
+    assert len(accepted) / len(second) >= 0.5, len(accepted) / len(second)
