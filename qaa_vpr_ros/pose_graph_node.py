@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +29,8 @@ from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2, PointField
@@ -43,7 +45,6 @@ from qaa_vpr_ros.decision.record import (
     records_from_table,
     records_to_table,
 )
-from qaa_vpr_ros.pose_graph import PoseGraph, PoseGraphConfig
 
 __all__ = ["PoseGraphNode", "main", "records_cloud", "records_from_cloud"]
 
@@ -97,6 +98,10 @@ class PoseGraphNode(Node):
 
     def __init__(self, node_name: str = "pose_graph_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        # Imported here: localize_node imports this module's record helpers without needing gtsam.
+        from qaa_vpr_ros.pose_graph import PoseGraph, PoseGraphConfig
+
+        self._new_graph = PoseGraph
         for name, (default, description) in _PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description))
         p = {name: self.get_parameter(name).value for name in _PARAMETERS}
@@ -105,8 +110,8 @@ class PoseGraphNode(Node):
             node_spacing_m=float(p["node_spacing_m"]), node_rotation_rad=float(p["node_rotation_rad"]),
             odom_translation_noise=float(p["odom_translation_noise"]),
             odom_rotation_noise=float(p["odom_rotation_noise"]), loss=p["loss"]))
-        self._lock = threading.Lock()
-        self._dirty = False
+        self._lock = threading.Lock()  # guards the inbox only; the graph belongs to the timer
+        self._inbox: deque = deque()
         self._odom_frame = "odom"
         self._last_odom_stamp = None
         self.rejected_frames = 0
@@ -123,22 +128,18 @@ class PoseGraphNode(Node):
                 self.get_logger().info("tf2_ros is not importable: map->odom only on ~/map_to_odom")
             else:
                 self._tf = TransformBroadcaster(self)
-        self.create_subscription(Odometry, p["odom_topic"], self._on_odom, 100)
-        self.create_subscription(PointCloud2, p["loop_topic"], self._on_records, 100)
-        self.create_timer(float(p["optimize_period_s"]), self._optimize)
+        inputs = ReentrantCallbackGroup()
+        self.create_subscription(Odometry, p["odom_topic"], self._on_odom, 1000, callback_group=inputs)
+        self.create_subscription(PointCloud2, p["loop_topic"], self._on_records, 1000, callback_group=inputs)
+        self.create_timer(float(p["optimize_period_s"]), self._optimize,
+                          callback_group=MutuallyExclusiveCallbackGroup())
 
+    # Callbacks only queue: the optimisation (timer, its own callback group) may take a while and
+    # must not make DDS drop odometry or records meanwhile.
     def _on_odom(self, msg: Odometry) -> None:
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         with self._lock:
-            if msg.header.frame_id:
-                self._odom_frame = msg.header.frame_id
-            if self._last_odom_stamp is not None and stamp < self._last_odom_stamp:
-                self.get_logger().warning(f"odometry time went back ({self._last_odom_stamp} -> {stamp}): "
-                                          "starting a new graph")
-                self.graph = PoseGraph(self.graph.config)
-            self._last_odom_stamp = stamp
-            self.graph.add_odometry(stamp, _transform_matrix(msg.pose.pose))
-            self._dirty = True
+            self._inbox.append(("odom", stamp, msg.header.frame_id, _transform_matrix(msg.pose.pose)))
 
     def _on_records(self, msg: PointCloud2) -> None:
         try:
@@ -147,30 +148,45 @@ class PoseGraphNode(Node):
             self.get_logger().error(f"{self.get_parameter('loop_topic').value}: {err}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            for record in records:
-                if not record.accepted:
-                    continue
-                expected = self._odom_frame if record.is_online else self.map_frame
-                if record.match_frame != expected:
-                    self.rejected_frames += 1
-                    self.get_logger().warning(
-                        f"loop closure in frame {record.match_frame!r} (session {record.match_session!r}) "
-                        f"ignored: expected {expected!r} (map_frame parameter / odometry frame)",
-                        throttle_duration_sec=5.0)
-                    continue
-                self.graph.add_loop_closure(record)
-                self._dirty = True
+            self._inbox.extend(("record", r) for r in records if r.accepted)
+
+    def _drain(self) -> bool:
+        """Apply queued odometry and records to the graph (timer thread only); True if any."""
+        with self._lock:
+            items, self._inbox = self._inbox, deque()
+        for item in items:
+            if item[0] == "odom":
+                _, stamp, frame, pose = item
+                self._odom_frame = frame or self._odom_frame
+                if self._last_odom_stamp is not None and stamp < self._last_odom_stamp:
+                    self.get_logger().warning(f"odometry time went back ({self._last_odom_stamp} -> {stamp}): "
+                                              "starting a new graph")
+                    self.graph = self._new_graph(self.graph.config)
+                self._last_odom_stamp = stamp
+                self.graph.add_odometry(stamp, pose)
+                continue
+            record = item[1]
+            expected = self._odom_frame if record.is_online else self.map_frame
+            if record.match_frame != expected:
+                self.rejected_frames += 1
+                self.get_logger().warning(
+                    f"loop closure in frame {record.match_frame!r} (session {record.match_session!r}) "
+                    f"ignored: expected {expected!r} (map_frame parameter / odometry frame)",
+                    throttle_duration_sec=5.0)
+                continue
+            self.graph.add_loop_closure(record)
+        return bool(items)
 
     def _optimize(self) -> None:
-        with self._lock:
-            if not self._dirty or self.graph.node_count == 0:
-                return
-            self._dirty = False
-            self.graph.optimize()
-            path = self.graph.corrected_path()
-            correction = self.graph.map_to_odom()
-            edges = [(e.record, e.inlier) for e in self.graph.edges]
-            odom_frame = self._odom_frame
+        if not self._drain() or self.graph.node_count == 0:
+            return
+        self.graph.optimize()
+        path = self.graph.corrected_path()
+        correction = self.graph.map_to_odom()
+        edges = [(e.record, e.inlier) for e in self.graph.edges]
+        odom_frame = self._odom_frame
+        if not self.context.ok():  # shutting down (Ctrl-C) while this optimisation ran
+            return
         now = self.get_clock().now().to_msg()
         msg = PathMsg(header=Header(stamp=now, frame_id=self.map_frame))
         for stamp, pose in path:
@@ -202,11 +218,14 @@ def main(args: list[str] | None = None) -> int:
         print(f"pose_graph_node: invalid parameters: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -5,8 +5,8 @@
    ground-truth poses (``/odom`` in frame ``map``), made into a map with ``build_map``.
 2. The winter run is the second session: rosbag2 recordings of its camera, its *drifting*
    odometry (frame ``odom``; seeded heading random walk + scale error) and its ground truth
-   (``/ground_truth``, for scoring only). A short *calibration* drive (the first places) and the
-   *evaluation* drive (the rest) are separate recordings.
+   (``/ground_truth``, for scoring only). The *evaluation* drive (the first places) and a short
+   *calibration* drive (the last places) are separate recordings.
 3. Calibration against ground truth: the calibration drive is played through ``localize_node``;
    the spread of its correct loop closures' errors becomes the covariance the node publishes
    (``covariance_base``), and the spread of its odometry increments the odometry noise of
@@ -17,7 +17,7 @@
    ground truth (wrong: the matched keyframe is more than ``WRONG_M`` from the query's true
    position), and a PNG + a markdown report are written.
 
-    python -m scripts.demo_slam --out demo_out/slam [--model DIR] [--places 360] [--calibration 120]
+    python -m scripts.demo_slam --out demo_out/slam [--model DIR] [--places 400] [--calibration 80]
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -243,7 +244,7 @@ def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_par
                 "transport": "raw", "reliable": True, "odom_topic": ODOM_TOPIC, "online_loop_closure": False,
                 "qos_depth": 50, **node_params}
     graph = {"odom_topic": ODOM_TOPIC, "loop_topic": "/localize_node/loop_candidates", "map_frame": "map",
-             "optimize_period_s": 0.5, "node_spacing_m": NODE_SPACING_M, **graph_params}
+             "optimize_period_s": 1.0, "node_spacing_m": NODE_SPACING_M, **graph_params}
     procs = [subprocess.Popen([sys.executable, "-m", "qaa_vpr_ros.localize_node", *ros_args(localize)], cwd=REPO),
              subprocess.Popen([sys.executable, "-m", "qaa_vpr_ros.pose_graph_node", *ros_args(graph)], cwd=REPO)]
     rclpy.init()
@@ -259,7 +260,10 @@ def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_par
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     client.create_subscription(PointCloud2, "/localize_node/loop_candidates", on_candidates, reliable)
-    client.create_subscription(PathMsg, "/pose_graph_node/path", lambda m: latest.__setitem__("path", m), latched)
+    def on_path(msg: PathMsg) -> None:
+        latest["path"], latest["path_time"] = msg, time.monotonic()
+
+    client.create_subscription(PathMsg, "/pose_graph_node/path", on_path, latched)
     client.create_subscription(PointCloud2, "/pose_graph_node/loop_closures",
                                lambda m: latest.__setitem__("loops", m), latched)
     image_pub = client.create_publisher(Image, CAMERA_TOPIC, reliable)
@@ -288,22 +292,19 @@ def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_par
         settle = time.monotonic() + 30.0
 
         def done() -> bool:
-            path, loops = latest.get("path"), latest.get("loops")
-            if path is None or loops is None or not path.poses:
+            """The graph covers the whole drive and has been quiet (nothing new to optimise) for 3 s."""
+            path = latest.get("path")
+            if path is None or not path.poses or "loops" not in latest:
                 return False
             end = path.poses[-1].header.stamp.sec + 1e-9 * path.poses[-1].header.stamp.nanosec
-            return end >= last_stamp - NODE_SPACING_M and len(records_from_cloud(loops)) >= len(
-                {(r.query_stamp_sec, r.query_stamp_nanosec) for r in records})
+            return end >= last_stamp - 1.0 and time.monotonic() - latest["path_time"] > 3.0
         while time.monotonic() < settle and not done():
-            rclpy.spin_once(client, timeout_sec=0.05)
-        end = time.monotonic() + 1.5  # the last optimisation's messages
-        while time.monotonic() < end:
             rclpy.spin_once(client, timeout_sec=0.05)
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
         for p in procs:
-            p.terminate()
+            p.send_signal(signal.SIGINT)  # rclpy's clean shutdown
         for p in procs:
             try:
                 p.wait(timeout=15)
@@ -389,7 +390,7 @@ def plot(path: Path, truth: list[np.ndarray], odometry_aligned: np.ndarray, corr
 
     from qaa_vpr_ros.atomic import save_figure
 
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig, ax = plt.subplots(figsize=(9, 6.5))
     gt = np.array([p[:3, 3] for p in truth])
     ax.plot(gt[:, 0], gt[:, 1], color="black", lw=2, label="ground truth (summer map)")
     ax.plot(odometry_aligned[:, 0], odometry_aligned[:, 1], color="tab:orange", lw=1.2,
@@ -401,19 +402,20 @@ def plot(path: Path, truth: list[np.ndarray], odometry_aligned: np.ndarray, corr
     for r in playback.graph_records:
         key = (r.query_stamp_sec, r.query_stamp_nanosec)
         i = int(np.argmin(np.abs(stamps - r.query_stamp)))
+        style = "-" if r.accepted else ":"
         if key in wrong:
-            colour, label = "red", "wrong loop closure"
-        elif r.accepted:
-            colour, label = "tab:green", "loop closure (inlier)"
+            colour = "red"
+            label = "wrong loop closure, " + ("IN the graph" if r.accepted else "rejected by the graph")
         else:
-            colour, label = "0.6", "loop closure rejected by the graph"
+            colour = "tab:green" if r.accepted else "0.6"
+            label = "loop closure, " + ("inlier" if r.accepted else "rejected by the graph")
         ax.plot([corr[i, 0], r.match_position[0]], [corr[i, 1], r.match_position[1]], color=colour, lw=0.8,
-                label=None if label in labels else label)
+                ls=style, label=None if label in labels else label)
         labels.add(label)
-    ax.set_aspect("equal")
+    ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
@@ -448,7 +450,8 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
     winter = nordland_images(data, "winter", map_first, total)
     odometry = drifting_odometry(truth, seed, heading_walk_rad, scale_error)
     drives = {}
-    for name, first, count in (("calibration", 0, calibration), ("evaluation", calibration, places)):
+    # Evaluation: the first ``places`` places; calibration: the last ``calibration`` places (kept apart).
+    for name, first, count in (("evaluation", 0, places), ("calibration", places, calibration)):
         start_ns = WINTER_START_NS + first * IMAGE_PERIOD_NS
         bag = out / f"winter_{name}"
         write_drive_bag(bag, winter[first:first + count], start_ns, odometry[first:first + count], "odom",
@@ -456,17 +459,19 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
         drives[name] = (bag, start_ns, truth[first:first + count], odometry[first:first + count])
     print(f"[slam 2/4] winter session: drifting odometry (seed {seed}, heading random walk "
           f"{heading_walk_rad} rad/place, scale error {scale_error:+.0%}) recorded into "
-          f"{drives['calibration'][0]} ({calibration} places) and {drives['evaluation'][0]} ({places} places)")
+          f"{drives['evaluation'][0]} ({places} places) and {drives['calibration'][0]} ({calibration} places)")
 
     node_params = dict(node_params or {})
     base = list(node_params.get("covariance_base", [100.0, 4.0, 1.0, 0.01, 0.01, 0.05]))
     node_params["covariance_base"] = base
     bag, start_ns, cal_truth, cal_odom = drives["calibration"]
+    t_cal = time.monotonic()
     cal = play(bag, map_dir, model_dir, node_params, {})
     diag, (odom_t, odom_r), used = calibrate(cal, cal_truth, start_ns, base, cal_odom)
     print(f"[slam 3/4] calibrated on the {calibration}-place drive against ground truth: loop-closure "
           f"covariance diagonal {[round(v, 4) for v in diag]} (from {used} correct closures), odometry "
-          f"noise {odom_t:.4f} m/m, {odom_r:.4f} rad/sqrt(m)")
+          f"noise {odom_t:.4f} m/m, {odom_r:.4f} rad/sqrt(m) ({time.monotonic() - t_cal:.0f} s)")
+    t_eval = time.monotonic()
 
     node_params["covariance_base"] = [float(v) for v in diag]
     bag, start_ns, ev_truth, ev_odom = drives["evaluation"]
@@ -495,8 +500,8 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
     ref, est = sync.associate_trajectories(traj(truth_items), traj(odom_items), max_diff=0.01)
     est.align(ref, correct_scale=False)
     ratio = ate_corrected / ate_odom
-    title = (f"winter session vs summer map: ATE {ate_odom:.1f} m (odometry) -> {ate_corrected:.1f} m "
-             f"(with loop closures), ratio {ratio:.3f}")
+    title = (f"winter session vs summer map: ATE {ate_odom:.1f} m (odometry alone)\n"
+             f"-> {ate_corrected:.1f} m with our loop closures (ratio {ratio:.3f})")
     plot(out / "slam.png", ev_truth, est.positions_xyz, result.path, result, wrong, title)
     summary = {
         "places_map": total, "places_calibration": calibration, "places_evaluation": places,
@@ -509,11 +514,30 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
         "odom_translation_noise": odom_t, "odom_rotation_noise": odom_r, "seconds": time.monotonic() - t0,
     }
     write_report(out, summary)
-    print(f"[slam 4/4] {title}")
+    write_closures(out / "loop_closures.csv", result, ev_truth, start_ns, wrong)
+    print(f"[slam 4/4] ATE RMSE (evo): odometry alone {ate_odom:.2f} m, with our loop closures "
+          f"{ate_corrected:.2f} m, ratio {ratio:.3f} (evaluation drive {time.monotonic() - t_eval:.0f} s, "
+          f"{result.answered}/{result.images} images answered)")
     print(f"  loop closures published {len(result.records)} ({len(wrong)} wrong, > {WRONG_M:.0f} m from the "
           f"truth); in the graph as inliers {len(in_graph)}, of them wrong: {wrong_in_graph}")
     print(f"  plot {out / 'slam.png'}, report {out / 'report.md'}")
     return summary
+
+
+def write_closures(path: Path, playback: Playback, truth: list[np.ndarray], start_ns: int,
+                   wrong: set[tuple[int, int]]) -> None:
+    """One line per loop closure in the graph: query place, error against the truth, inlier."""
+    from qaa_vpr_ros.atomic import atomic_write_text
+
+    lines = ["query_place,match_keyframe_id,error_m,confidence,sequence_support,inlier,wrong"]
+    for r in playback.graph_records:
+        stamp_ns = r.query_stamp_sec * 10**9 + r.query_stamp_nanosec
+        true_query = pose_at(truth, start_ns, stamp_ns)
+        error = float(np.linalg.norm(np.asarray(r.match_position[:2]) - true_query[:2, 3]))
+        key = (r.query_stamp_sec, r.query_stamp_nanosec)
+        lines.append(f"{(stamp_ns - start_ns) / IMAGE_PERIOD_NS:.0f},{r.match_keyframe_id},{error:.2f},"
+                     f"{r.confidence:.4f},{r.sequence_support},{int(r.accepted)},{int(key in wrong)}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_report(out: Path, s: dict) -> None:
@@ -525,7 +549,7 @@ def write_report(out: Path, s: dict) -> None:
   bundled model's training), ground-truth poses on a route with four turns, {SPACING_M:.0f} m per place.
 - Second session: winter run of the same places; odometry drifts (seed {s['seed']}, heading random
   walk {s['heading_walk_rad']} rad per place, scale error {s['scale_error']:+.0%}). First
-  {s['places_calibration']} places: calibration drive; the other {s['places_evaluation']}: evaluation.
+  {s['places_evaluation']} places: evaluation drive; the last {s['places_calibration']}: calibration drive.
 - Live over DDS: `localize_node` (map = summer map) -> `~/loop_candidates` -> `pose_graph_node`
   (GTSAM, GNC truncated-quadratic robust loss on loop closures).
 
@@ -556,8 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=REPO / "models" / "nordland_tiny")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--map-first", type=int, default=1920, help="first Nordland place of the sessions")
-    parser.add_argument("--calibration", type=int, default=120, help="places of the calibration drive")
-    parser.add_argument("--places", type=int, default=360, help="places of the evaluation drive")
+    parser.add_argument("--calibration", type=int, default=80,
+                        help="places of the calibration drive (the last ones of the route)")
+    parser.add_argument("--places", type=int, default=400, help="places of the evaluation drive (the first ones)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     summary = run(args.out, args.model.expanduser(), args.data.expanduser(), args.map_first, args.calibration,

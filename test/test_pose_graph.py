@@ -152,4 +152,4 @@ def test_odometry_noise_calibration_measures_the_drift():
     little = calibrate_odometry_noise(_drift(truth, heading_walk=0.001, scale=1.0), truth, 5.0)
     much = calibrate_odometry_noise(_drift(truth, heading_walk=0.01, scale=1.05), truth, 5.0)
     assert much[0] > 5 * little[0] and much[1] > 5 * little[1]
-    assert much[0] == pytest.approx(0.05 / math.sqrt(3), rel=0.5)
+    assert much[0] == pytest.approx(0.05, rel=0.3)  # the scale error, all along track

@@ -27,8 +27,9 @@ variances calibrated against ground truth (:meth:`CovarianceModel.calibrate`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,9 @@ __all__ = [
     "RECORD_DTYPE",
     "TRANSFORM_SOURCES",
     "CovarianceModel",
+    "channel_records",
+    "covariance_in_match_frame",
+    "parse_extrinsics",
     "LoopClosureRecord",
     "matrix_quaternion",
     "point_fields",
@@ -353,7 +357,9 @@ class CovarianceModel:
     none: tuple[float, ...] = (100.0, 4.0, 1.0, 0.01, 0.01, 0.05)
     sequence: tuple[float, ...] = (25.0, 4.0, 1.0, 0.01, 0.01, 0.05)
     geometry: tuple[float, ...] = (25.0, 4.0, 1.0, 0.001, 0.001, 0.001)
-    floor: tuple[float, ...] = (0.01, 0.01, 0.01, 1e-5, 1e-5, 1e-5)
+    # Smallest calibrated variance: (0.5 m)^2, (0.57 deg)^2: a finite calibration sample that happened
+    # to show no error on an axis must not make that axis a hard constraint.
+    floor: tuple[float, ...] = (0.25, 0.25, 0.25, 1e-4, 1e-4, 1e-4)
 
     def __post_init__(self) -> None:
         for name in ("none", "sequence", "geometry", "floor"):
@@ -430,4 +436,75 @@ def point_fields() -> list[tuple[str, int, int, int]]:
             out.append((name, offset, _POINTFIELD_CODES[base.str[1:]], int(np.prod(shape))))
         else:
             out.append((name, offset, _POINTFIELD_CODES[dtype.str[1:]], 1))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# From the decision to records (duck-typed on the decision's Query / Candidate / ChannelResult).
+
+
+def channel_records(query: Any, channel: Any, session: str, covariance: Callable[[Any], Sequence[float]],
+                    query_keyframe_id: int = -1,
+                    extrinsics: Callable[[str], np.ndarray] | None = None) -> list[LoopClosureRecord]:
+    """One record per candidate of ``channel`` (a ``ChannelResult``) for ``query`` (a ``Query``).
+
+    ``session``: the map's id, or "online" for the robot's own keyframes. ``covariance(candidate)``
+    gives the 36 covariance values of an identity-transform match for that candidate (the node's
+    confidence-scaled ``covariance_base``). ``extrinsics(camera)`` gives ``T_base_camera`` (4x4)
+    of a camera topic: the relative transform between the two base frames is
+    ``T_base_cam(match) * T_base_cam(query)^-1`` (same view, different cameras), identity for one
+    camera. Its source is "none": neither geometry nor an along-track offset was applied.
+    """
+    query_pose = getattr(query, "pose", None)
+    q_position, q_orientation = query_pose if query_pose is not None else (_NAN3, _IDENTITY_Q)
+    e_query = extrinsics(query.camera) if extrinsics is not None else np.eye(4)
+    out = []
+    for c in channel.candidates:
+        kf = c.keyframe
+        e_match = extrinsics(kf.camera) if extrinsics is not None else np.eye(4)
+        relative = e_match @ np.linalg.inv(e_query)
+        out.append(LoopClosureRecord(
+            query_stamp_sec=int(query.stamp_sec), query_stamp_nanosec=int(query.stamp_nanosec), camera=query.camera,
+            match_keyframe_id=int(kf.id), match_stamp_sec=int(kf.stamp_sec), match_stamp_nanosec=int(kf.stamp_nanosec),
+            match_session=session, match_frame=channel.map_frame, query_keyframe_id=int(query_keyframe_id),
+            match_camera=str(kf.camera), match_position=tuple(kf.position), match_orientation=tuple(kf.orientation),
+            query_frame=getattr(query, "pose_frame", ""), query_position=tuple(q_position),
+            query_orientation=tuple(q_orientation), relative_translation=tuple(relative[:3, 3]),
+            relative_rotation=matrix_quaternion(relative[:3, :3]), covariance=tuple(covariance(c)),
+            transform_source="none", score=float(c.score), confidence=float(getattr(c, "confidence", math.nan)),
+            sequence_support=int(getattr(c, "support", 1)), inliers=-1, rank=int(c.rank),
+            accepted=bool(c.accepted)))
+    return out
+
+
+def covariance_in_match_frame(record: LoopClosureRecord) -> tuple[float, ...]:
+    """The record's covariance rotated from the matched keyframe's base frame into ``match_frame``
+    (what a ``PoseWithCovarianceStamped`` of :meth:`LoopClosureRecord.query_pose_in_match_frame`
+    in ``match_frame`` carries, e.g. for Nav2's ``initialpose``)."""
+    rotation = pose_matrix((0.0, 0.0, 0.0), record.match_orientation)[:3, :3]
+    r6 = np.zeros((6, 6))
+    r6[:3, :3] = r6[3:, 3:] = rotation
+    cov = r6 @ record.covariance_matrix @ r6.T
+    return tuple(float(v) for v in (0.5 * (cov + cov.T)).ravel())
+
+
+def parse_extrinsics(text: str) -> dict[str, np.ndarray]:
+    """The ``camera_extrinsics`` parameter, ``;``-separated ``"TOPIC x y z qx qy qz qw"`` entries,
+    -> {topic: T_base_camera (4x4)}."""
+    out = {}
+    for entry in (e.strip() for e in str(text).split(";")):
+        if not entry:
+            continue
+        parts = str(entry).split()
+        if len(parts) != 8:
+            raise ValueError(f"camera_extrinsics entry {entry!r}: expected 'TOPIC x y z qx qy qz qw' "
+                             "(base -> camera, metres and a unit quaternion)")
+        try:
+            values = [float(v) for v in parts[1:]]
+        except ValueError as err:
+            raise ValueError(f"camera_extrinsics entry {entry!r}: {err}") from err
+        if not all(math.isfinite(v) for v in values) or not math.isclose(
+                math.sqrt(sum(v * v for v in values[3:])), 1.0, abs_tol=1e-3):
+            raise ValueError(f"camera_extrinsics entry {entry!r}: values must be finite and the quaternion unit")
+        out[parts[0]] = pose_matrix(values[:3], values[3:])
     return out
