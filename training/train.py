@@ -204,10 +204,11 @@ class ScalarLog:
         if start_step > 0 and self.path.is_file():  # drop rows logged after the checkpoint we resume from
             with open(self.path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start_step]
-        with open(self.path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["step", "epoch", "tag", "value"])
-            w.writerows([[r["step"], r["epoch"], r["tag"], r["value"]] for r in rows])
+        text = io.StringIO()  # rewritten whole and swapped in atomically: a crash keeps the old file
+        w = csv.writer(text)
+        w.writerow(["step", "epoch", "tag", "value"])
+        w.writerows([[r["step"], r["epoch"], r["tag"], r["value"]] for r in rows])
+        atomic_write_text(self.path, text.getvalue())
         try:
             from torch.utils.tensorboard import SummaryWriter
 

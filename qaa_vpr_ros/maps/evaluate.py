@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from qaa_vpr_ros.atomic import save_figure
+from qaa_vpr_ros.atomic import atomic_write_text, save_figure
 from qaa_vpr_ros.bags import BagError
 from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
 from qaa_vpr_ros.paths import path_argument
@@ -138,18 +139,21 @@ def write_report(result: EvalResult, folder: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n", encoding="utf-8")
-    with open(folder / "recall_at_k.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["k", "recall"])
-        writer.writerows([k, f"{v:.6f}"] for k, v in result.recall_at_k.items())
-    with open(folder / "pr_curve.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["threshold", "precision", "recall"])
-        writer.writerows(
-            [f"{t:.6f}", f"{p:.6f}", f"{r:.6f}"]
-            for t, p, r in zip(result.thresholds, result.precision, result.recall, strict=True)
-        )
+    # Each file is rendered in memory and swapped in atomically: a crash or full disk keeps the old one.
+    atomic_write_text(folder / "summary.json", json.dumps(result.summary(), indent=2) + "\n")
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["k", "recall"])
+    writer.writerows([k, f"{v:.6f}"] for k, v in result.recall_at_k.items())
+    atomic_write_text(folder / "recall_at_k.csv", text.getvalue())
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["threshold", "precision", "recall"])
+    writer.writerows(
+        [f"{t:.6f}", f"{p:.6f}", f"{r:.6f}"]
+        for t, p, r in zip(result.thresholds, result.precision, result.recall, strict=True)
+    )
+    atomic_write_text(folder / "pr_curve.csv", text.getvalue())
     fig, (ax_pr, ax_t) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
     ax_pr.plot(result.recall, result.precision, "-o", markersize=2)
     ax_pr.set_xlabel("recall")
