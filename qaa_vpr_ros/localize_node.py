@@ -78,6 +78,7 @@ _ROS_TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMET
               "float[]": ParameterType.PARAMETER_DOUBLE_ARRAY}
 _UNMATCHED_VARIANCE = 9999.0
 _RATE_WINDOW_S = 5.0
+FAILED_BATCHES_ERROR = 3  # consecutive failed batches that turn the localizer's diagnostics ERROR
 
 
 def descriptor_of(spec: ParamSpec) -> ParameterDescriptor:
@@ -184,6 +185,9 @@ class LocalizeNode(Node):
         self.localizer: Localizer | None = None
         self.state = "loading"
         self.state_message = "loading model"
+        self._failed_batches = 0  # consecutive; a successful batch resets it
+        self._failed_batches_total = 0
+        self._batch_error = ""  # set after FAILED_BATCHES_ERROR failures in a row: diagnostics ERROR
         self.map_error = ""
         self._stats = {"queries": 0, "accepted": 0, "loop_closures": 0, "inference_ms": math.nan,
                        "search_ms": math.nan, "batch": 0, "last_score": math.nan, "last_match": None}
@@ -315,7 +319,8 @@ class LocalizeNode(Node):
         if cfg.map:
             self.state_message = f"loading map {cfg.map}"
             try:
-                prior_map = PlaceMap.load(cfg.map, expected_fingerprint=extractor.fingerprint)
+                prior_map = PlaceMap.load(cfg.map, expected_fingerprint=extractor.fingerprint,
+                                          trusted=cfg.map_trusted)
                 if cfg.map_frame:
                     prior_map.map_frame = cfg.map_frame
             except Exception as err:  # MapError, OSError: report, keep online loop closure running
@@ -351,7 +356,12 @@ class LocalizeNode(Node):
             if batch and not self._stop.is_set():
                 try:
                     self._process(batch)
+                    self._failed_batches, self._batch_error = 0, ""
                 except Exception as err:  # keep running; the next batch may well succeed
+                    self._failed_batches += 1
+                    self._failed_batches_total += 1
+                    if self._failed_batches >= FAILED_BATCHES_ERROR:  # not a glitch: say so in /diagnostics
+                        self._batch_error = f"{self._failed_batches} batches failed in a row, last: {err!r}"
                     self.get_logger().error(f"processing a batch failed: {err!r}")
 
     def _process(self, batch: list[tuple[_Camera, Any]]) -> None:
@@ -565,19 +575,23 @@ class LocalizeNode(Node):
                 array.status.append(status)
         loc = self.localizer
         status = DiagnosticStatus(name=f"{name}: localizer", hardware_id=name)
+        status.message = self.state_message
         if self.state == "error":
             status.level = DiagnosticStatus.ERROR
         elif self.state == "loading":
             status.level = DiagnosticStatus.WARN
+        elif self._batch_error:
+            status.level, status.message = DiagnosticStatus.ERROR, self._batch_error
         else:
             status.level = DiagnosticStatus.OK
-        status.message = self.state_message
         last = stats["last_match"]
         values = {
             "state": self.state, "device": str(self.extractor.device) if self.extractor else "",
             "model": cfg.model, "map": cfg.map,
             "map_keyframes": len(loc.prior_map) if loc is not None and loc.prior_map is not None else 0,
             "online_keyframes": len(loc.online_map) if loc is not None else 0,
+            "online_memory_mb": f"{loc.online_memory_bytes() / 1e6:.3f}" if loc is not None else "0.000",
+            "online_thinned": loc.online_thinned if loc is not None else 0,
             "queries": stats["queries"], "accepted_matches": stats["accepted"],
             "loop_closures": stats["loop_closures"], "batch_size": stats["batch"],
             "inference_ms": f"{stats['inference_ms']:.2f}", "search_ms": f"{stats['search_ms']:.3f}",
@@ -585,6 +599,7 @@ class LocalizeNode(Node):
             "last_match_age_s": f"{now - last:.1f}" if last is not None else "never",
             "dropped_total": sum(c.dropped for c in self.cameras.values()),
             "bad_messages_total": sum(c.bad for c in self.cameras.values()),
+            "failed_batches": self._failed_batches_total,
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array.status.append(status)

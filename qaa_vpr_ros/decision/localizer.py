@@ -77,6 +77,7 @@ class Localizer:
         self._prior_row_of_id = {int(i): r for r, i in enumerate(prior_map.ids)} if prior_map is not None else {}
         prior_table = KeyframeTable.from_map(prior_map) if prior_map is not None else KeyframeTable(dim)
         self.map_matcher = SequenceMatcher(self.config, prior_table)
+        self.online_thinned = 0  # online keyframes dropped by the online_max_keyframes cap, in total
         self._new_online()
 
     def _new_online(self) -> None:
@@ -84,6 +85,7 @@ class Localizer:
 
         self.online_map = PlaceMap.create(self.dim, self.fingerprint, index_type="flat", map_frame=self.online_frame)
         self._online_keyframes: list[Any] = []
+        self._next_online_id = 0  # ids stay unique when the cap thins the database
         self.online_matcher = SequenceMatcher(self.config, KeyframeTable(self.dim), online=True)
         self._path_m = 0.0
         self._last_position: np.ndarray | None = None
@@ -206,11 +208,39 @@ class Localizer:
         else:
             position, orientation = (math.nan, math.nan, math.nan), (0.0, 0.0, 0.0, 1.0)
         keyframe = Keyframe(
-            id=len(self._online_keyframes), stamp_sec=q.stamp_sec, stamp_nanosec=q.stamp_nanosec, camera=q.camera,
+            id=self._next_online_id, stamp_sec=q.stamp_sec, stamp_nanosec=q.stamp_nanosec, camera=q.camera,
             frame_id=q.frame_id, position=tuple(position), orientation=tuple(orientation), source="online")
         self.online_map.add(descriptor[None], [keyframe])
         self.online_matcher.table.append(descriptor[None], np.array([position], np.float64),
                                          np.array([orientation], np.float64), np.array([q.stamp]),
                                          np.array([path_m]))
         self._online_keyframes.append(keyframe)
+        self._next_online_id += 1
+        self._cap_online()
         return keyframe
+
+    def _cap_online(self) -> None:
+        """At ``online_max_keyframes``, thin the online database spatially to half
+        (:mod:`qaa_vpr_ros.maps.thinning`). The online sequences restart afterwards."""
+        from qaa_vpr_ros.maps.thinning import thin_rows
+
+        cap = self.config.online_max_keyframes
+        if not cap or len(self._online_keyframes) < cap:
+            return
+        table = self.online_matcher.table
+        keep = thin_rows(table.positions, table.stamps, max(1, cap // 2), recent_s=self.config.exclude_recent_s)
+        kept = [self._online_keyframes[r] for r in keep]
+        thinned = KeyframeTable(self.dim)
+        thinned.append(table.descriptors[keep], table.positions[keep],
+                       np.array([kf.orientation for kf in kept], np.float64).reshape(-1, 4),
+                       table.stamps[keep], table.path_m[keep])
+        self.online_map = self.online_map.subset(keep)
+        self.online_matcher = SequenceMatcher(self.config, thinned, online=True)
+        self.online_thinned += len(self._online_keyframes) - len(kept)
+        self._online_keyframes = kept
+
+    def online_memory_bytes(self) -> int:
+        """Bytes the online database holds: map descriptors + flat index + the decision's table."""
+        table = self.online_matcher.table
+        return self.online_map.memory_bytes + sum(
+            a.nbytes for a in (table._desc, table._pos, table._rot, table._stamp, table._path, table._posed))

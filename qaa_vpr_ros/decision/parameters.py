@@ -59,12 +59,15 @@ class LocalizeConfig:
         "from (or the nearest one, at the ends of the history).", range=(0.0, 60.0))
     max_image_pixels: int = _param(
         DEFAULT_MAX_PIXELS, "Images claiming more pixels are rejected (and counted) before any "
-        "allocation.", range=(1, 1_000_000_000))
+        "allocation.", range=(1, 1_000_000_000), read_only=True)
     # Model and map
     model: str = _param("", "Model: release/checkpoint folder or .pt/.pth/.ckpt file for "
                         "qaa_vpr_ros.model.load_model.", read_only=True)
     map: str = _param("", "Prebuilt map folder (build_map). Empty: online loop closure only.",
                       read_only=True)
+    map_trusted: bool = _param(
+        False, "Read the map's index.faiss as saved (faiss's binary parser; only for maps you built). "
+        "false: the index is rebuilt from descriptors.npy, which is parsed safely.", read_only=True)
     map_frame: str = _param("", "Frame of place matches from the prebuilt map. Empty: the "
                             "map's own map_frame.", read_only=True)
     device: str = _param("auto", "Inference device: auto (CUDA when present), cpu or cuda.",
@@ -109,6 +112,9 @@ class LocalizeConfig:
         "keyframe within sequence_radius_m (<= sequence_keyframes).", range=(1, 1000))
     online_loop_closure: bool = _param(
         True, "Search the robot's own past keyframes too (the database grows as it drives).")
+    online_max_keyframes: int = _param(
+        10000, "Cap of the online database: on reaching it, it is thinned spatially to half "
+        "(docs/NODE.md, 'Online database memory'). 0: no cap.", range=(0, 10_000_000))
     exclude_recent_s: float = _param(
         30.0, "Online mode: past keyframes younger than this (relative to the query) are never "
         "loop-closure candidates.", range=(0.0, 86400.0))
