@@ -6,9 +6,18 @@ a second map built with the same model. A retrieved keyframe is correct when it 
 when its score is above a threshold, the precision-recall curve and the recall at 100 % precision:
 the table users read to pick ``min_score`` for their robot.
 
+It also replays the node's own decision (:mod:`qaa_vpr_ros.decision`: sequences aligned by the
+query poses, confidence, thresholds) on the queries, in stamp order, and prints the
+precision-recall curve of *accepted* place matches over ``min_confidence`` and of online loop
+closures (the map's run driven first, the queries second, as one route driven twice) over
+``loop_min_confidence``, for a few sequence lengths. ``--target-precision P --write-params FILE``
+picks the thresholds (and sequence length) with the most recall at precision >= P and writes a
+ROS 2 parameter file for ``localize.launch.py params_file:=FILE``.
+
 Example::
 
     eval_map campus_map --query-bags run2/ --pose-topic /odom --model model/ --radius 10 -o eval/
+    eval_map campus_map --query-map run2_map --target-precision 0.99 --write-params tuned.yaml
 """
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -31,7 +41,7 @@ from qaa_vpr_ros.bags import BagError
 from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
 from qaa_vpr_ros.paths import path_argument
 
-__all__ = ["EvalResult", "evaluate_queries", "main"]
+__all__ = ["Calibration", "EvalResult", "calibrate", "evaluate_queries", "main"]
 
 
 @dataclass
@@ -131,6 +141,110 @@ def evaluate_queries(
     )
 
 
+CALIBRATION_MARGIN = 0.005
+"""Added to each chosen threshold: descriptors the node computes from images differ from a map's
+float16 ones by ~1e-3, so a threshold right at the edge of the evaluation data could flip."""
+
+
+@dataclass
+class Calibration:
+    """The decision replayed with one sequence length: curves and thresholds for the target."""
+
+    sequence_length_m: float
+    matches: Any  # qaa_vpr_ros.decision.replay.PRCurve of accepted place matches (min_confidence)
+    loops: Any  # ... of loop closures in the second lap (loop_min_confidence)
+    min_confidence: float | None  # chosen for the target precision (margin included); None: unreachable
+    loop_min_confidence: float | None
+
+    def promised(self) -> dict[str, Any]:
+        """Precision/recall/accepted count at the chosen thresholds."""
+        out: dict[str, Any] = {"sequence_length_m": self.sequence_length_m}
+        for name, curve, t in (("matches", self.matches, self.min_confidence),
+                               ("loop_closures", self.loops, self.loop_min_confidence)):
+            p, r, n = curve.at(t) if t is not None else (math.nan, 0.0, 0)
+            out[name] = {"threshold": t, "precision": p, "recall": r, "accepted": n, "queries": curve.queries}
+        return out
+
+
+def calibrate(reference: PlaceMap, query: PlaceMap, radius_m: float, target_precision: float = 0.99,
+              config: Any = None, lengths: Sequence[float] = (100.0, 200.0, 400.0)) -> list[Calibration]:
+    """Replay the node's decision (``config``, default: the node's defaults) for each sequence
+    length; thresholds for ``target_precision`` (None where no threshold reaches it)."""
+    from dataclasses import replace
+
+    from qaa_vpr_ros.decision import LocalizeConfig
+    from qaa_vpr_ros.decision.replay import pr_curve, replay_loop_closures, replay_place_matches
+
+    config = config or LocalizeConfig()
+    out = []
+    for length in lengths:
+        cfg = replace(config, sequence_length_m=float(length)).validate()
+        matches = pr_curve(replay_place_matches(cfg, reference, query, radius_m))
+        first, second = replay_loop_closures(cfg, [reference, query], radius_m)
+        loops = pr_curve(first + second)
+        loops.recall = loops.recall * (len(first) + len(second)) / max(len(second), 1)
+        loops.queries = len(second)
+        t_match, t_loop = matches.threshold_for(target_precision), loops.threshold_for(target_precision)
+        out.append(Calibration(
+            float(length), matches, loops,
+            None if t_match is None else t_match + CALIBRATION_MARGIN,
+            None if t_loop is None else t_loop + CALIBRATION_MARGIN))
+    return out
+
+
+def format_calibration(results: list[Calibration], target_precision: float) -> str:
+    lines = [f"decision replay (the node's code; thresholds for precision >= {target_precision:g}):",
+             "  sequence_length_m  min_confidence  precision  recall  |  loop_min_confidence  precision  recall"]
+    for c in results:
+        m, lo = c.promised()["matches"], c.promised()["loop_closures"]
+
+        def cell(t: float | None, d: dict) -> str:
+            return (f"{t:14.4f}  {d['precision']:9.3f}  {d['recall']:6.3f}" if t is not None
+                    else f"{'unreachable':>14}  {'-':>9}  {0.0:6.3f}")
+        lines.append(f"  {c.sequence_length_m:17g}  {cell(c.min_confidence, m)}  |  {cell(c.loop_min_confidence, lo)}")
+    best = results[[c.sequence_length_m for c in results].index(200.0)] if any(
+        c.sequence_length_m == 200.0 for c in results) else results[0]
+    lines.append(f"  accepted place matches as min_confidence falls (sequence_length_m {best.sequence_length_m:g}):")
+    lines.append("    min_confidence  precision  recall")
+    curve = best.matches
+    if len(curve.thresholds):
+        picks = np.unique(np.linspace(0, len(curve.thresholds) - 1, min(10, len(curve.thresholds))).astype(int))
+        lines += [f"    {curve.thresholds[i]:14.4f}  {curve.precision[i]:9.3f}  {curve.recall[i]:6.3f}" for i in picks]
+    return "\n".join(lines)
+
+
+def choose(results: list[Calibration]) -> Calibration:
+    """The sequence length with the most place-match recall at the target (ties: shorter)."""
+    def recall(c: Calibration) -> float:
+        return c.promised()["matches"]["recall"] if c.min_confidence is not None else -1.0
+
+    return max(results, key=lambda c: (recall(c), -c.sequence_length_m))
+
+
+def write_params(path: Path, chosen: Calibration, target_precision: float, source: str) -> dict[str, Any]:
+    """Write the tuned parameters as a ROS 2 params file (atomically); returns them."""
+    from qaa_vpr_ros.atomic import atomic_write_text
+    from qaa_vpr_ros.decision.parameters import parameter_table, params_yaml
+
+    limit = {s.name: s.range for s in parameter_table()}
+    values: dict[str, Any] = {"sequence_length_m": chosen.sequence_length_m}
+    promised = chosen.promised()
+    for name, t in (("min_confidence", chosen.min_confidence), ("loop_min_confidence", chosen.loop_min_confidence)):
+        # Unreachable target: the highest threshold, i.e. (almost) nothing is ever accepted.
+        values[name] = float(min(t, limit[name][1])) if t is not None else float(limit[name][1])
+    header = (f"localize_node parameters tuned by eval_map for precision >= {target_precision:g} on {source}\n"
+              f"promised: place matches precision {promised['matches']['precision']:.3f} recall "
+              f"{promised['matches']['recall']:.3f}; loop closures precision "
+              f"{promised['loop_closures']['precision']:.3f} recall {promised['loop_closures']['recall']:.3f}\n"
+              "use: ros2 launch qaa_vpr_ros localize.launch.py params_file:=THIS_FILE map:=... model:=...")
+    full = params_yaml(values, header=header)
+    # Only the tuned values (the rest keep the node's defaults; launch arguments still apply).
+    keep = [line for line in full.splitlines() if line.startswith("#") or line.startswith(("/**", "  ros__"))
+            or line.strip().split(":")[0] in values]
+    atomic_write_text(path, "\n".join(keep) + "\n")
+    return values
+
+
 def write_report(result: EvalResult, folder: Path, title: str) -> None:
     """summary.json, recall_at_k.csv, pr_curve.csv and pr_curve.png in ``folder``."""
     import matplotlib
@@ -212,7 +326,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=path_argument,
                         help="folder for summary.json, recall_at_k.csv, pr_curve.csv/png")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--target-precision", type=float, default=0.99,
+                        help="precision the decision thresholds are chosen for (default 0.99)")
+    parser.add_argument("--write-params", type=path_argument,
+                        help="write the tuned decision parameters to this ROS 2 params file")
+    parser.add_argument("--no-decision", action="store_true", help="skip the decision replay (retrieval only)")
     args = parser.parse_args(argv)
+    if not 0.0 < args.target_precision <= 1.0:
+        parser.error(f"--target-precision must be in (0, 1], got {args.target_precision}")
+    if args.write_params and args.no_decision:
+        parser.error("--write-params needs the decision replay (drop --no-decision)")
     if args.query_bags and not (args.model and args.pose_topic):
         parser.error("--query-bags needs --model and --pose-topic")
     try:
@@ -227,10 +350,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate_queries(
                 reference, np.asarray(query.descriptors, np.float32), positions, args.k, args.radius
             )
+            calibration = None if args.no_decision else calibrate(reference, query, args.radius,
+                                                                  args.target_precision)
     except (MapError, BagError, ValueError, OSError) as err:
         print(f"eval_map: error: {err}", file=sys.stderr)
         return 1
     print(format_result(result))
+    if calibration is not None:
+        print(format_calibration(calibration, args.target_precision))
+        chosen = choose(calibration)
+        promised = chosen.promised()
+        print(f"  chosen: sequence_length_m {chosen.sequence_length_m:g}, min_confidence "
+              f"{chosen.min_confidence if chosen.min_confidence is not None else 'unreachable'}: "
+              f"place matches precision {promised['matches']['precision']:.3f} recall "
+              f"{promised['matches']['recall']:.3f}; loop_min_confidence "
+              f"{chosen.loop_min_confidence if chosen.loop_min_confidence is not None else 'unreachable'}: "
+              f"loop closures precision {promised['loop_closures']['precision']:.3f} recall "
+              f"{promised['loop_closures']['recall']:.3f}")
+        if args.write_params:
+            try:
+                values = write_params(Path(args.write_params), chosen, args.target_precision,
+                                      Path(args.query_map or args.query_bags[0]).name)
+            except OSError as err:
+                print(f"eval_map: error: cannot write {args.write_params}: {err}", file=sys.stderr)
+                return 1
+            print(f"  wrote {args.write_params}: {values}")
     if args.output:
         write_report(result, Path(args.output), f"{Path(args.map).name} vs "
                      f"{', '.join(Path(b).name for b in args.query_bags) if args.query_bags else args.query_map}")
