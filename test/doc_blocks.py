@@ -71,7 +71,30 @@ class _PoseGraph:
 graph = _PoseGraph()
 ''',
 }
-PRELUDE_EPILOGUES = {"rclpy_node": "\nnode.destroy_node()\nrclpy.shutdown()\n"}
+PRELUDE_EPILOGUES = {
+    "rclpy_node": '''
+# doc test: each callback the snippet defined gets one message of its type, as its subscription would.
+import numpy as _np
+from geometry_msgs.msg import PoseStamped as _PoseStamped
+
+if "on_match" in globals():
+    _match = PoseWithCovarianceStamped()
+    _match.pose.covariance[0] = 1.0
+    on_match(_match)
+if "on_candidates" in globals():
+    from qaa_vpr_ros.localize_node import LOOP_CANDIDATE_DTYPE as _DTYPE
+
+    _rows = _np.zeros(2, dtype=_DTYPE)
+    _rows["accepted"], _rows["score"] = [1, 0], [0.9, 0.4]
+    on_candidates(PointCloud2(height=1, width=2, point_step=_DTYPE.itemsize, row_step=2 * _DTYPE.itemsize,
+                              data=_rows.tobytes()))
+if "on_loop" in globals():
+    on_loop(Path(poses=[_PoseStamped(), _PoseStamped()]))
+    assert len(graph.edges) == 1, graph.edges
+node.destroy_node()
+rclpy.shutdown()
+''',
+}
 
 
 class MarkerError(ValueError):
