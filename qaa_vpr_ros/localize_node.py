@@ -38,8 +38,8 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
-from std_msgs.msg import ColorRGBA, Header
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_msgs.msg import ColorRGBA, Float64MultiArray, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -58,20 +58,21 @@ from qaa_vpr_ros.decision import (
     normalize,
     parameter_table,
 )
+from qaa_vpr_ros.decision.record import (
+    RECORD_DTYPE,
+    LoopClosureRecord,
+    channel_records,
+    covariance_in_match_frame,
+    parse_extrinsics,
+    pose_matrix,
+)
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
+from qaa_vpr_ros.pose_graph_node import records_cloud
 
 __all__ = ["LOOP_CANDIDATE_DTYPE", "LocalizeNode", "main"]
 
-# ~/loop_candidates: one point per candidate (x, y, z float64 so UTM coordinates keep cm precision).
-LOOP_CANDIDATE_DTYPE = np.dtype([
-    ("x", "<f8"), ("y", "<f8"), ("z", "<f8"),
-    ("qx", "<f4"), ("qy", "<f4"), ("qz", "<f4"), ("qw", "<f4"),
-    ("score", "<f4"), ("rank", "<u4"), ("map_id", "<u4"),
-    ("map_stamp_sec", "<i4"), ("map_stamp_nanosec", "<u4"), ("accepted", "u1"),
-    ("confidence", "<f4"), ("sequence_score", "<f4"), ("support", "<u4"),
-])
-_POINTFIELD_TYPES = {"<f8": PointField.FLOAT64, "<f4": PointField.FLOAT32, "<u4": PointField.UINT32,
-                     "<i4": PointField.INT32, "|u1": PointField.UINT8}
+# ~/loop_candidates: one PointCloud2 point per LoopClosureRecord (qaa_vpr_ros.decision.record).
+LOOP_CANDIDATE_DTYPE = RECORD_DTYPE
 _ROS_TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
               "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING,
               "str[]": ParameterType.PARAMETER_STRING_ARRAY,
@@ -110,21 +111,6 @@ def _pose_msg(position: Any, orientation: Any) -> Pose:
     else:
         pose.orientation.w = 1.0
     return pose
-
-
-def loop_candidates_cloud(header: Header, candidates: list[Candidate]) -> PointCloud2:
-    """``~/loop_candidates`` table: one PointCloud2 point per candidate (see LOOP_CANDIDATE_DTYPE)."""
-    table = np.zeros(len(candidates), dtype=LOOP_CANDIDATE_DTYPE)
-    for i, c in enumerate(candidates):
-        kf = c.keyframe
-        table[i] = (*kf.position, *kf.orientation, c.score, c.rank, int(kf.id) & 0xFFFFFFFF,
-                    kf.stamp_sec, kf.stamp_nanosec, int(c.accepted), c.confidence, c.sequence_score, c.support)
-    fields = [PointField(name=name, offset=offset, datatype=_POINTFIELD_TYPES[dt.str], count=1)
-              for name, (dt, offset) in LOOP_CANDIDATE_DTYPE.fields.items()]
-    return PointCloud2(header=header, height=1, width=len(candidates), fields=fields, is_bigendian=False,
-                       point_step=LOOP_CANDIDATE_DTYPE.itemsize,
-                       row_step=LOOP_CANDIDATE_DTYPE.itemsize * len(candidates),
-                       data=table.tobytes(), is_dense=True)
 
 
 def _score_color(score: float, min_score: float, accepted: bool) -> ColorRGBA:
@@ -202,6 +188,20 @@ class LocalizeNode(Node):
         self.place_candidates_pub = self.create_publisher(PoseArray, "~/place_candidates", 10)
         self.loop_candidates_pub = self.create_publisher(PointCloud2, "~/loop_candidates", 10)
         self.loop_closure_pub = self.create_publisher(PathMsg, "~/loop_closure", 10)
+        # Loop-closure adapters (docs/NODE.md "Adapters") and camera extrinsics.
+        self.lio_sam_pub = (self.create_publisher(Float64MultiArray, self.config.lio_sam_topic, 10)
+                            if self.config.lio_sam_topic else None)
+        self.initialpose_pub = (self.create_publisher(PoseWithCovarianceStamped, self.config.initialpose_topic, 10)
+                                if self.config.initialpose_topic else None)
+        self._extrinsics = parse_extrinsics(self.config.camera_extrinsics)
+        self._tf_buffer = None
+        try:
+            from tf2_ros import Buffer, TransformListener
+        except ImportError:  # pip-installed rclpy: no TF; camera_extrinsics (or identity) is used
+            pass
+        else:
+            self._tf_buffer = Buffer()
+            self._tf_listener = TransformListener(self._tf_buffer, self)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         # Same topic, two transient-local publishers of depth 1: the map keyframes (published once)
@@ -440,13 +440,58 @@ class LocalizeNode(Node):
             if channel is None:
                 continue
             header = Header(stamp=_time_msg(q.stamp_sec, q.stamp_nanosec), frame_id=channel.map_frame)
-            self.loop_candidates_pub.publish(loop_candidates_cloud(header, channel.candidates))
+            records = self._records(result, channel)
+            self.loop_candidates_pub.publish(records_cloud(header, records))
+            self._publish_adapters(channel, records)
             markers.markers.extend(self._candidate_markers(header, channel))
             best = channel.best
             if best is not None and q.pose is not None and best.keyframe.has_pose:
                 self._publish_loop_closure(q, channel, best, markers)
         if markers.markers:
             self.markers_pub.publish(markers)
+
+    def _extrinsic(self, camera: str, frame_id: str) -> np.ndarray:
+        """T_base_camera of a camera: TF (base_frame -> the image's frame_id) when available, else
+        the camera_extrinsics parameter, else identity."""
+        if self._tf_buffer is not None and frame_id:
+            try:
+                t = self._tf_buffer.lookup_transform(self.config.base_frame, frame_id, rclpy.time.Time())
+            except Exception:  # not (yet) in TF: fall back to the parameter
+                pass
+            else:
+                r, v = t.transform.rotation, t.transform.translation
+                return pose_matrix((v.x, v.y, v.z), (r.x, r.y, r.z, r.w))
+        return self._extrinsics.get(camera, np.eye(4))
+
+    def _records(self, result: QueryResult, channel: ChannelResult) -> list[LoopClosureRecord]:
+        """The ~/loop_candidates rows of one query against one database (docs/NODE.md)."""
+        cfg = self.config
+        floor = cfg.loop_min_confidence if channel.source == "online" else cfg.min_confidence
+        session = "online" if channel.source == "online" else (Path(cfg.map).name or "map")
+        frames = {result.query.camera: result.query.frame_id}
+        frames.update({c.keyframe.camera: c.keyframe.frame_id for c in channel.candidates})
+        keyframe = result.keyframe
+        return channel_records(
+            result.query, channel, session,
+            lambda c: covariance_from_confidence(c.confidence, floor, cfg.covariance_base),
+            query_keyframe_id=int(keyframe.id) if keyframe is not None else -1,
+            extrinsics=lambda camera: self._extrinsic(camera, frames.get(camera, "")))
+
+    def _publish_adapters(self, channel: ChannelResult, records: list[LoopClosureRecord]) -> None:
+        """LIO-SAM's stamp pair for an accepted online loop closure; the robot's pose in the map
+        frame (Nav2 initialpose) for an accepted map match."""
+        best = next((r for r in records if r.accepted), None)
+        if best is None:
+            return
+        if self.lio_sam_pub is not None and best.is_online:
+            self.lio_sam_pub.publish(Float64MultiArray(data=[best.query_stamp, best.match_stamp]))
+        if self.initialpose_pub is not None and not best.is_online and all(
+                math.isfinite(v) for v in best.match_position):
+            msg = PoseWithCovarianceStamped(header=Header(
+                stamp=_time_msg(best.query_stamp_sec, best.query_stamp_nanosec), frame_id=best.match_frame))
+            msg.pose.pose = _pose_msg(*best.query_pose_in_match_frame())
+            msg.pose.covariance = list(covariance_in_match_frame(best))
+            self.initialpose_pub.publish(msg)
 
     def _publish_loop_closure(self, q: Query, channel: ChannelResult, best: Candidate,
                               markers: MarkerArray) -> None:

@@ -213,14 +213,15 @@ def test_place_matches_against_a_map_from_two_cameras_raw_and_compressed(harness
         sec = T0 + 1000 + i
         msg = raw_msg(route.images[i], sec) if i % 2 == 0 else png_msg(route.images[i], sec)
         (rows,) = publish_and_wait(h, raw_pub if i % 2 == 0 else png_pub, msg, sec)
-        assert rows["map_id"][0] == i, f"query {route.names[i]} matched map keyframe {rows['map_id'][0]}"
+        assert rows["match_keyframe_id"][0] == i, \
+            f"query {route.names[i]} matched map keyframe {rows['match_keyframe_id'][0]}"
         assert rows["score"][0] >= MIN_SCORE and np.all(rows["score"][1:] < MIN_SCORE)
-        assert rows["x"][0] == pytest.approx(SPACING_M * i)
+        assert rows["match_position"][0, 0] == pytest.approx(SPACING_M * i)
         assert list(rows["rank"]) == list(range(len(rows)))
         # No odometry: each camera's sequence follows keyframe order (time steps); cam_a's third
         # query (i = 4) is the first with a sequence of 3, cam_b's (i = 5) the next.
         assert bool(rows["accepted"][0]) == (i >= 4)
-        assert (rows["support"][0], rows["accepted"][0]) != (3, 0)
+        assert (rows["sequence_support"][0], rows["accepted"][0]) != (3, 0)
 
     matches = wait_for(lambda: len(h.rec.get("place_match")) >= ROUTE_LEN - 4 and h.rec.get("place_match"),
                        5.0, "place matches")
@@ -235,7 +236,7 @@ def test_place_matches_against_a_map_from_two_cameras_raw_and_compressed(harness
     # A single look-alike: an exact image of place 3 in the middle of places ~15 is not accepted.
     sec = T0 + 1000 + ROUTE_LEN
     (rows,) = publish_and_wait(h, raw_pub, raw_msg(route.images[3], sec), sec)
-    twin = rows[rows["map_id"] == 3]  # the frame alone matches place 3 perfectly, its sequence does not
+    twin = rows[rows["match_keyframe_id"] == 3]  # the frame alone matches place 3 perfectly, not its sequence
     assert np.all(twin["sequence_score"] < MIN_SCORE)
     assert not rows["accepted"].any()
     assert not [m for m in h.rec.get("place_match") if m.header.stamp.sec == sec]
@@ -289,7 +290,7 @@ def test_online_loop_closure_when_the_route_comes_back_to_its_start(harness, mod
             assert not rows["accepted"].any()
         else:
             k = step - out
-            assert rows["map_id"][0] == place and rows["map_stamp_sec"][0] == T0 + place
+            assert rows["match_keyframe_id"][0] == place and rows["match_stamp_sec"][0] == T0 + place
             assert bool(rows["accepted"][0]) == (k >= 2), f"revisit {k}"
 
     closures = wait_for(lambda: len(h.rec.get("loop_closure")) >= back - 2 and h.rec.get("loop_closure"),

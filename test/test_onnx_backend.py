@@ -201,7 +201,7 @@ def test_a_map_from_one_backend_is_accepted_by_the_node_running_the_other(saved,
         msg.header.stamp.sec, msg.header.frame_id = 1_800_000_000, "camera"
         pub.publish(msg)
         (rows, *_) = wait_for(lambda: tables, 20.0, "loop candidates for the query")
-        assert rows["map_id"][0] == expected_id and rows["score"][0] > 0.999
+        assert rows["match_keyframe_id"][0] == expected_id and rows["score"][0] > 0.999
     finally:
         executor.shutdown()
         thread.join(timeout=5.0)

@@ -37,7 +37,8 @@ def ros():
 
 def test_records_survive_the_pointcloud2_round_trip():
     record = LoopClosureRecord(1, 2, "/cam", 3, 4, 5, "summer", "map", match_position=(1.0, 2.0, 3.0),
-                               query_position=(4.0, 5.0, 6.0), accepted=True, score=0.75, confidence=0.5)
+                               query_position=(4.0, 5.0, 6.0), accepted=True, score=0.75, confidence=0.5,
+                               sequence_score=0.5)
     assert records_from_cloud(records_cloud(Header(frame_id="map"), [record, record])) == [record, record]
 
 

@@ -31,7 +31,7 @@ def _record(**overrides) -> LoopClosureRecord:
         query_frame="odom", query_position=(1.0, 2.0, 0.0), query_orientation=_yaw_q(-0.1),
         relative_translation=(3.5, -0.25, 0.0), relative_rotation=_yaw_q(0.05),
         covariance=CovarianceModel().covariance("sequence", 0.8), transform_source="sequence",
-        score=0.8125, confidence=0.75, sequence_support=4, inliers=-1, rank=1, accepted=True)
+        score=0.8125, confidence=0.75, sequence_score=0.625, sequence_support=4, inliers=-1, rank=1, accepted=True)
     values.update(overrides)
     return LoopClosureRecord(**values)
 

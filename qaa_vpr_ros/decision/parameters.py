@@ -141,6 +141,21 @@ class LocalizeConfig:
     publish_unmatched: bool = _param(
         False, "When nothing is accepted, still publish ~/place_match (best candidate's pose or "
         "identity) with 9999 on the covariance diagonal.")
+    lio_sam_topic: str = _param(
+        "", "LIO-SAM adapter: each accepted online loop closure is also published on this topic as "
+        "std_msgs/Float64MultiArray [t_current, t_previous] (LIO-SAM's lio_loop/loop_closure_detection). "
+        "Empty: off.", read_only=True)
+    initialpose_topic: str = _param(
+        "", "Relocalization adapter: each accepted map match is also published on this topic as "
+        "geometry_msgs/PoseWithCovarianceStamped of the robot in the map frame (e.g. Nav2's "
+        "/initialpose). Empty: off.", read_only=True)
+    base_frame: str = _param(
+        "base_link", "Robot base frame: camera extrinsics (base -> image frame_id) come from TF when "
+        "tf2_ros is importable, else from camera_extrinsics.", read_only=True)
+    camera_extrinsics: str = _param(
+        "", "Base -> camera transforms without TF, ';'-separated entries 'TOPIC x y z qx qy qz qw' "
+        "(m, unit quaternion); matches across cameras are corrected by them. Unlisted cameras: identity.",
+        read_only=True)
     save_map_folder: str = _param(
         "", "Folder ~/save_map writes the online database to. Empty: "
         "~/.ros/qaa_vpr_ros/online_map_<UTC time>.")
@@ -167,6 +182,12 @@ class LocalizeConfig:
                            f"({self.sequence_keyframes}): no sequence could ever give that much support")
             if not self.image_topics:
                 out.append("image_topics is empty: give at least one camera topic")
+            try:
+                from qaa_vpr_ros.decision.record import parse_extrinsics
+
+                parse_extrinsics(self.camera_extrinsics)
+            except ValueError as err:
+                out.append(f"parameter 'camera_extrinsics': {err}")
             if len(self.covariance_base) != 6:
                 out.append(f"covariance_base has {len(self.covariance_base)} values; give 6 "
                            "(x, y, z, roll, pitch, yaw variances)")

@@ -94,6 +94,7 @@ class LoopClosureRecord:
     - ``confidence``: the decision's confidence margin: the match's sequence score minus the best
       sequence score of places elsewhere (see :mod:`qaa_vpr_ros.decision.decision`); larger is
       surer, NaN when the decision did not compute one.
+    - ``sequence_score``: mean similarity along the odometry-aligned sequence of recent queries.
     - ``sequence_support``: how many queries of the sequence found a keyframe near where this
       match predicts them (1 = itself only).
     - ``inliers``: RANSAC inliers of geometric verification; -1 when geometry did not run.
@@ -122,6 +123,7 @@ class LoopClosureRecord:
     transform_source: str = "none"
     score: float = math.nan
     confidence: float = 0.0
+    sequence_score: float = math.nan
     sequence_support: int = 1
     inliers: int = -1
     rank: int = 0
@@ -472,6 +474,7 @@ def channel_records(query: Any, channel: Any, session: str, covariance: Callable
             query_orientation=tuple(q_orientation), relative_translation=tuple(relative[:3, 3]),
             relative_rotation=matrix_quaternion(relative[:3, :3]), covariance=tuple(covariance(c)),
             transform_source="none", score=float(c.score), confidence=float(getattr(c, "confidence", math.nan)),
+            sequence_score=float(getattr(c, "sequence_score", math.nan)),
             sequence_support=int(getattr(c, "support", 1)), inliers=-1, rank=int(c.rank),
             accepted=bool(c.accepted)))
     return out
