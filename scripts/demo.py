@@ -30,6 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from qaa_vpr_ros.paths import expand_path, path_argument
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "nordland_heldout"
 BUNDLED_MODEL = REPO / "models" / "nordland_tiny"
@@ -226,13 +228,13 @@ def plot(path: Path, matches: dict[int, float], places: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out", help="folder for the bag, map and plot")
-    parser.add_argument("--model", help="model folder (default: the bundled Nordland model)")
+    parser.add_argument("--out", default="demo_out", type=path_argument, help="folder for the bag, map and plot")
+    parser.add_argument("--model", type=path_argument, help="model folder (default: the bundled Nordland model)")
     parser.add_argument("--places", type=int, default=150, help="places on the route")
     parser.add_argument("--first-place", type=int, default=2040,
                         help="first Nordland place (the bundled model trained on places < 1920 only)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+    parser.add_argument("--data", type=expand_path, default=DEFAULT_DATA,
                         help="Nordland folder with summer/ and winter/ images-XXXXX.png "
                              "(default: the held-out places shipped in data/nordland_heldout)")
     args = parser.parse_args(argv)
