@@ -180,3 +180,37 @@ def test_launch_params_file_argument_expands(home: Path) -> None:
     assert len(setup(params_file="$HOME/params.yaml")) == 1
     with pytest.raises(FileNotFoundError, match=str(home / "nope.yaml")):
         setup(params_file="~/nope.yaml")
+
+
+@pytest.mark.ros
+def test_the_node_loads_a_model_given_with_a_tilde_and_expands_parameter_changes(home: Path,
+                                                                              tiny_model_in_home: Path) -> None:
+    rclpy = pytest.importorskip("rclpy")
+    import time
+
+    from node_harness import use_private_domain
+    from rclpy.parameter import Parameter
+
+    from qaa_vpr_ros.localize_node import LocalizeNode
+
+    use_private_domain()
+    rclpy.init()
+    try:
+        node = LocalizeNode("loc_paths", parameter_overrides=[
+            Parameter("model", value="~/models/QAA-8192"), Parameter("save_map_folder", value="$QAA_DATA/online")])
+        try:
+            assert node.config.model == str(tiny_model_in_home)
+            assert node.config.save_map_folder == str(home / "data" / "online")
+            deadline = time.monotonic() + 60.0
+            while node.state == "loading" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert node.state == "ready", node.state_message
+            [result] = node.set_parameters([Parameter("save_map_folder", value="~/elsewhere")])
+            assert result.successful and node.config.save_map_folder == str(home / "elsewhere")
+            [result] = node.set_parameters([Parameter("save_map_folder", value="$QAA_UNSET_VARIABLE/x")])
+            assert not result.successful and "QAA_UNSET_VARIABLE" in result.reason
+            assert node.config.save_map_folder == str(home / "elsewhere")
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown()
