@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | sha1sum | cut -c1-12)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: setup ros2-launch lint test test-fast demo bench clean
+.PHONY: setup ros2-launch lint test test-fast demo bench fuzz reliability clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,14 @@ demo: setup
 # GPU: bench/gpu.sh [OUT] on a GPU machine (no .venv needed; --smoke checks it on a CPU).
 bench: setup
 	$(PY) -m bench.run --out bench
+
+# Longer fuzzing of every parser of outside input (make test runs 25 cases per target).
+fuzz: setup
+	QAA_FUZZ_EXAMPLES=$${QAA_FUZZ_EXAMPLES:-1000} QAA_FUZZ_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider test/test_fuzz.py
+
+# Fuzz + faults + soak, then one table (<= 10 min on 2 CPU cores): scripts/reliability.py.
+reliability: setup
+	$(PY) -m scripts.reliability
 
 clean:
 	rm -rf build install log demo_out .pytest_cache

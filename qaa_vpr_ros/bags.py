@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.rosbag2 import ReaderError as Rosbag2ReaderError
 from rosbags.typesys import Stores, get_typestore
 
 from qaa_vpr_ros.keyframes import PoseTrack, latlon_to_utm, utm_zone
@@ -47,8 +49,8 @@ POSE_TYPES = (
 )
 DEFAULT_TYPESTORE = Stores.ROS2_HUMBLE
 # Errors a damaged bag raises from deep inside rosbags / sqlite / mcap / zstd.
-_READ_ERRORS = (AnyReaderError, sqlite3.DatabaseError, OSError, EOFError, ValueError, KeyError, IndexError,
-                AssertionError, RuntimeError)
+_READ_ERRORS = (AnyReaderError, Rosbag2ReaderError, sqlite3.DatabaseError, OSError, EOFError, ValueError, KeyError,
+                IndexError, AssertionError, RuntimeError, MemoryError, OverflowError, struct.error)
 
 
 class BagError(RuntimeError):
@@ -142,10 +144,45 @@ class OpenBag:
             yield connection.topic, connection.msgtype, timestamp, raw
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+MAX_CHUNK_BYTES = 1 << 30  # a chunk claiming to decompress to more is refused (1 GiB)
+
+
+def check_mcap_framing(path: Path) -> None:
+    """Walk an MCAP file's top-level records and check every length field against the file size
+    (and each chunk's uncompressed size against MAX_CHUNK_BYTES) before the reader trusts them:
+    one flipped byte in a length must be a :class:`BagError`, not a multi-GB allocation."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(8) != MCAP_MAGIC:
+            return  # not MCAP framing at all: the reader names that itself
+        pos = 8
+        while pos < size - 8:
+            head = f.read(9)
+            if len(head) < 9:
+                raise BagError(f"bag file {path} is truncated at byte {pos} (record header)")
+            op, length = head[0], struct.unpack("<Q", head[1:])[0]
+            if length > size - pos - 9:
+                raise BagError(f"bag file {path}: record at byte {pos} (opcode {op:#x}) claims {length} bytes, "
+                               f"the file has {size - pos - 9} left: corrupt or cut off")
+            if op == 0x06 and length >= 24:  # chunk: start, end, uncompressed_size (u64 each), ...
+                uncompressed = struct.unpack("<Q", f.read(24)[16:24])[0]
+                if uncompressed > MAX_CHUNK_BYTES:
+                    raise BagError(f"bag file {path}: chunk at byte {pos} claims {uncompressed} bytes "
+                                   f"uncompressed (limit {MAX_CHUNK_BYTES}): corrupt")
+            pos += 9 + length
+            f.seek(pos)
+            if op == 0x02:  # footer
+                break
+
+
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[OpenBag]:
     """Open a bag for reading (context manager)."""
     path = resolve_bag(path)
+    for file in ([path] if path.is_file() else sorted(path.glob("*.mcap"))):
+        if file.suffix == ".mcap":
+            check_mcap_framing(file)
     try:
         reader = AnyReader([path], default_typestore=get_typestore(DEFAULT_TYPESTORE))
         reader.open()

@@ -172,6 +172,8 @@ class LocalizeConfig:
             if reason:
                 out.append(reason)
         for name in PATH_PARAMETERS:
+            if not isinstance(getattr(self, name), str):
+                continue  # the type check above named it
             try:
                 path_argument(getattr(self, name))
             except PathError as err:
@@ -280,12 +282,13 @@ def normalize(name: str, value: Any) -> Any:
             return path_argument(value)
         except PathError:
             return value
-    if name == "image_topics":
+    if name == "image_topics" and isinstance(value, (str, list, tuple)):
         if isinstance(value, str):
             value = [value]
         return [t.strip() for item in value for t in str(item).split(",") if t.strip()]
-    if name == "covariance_base" and isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
+    if name == "covariance_base" and isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]  # anything else stays as given: check() names the parameter
     if isinstance(value, int) and not isinstance(value, bool):
         kinds = {f.name: f.type for f in fields(LocalizeConfig)}
         if kinds.get(name) in ("float", float):

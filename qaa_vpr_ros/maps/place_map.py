@@ -506,6 +506,15 @@ class PlaceMap:
                 what = "is not a folder" if os.path.lexists(folder) and not folder.is_dir() else "is not a place map"
                 raise MapError(f"{folder} {what}; a map save replaces only a map folder or an empty one "
                                f"and never deletes anything else ({err})") from err
+            except (OSError, RuntimeError) as err:  # full disk, read-only or vanished folder (faiss: RuntimeError)
+                import shutil
+
+                try:
+                    free = f"{shutil.disk_usage(folder.parent).free} bytes free there"
+                except OSError:
+                    free = "free space unknown"
+                raise MapError(f"saving the map to {folder} failed ({free}): {err}; any map that was there "
+                               "is untouched") from err
             self.created = manifest["created"]
 
     @classmethod

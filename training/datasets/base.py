@@ -106,14 +106,18 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a CSV file with a header; raises naming the file and the missing columns."""
     if not path.is_file():
         raise DatasetFormatError(f"missing file {path}")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DatasetFormatError(
-                f"{path}: missing column(s) {', '.join(missing)} (header is {', '.join(header) or 'empty'})")
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DatasetFormatError(
+                    f"{path}: missing column(s) {', '.join(missing)} (header is {', '.join(header) or 'empty'})")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DatasetFormatError(f"{path}: not a UTF-8 CSV file ({err})") from err
+    return [{(k or "").strip(): (v if isinstance(v, str) else "").strip() for k, v in row.items()} for row in rows]
 
 
 def confined_path(root: Path, rel: str, path: Path, row: int, column: str) -> Path:
