@@ -115,12 +115,13 @@ class Localizer:
         ids = self.prior_map.search(descriptors, k).ids
         return np.vectorize(lambda i: self._prior_row_of_id.get(int(i), -1), otypes=[np.int64])(ids)
 
-    def _online_hits(self, descriptor: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Rows of the ``top_k`` most similar online keyframes among those in ``mask``."""
+    def _online_hits(self, sims: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Rows of the ``SEARCH_DEPTH * top_k`` most similar online keyframes among those in ``mask``
+        (``sims``: the query's similarity to every online keyframe, one matrix-vector product)."""
         rows = np.flatnonzero(mask)
         if len(rows) == 0:
             return rows
-        sims = self.online_matcher.table.descriptors[rows] @ descriptor
+        sims = sims[rows]
         k = min(SEARCH_DEPTH * self.config.top_k, len(rows))
         best = np.argpartition(-sims, k - 1)[:k]
         return rows[best[np.argsort(-sims[best], kind="stable")]]
@@ -192,9 +193,10 @@ class Localizer:
                 table = self.online_matcher.table
                 mask = table.eligible(q.stamp - cfg.exclude_recent_s,
                                       None if math.isnan(path_m) else path_m - cfg.loop_min_travel_m)
-                rivals = self._online_hits(d, self._recent_rivals(q, path_m))
-                hyp = self.online_matcher.decide(q.camera, d, q.pose, path_m, self._online_hits(d, mask), mask, rivals,
-                                                 step=self._step)
+                sims = table.descriptors @ d
+                rivals = self._online_hits(sims, self._recent_rivals(q, path_m))
+                hits = self._online_hits(sims, mask)
+                hyp = self.online_matcher.decide(q.camera, d, q.pose, path_m, hits, mask, rivals, step=self._step)
                 results[i].online = ChannelResult("online", self.online_frame,
                                                   self._candidates(hyp, self._online_keyframes))
                 results[i].keyframe = self._add_online(q, d, path_m)

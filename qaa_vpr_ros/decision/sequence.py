@@ -67,9 +67,8 @@ class KeyframeTable:
         self._stamp = np.zeros(0, np.float64)
         self._path = np.zeros(0, np.float64)
         self._posed = np.zeros(0, bool)
-        self._tree: cKDTree | None = None
-        self._tree_rows = np.zeros(0, np.int64)
-        self._tree_key: tuple[int, int] = (-1, -1)
+        # One KD-tree per kind of lookup (all rows / a mask), each reused while it stays valid.
+        self._trees: dict[bool, tuple[cKDTree, np.ndarray, int]] = {}
 
     @classmethod
     def from_map(cls, place_map) -> KeyframeTable:
@@ -149,7 +148,7 @@ class KeyframeTable:
         flat = points.reshape(-1, 3)
         out = np.full(len(flat), -1, np.int64)
         usable = self.has_pose if mask is None else (self.has_pose & mask)
-        tree, rows = self._tree_for(usable)
+        tree, rows = self._tree_for(usable, mask is not None)
         finite = np.all(np.isfinite(flat), axis=1)
         if tree is None or not finite.any():
             return out.reshape(shape)
@@ -162,19 +161,22 @@ class KeyframeTable:
         out[finite] = found
         return out.reshape(shape)
 
-    def _tree_for(self, usable: np.ndarray) -> tuple[cKDTree | None, np.ndarray]:
+    def _tree_for(self, usable: np.ndarray, masked: bool) -> tuple[cKDTree | None, np.ndarray]:
         """A KD-tree over the usable rows; rebuilt when it misses more than 5 % of them (a growing
-        online database), so most steps reuse it."""
+        online database) or holds rows no longer usable, so most steps reuse it."""
         count = int(usable.sum())
         if count == 0:
-            return None, self._tree_rows
-        stale = self._tree is None or count > self._tree_key[1] + max(8, count // 20) \
-            or self._tree_key[0] > self._n or not usable[self._tree_rows].all()
-        if stale:
-            self._tree_rows = np.flatnonzero(usable)
-            self._tree = cKDTree(self.positions[self._tree_rows])
-            self._tree_key = (self._n, count)
-        return self._tree, self._tree_rows
+            return None, np.zeros(0, np.int64)
+        cached = self._trees.get(masked)
+        if cached is not None:
+            tree, rows, built = cached
+            fresh = count <= built + max(8, count // 20) and rows[-1] < self._n and usable[rows].all()
+            if fresh:
+                return tree, rows
+        rows = np.flatnonzero(usable)
+        tree = cKDTree(self.positions[rows])
+        self._trees[masked] = (tree, rows, count)
+        return tree, rows
 
 
 def _grow(array: np.ndarray, rows: int) -> np.ndarray:
