@@ -73,6 +73,16 @@ def test_eval_map_writes_params_the_node_keeps(data, capsys, monkeypatch) -> Non
     assert abs(recall - promised_recall) <= 0.05, (recall, promised_recall)
 
 
+def test_the_node_with_its_default_parameters_is_precise(data, monkeypatch) -> None:
+    """config/localize.yaml as installed, plus odometry: precision >= 0.99, recall >= 0.5."""
+    folder, winter = data
+    matches, answered = run_node(REPO / "config" / "localize.yaml", folder / "summer", winter, monkeypatch)
+    assert len(answered) == PLACES
+    correct = sum(abs(x / SPACING_M - i) <= 2 for i, x in matches.items())
+    precision, recall = correct / max(len(matches), 1), correct / PLACES
+    assert precision >= 0.99 and recall >= 0.5, (precision, recall)
+
+
 def run_node(params_file: Path, map_dir: Path, images: list[np.ndarray], monkeypatch) -> tuple[dict, set]:
     """The real node with ``--params-file``; each image with its odometry, one at a time."""
     from node_harness import use_private_domain, wait_for
