@@ -206,3 +206,59 @@ def test_zz_report_faults(capsys):
     """Prints the faults injected per target (read by scripts/reliability.py)."""
     with capsys.disabled():
         print("\nFAULTS_INJECTED " + json.dumps(FAULTS))
+
+
+@pytest.mark.ros
+@pytest.mark.filterwarnings("ignore:module 'sre_(parse|constants)' is deprecated:DeprecationWarning")
+def test_node_survives_publisher_restart_silence_and_clock_jumps(tmp_path):
+    """The node keeps processing when its camera publisher restarts, after the topic goes silent
+    (diagnostics WARN, then OK again) and when image stamps jump back and forth (bag replays)."""
+    import rclpy
+    import torch
+    from conftest import TINY_CONFIG
+    from node_harness import use_private_domain, wait_for
+    from sensor_msgs.msg import Image
+    from test_node_localize import Harness, raw_msg
+
+    from qaa_vpr_ros.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model_dir = save_checkpoint(build_model(TINY_CONFIG, image_size=(56, 56)).eval(), tmp_path / "tiny")
+    use_private_domain()
+    rclpy.init()
+    h = None
+    try:
+        h = Harness("loc_faults", {"model": str(model_dir), "image_topics": ["/loc_faults/cam"], "transport": "raw",
+                                   "reliable": True, "diagnostics_period_s": 0.1, "silent_warn_s": 0.5})
+        h.wait_ready()
+        rng = np.random.default_rng(0)
+
+        def processed() -> int:
+            return int(h.diag("camera /loc_faults/cam").get("processed", 0))
+
+        def feed(node, stamps) -> None:
+            pub = node.create_publisher(Image, "/loc_faults/cam", 10)
+            wait_for(lambda: pub.get_subscription_count(), 10.0, "the node subscribed")
+            for sec in stamps:
+                before = processed()
+                pub.publish(raw_msg(rng.integers(0, 255, (56, 56, 3), np.uint8), int(sec)))
+                wait_for(lambda before=before: processed() > before, 10.0, f"frame stamped {sec} processed")
+            node.destroy_publisher(pub)
+
+        for restart in range(2):  # the camera driver restarts: a new publisher (node) each time
+            FAULTS["node_publisher_restart"] = FAULTS.get("node_publisher_restart", 0) + 1
+            camera = rclpy.create_node(f"camera_driver_{restart}")
+            h.executor.add_node(camera)
+            feed(camera, [1000 + 10 * restart + i for i in range(3)])
+            h.executor.remove_node(camera)
+            camera.destroy_node()
+        FAULTS["node_silence"] = FAULTS.get("node_silence", 0) + 1
+        wait_for(lambda: h.diag("camera /loc_faults/cam").get("level") == 1, 10.0, "WARN while silent")
+        FAULTS["node_clock_jump"] = FAULTS.get("node_clock_jump", 0) + 1
+        feed(h.client, [5_000_000, 12, 1_900_000_000, 1_900_000_000, 3])  # jumps forward, back, repeats
+        wait_for(lambda: h.diag("camera /loc_faults/cam").get("level") == 0, 10.0, "OK once images are back")
+        assert h.diag("localizer")["level"] == 0 and h.node._worker.is_alive()
+    finally:
+        if h is not None:
+            h.close()
+        rclpy.shutdown()
