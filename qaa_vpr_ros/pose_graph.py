@@ -294,7 +294,6 @@ class PoseGraph:
             params = gtsam.GncLMParams(gtsam.LevenbergMarquardtParams())
             params.setLossType(gtsam.GncLossType.TLS)
             params.setKnownInliers(known)
-            params.setMaxIterations(self.config.max_iterations)
             optimizer = gtsam.GncLMOptimizer(graph, initial, params)
             optimizer.setInlierCostThresholdsAtProbability(self.config.inlier_probability)
             result = optimizer.optimize()
