@@ -274,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
           f"recall {correct / len(winter):.3f} (correct accepted matches per frame)")
     print(f"(a random match would be right with probability ~{(2 * TOLERANCE_FRAMES + 1) / len(winter):.3f})")
     print(f"plot: {out / 'matches.png'}")
-    return 0 if matches else 1
+    from scripts.demo_slam import main as slam_main
+
+    print("\n[SLAM] our loop closures in a pose graph: the drift of a second session removed (scripts/demo_slam.py)")
+    slam_code = slam_main(["--out", str(out / "slam"), "--model", str(model_dir), "--data", str(data)])
+    return 0 if matches and slam_code == 0 else 1
 
 
 if __name__ == "__main__":
