@@ -152,6 +152,8 @@ def is_oom(err: BaseException) -> bool:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.started = time.monotonic()
+        self.out = Path(args.out)
         self.budget = Budget(args.budget_s)
         self.smoke = args.smoke
         self.device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -196,6 +198,12 @@ class Bench:
         finally:
             reset_memory(self.device)
         log(f"[{name}] took {time.monotonic() - started:.1f} s")
+        self.save()  # after every part: a run cut short by the outer timeout keeps what it measured
+
+    def save(self) -> None:
+        self.results["total_s"] = time.monotonic() - self.started
+        atomic_write_text(self.out / "results.json", json.dumps(self.results, indent=1, default=str))
+        atomic_write_text(self.out / "summary.md", summary(self.results))
 
     # 1. FLOPs ---------------------------------------------------------------------------------
     def flops(self, deadline: float) -> dict[str, float]:
@@ -533,16 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the card's dense peak TFLOP/s for every precision (default: from its name)")
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
     results = bench.run()
-    results["total_s"] = time.monotonic() - started
-    text = summary(results)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
-    atomic_write_text(out / "summary.md", text)
-    print("\n" + text, flush=True)
+    bench.save()
+    print("\n" + summary(results), flush=True)
     return 1 if results["errors"] else 0
 
 
