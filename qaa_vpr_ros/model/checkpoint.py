@@ -30,6 +30,7 @@ WEIGHTS_FILE = "model.safetensors"
 PROJECT_KEY = "qaa_vpr_ros"
 FORMAT_VERSION = 1
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+MAX_IMAGE_SIDE = 1022  # px (73 patches); larger inputs would need GBs of attention per image
 
 
 class CheckpointError(ValueError):
@@ -142,8 +143,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VPRModel
         raise CheckpointError(f"{path}: not a checkpoint folder or a .safetensors/.pt/.pth/.ckpt file")
 
     project = config.get(PROJECT_KEY, {}) if isinstance(config.get(PROJECT_KEY), dict) else {}
-    image_size = tuple(project.get("image_size", RELEASE_IMAGE_SIZE))
+    image_size = project.get("image_size", RELEASE_IMAGE_SIZE)
+    if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIDE for v in image_size)):
+        raise CheckpointError(f"{path}: config.json describes image_size {image_size!r}; expected two positive "
+                              f"integers <= {MAX_IMAGE_SIDE} (every image is resized to it before inference)")
+    image_size = tuple(image_size)
     try:
+        # Sized on the meta device first (nothing allocated): a config.json that describes a model
+        # larger than its weights is refused before it can ask for gigabytes.
+        with torch.device("meta"):
+            probe = VPRModel(model_config, image_size=image_size)  # type: ignore[arg-type]
+        need = sum(t.numel() for t in probe.state_dict().values())  # what strict_load compares
+        have = sum(t.numel() for t in state.values())
+        if need > have:
+            raise CheckpointError(f"{path}: config.json describes a model of {need} values but the weights hold "
+                                  f"{have}; config.json and the weights do not belong together")
         model = VPRModel(model_config, image_size=image_size)  # type: ignore[arg-type]
     except ModelConfigError as err:
         raise ModelConfigError(f"{path}: {err}") from err
