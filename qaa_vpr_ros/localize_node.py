@@ -40,7 +40,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import ColorRGBA, Float64MultiArray, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
@@ -61,15 +61,18 @@ from qaa_vpr_ros.decision import (
     parameter_table,
 )
 from qaa_vpr_ros.decision.record import (
+    OPTICAL_IN_BASE,
     RECORD_DTYPE,
     LoopClosureRecord,
     channel_records,
     covariance_in_match_frame,
     parse_extrinsics,
     pose_matrix,
+    with_geometry,
 )
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
 from qaa_vpr_ros.pose_graph_node import records_cloud
+from qaa_vpr_ros.verification import Intrinsics, KeyframeVerifier, parse_intrinsics
 
 __all__ = ["LOOP_CANDIDATE_DTYPE", "LocalizeNode", "main"]
 
@@ -256,6 +259,11 @@ class LocalizeNode(Node):
         else:
             self._tf_buffer = Buffer()
             self._tf_listener = TransformListener(self._tf_buffer, self)
+        self._verifier: KeyframeVerifier | None = None
+        if self.config.verify_geometry:
+            self._verifier = KeyframeVerifier(self.config.verify_max_images)
+            for camera, intrinsics in parse_intrinsics(self.config.camera_intrinsics).items():
+                self._verifier.set_intrinsics(camera, intrinsics)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         # Same topic, two transient-local publishers of depth 1: the map keyframes (published once)
@@ -283,6 +291,12 @@ class LocalizeNode(Node):
         if cfg.odom_topic:
             self.create_subscription(Odometry, cfg.odom_topic, self._on_odom, self._image_qos,
                                      callback_group=self._io_group)
+        if self._verifier is not None:  # intrinsics from each camera's sibling camera_info topic
+            for topic in cfg.image_topics:
+                base = topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
+                info_topic = base.rsplit("/", 1)[0] + "/camera_info"
+                self.create_subscription(CameraInfo, info_topic, lambda msg, cam=topic: self._on_camera_info(cam, msg),
+                                         10, callback_group=self._io_group)
         self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
         self._odom_last: float | None = None  # time.monotonic() of the last odometry message
         self._silent_warned: dict[str, float] = {}  # topic -> time.monotonic() of its last WARN
@@ -538,7 +552,9 @@ class LocalizeNode(Node):
         with self._db_lock:
             results = self.localizer.process(queries, descriptors)
         t2 = time.perf_counter()
-        for result in results:
+        for result, image in zip(results, images, strict=True):
+            if self._verifier is not None:  # may un-accept an online loop closure (docs/NODE.md)
+                self._verifier.check(result, image)
             self._publish(result)
         done = time.monotonic()
         with self._lock:
@@ -591,9 +607,9 @@ class LocalizeNode(Node):
         if markers.markers:
             self.markers_pub.publish(markers)
 
-    def _extrinsic(self, camera: str, frame_id: str) -> np.ndarray:
+    def _extrinsic(self, camera: str, frame_id: str, default: np.ndarray | None = None) -> np.ndarray:
         """T_base_camera of a camera: TF (base_frame -> the image's frame_id) when available, else
-        the camera_extrinsics parameter, else identity."""
+        the camera_extrinsics parameter, else ``default`` (identity)."""
         if self._tf_buffer is not None and frame_id:
             try:
                 t = self._tf_buffer.lookup_transform(self.config.base_frame, frame_id, rclpy.time.Time())
@@ -602,7 +618,7 @@ class LocalizeNode(Node):
             else:
                 r, v = t.transform.rotation, t.transform.translation
                 return pose_matrix((v.x, v.y, v.z), (r.x, r.y, r.z, r.w))
-        return self._extrinsics.get(camera, np.eye(4))
+        return self._extrinsics.get(camera, np.eye(4) if default is None else default)
 
     def _records(self, result: QueryResult, channel: ChannelResult) -> list[LoopClosureRecord]:
         """The ~/loop_candidates rows of one query against one database (docs/NODE.md)."""
@@ -612,11 +628,30 @@ class LocalizeNode(Node):
         frames = {result.query.camera: result.query.frame_id}
         frames.update({c.keyframe.camera: c.keyframe.frame_id for c in channel.candidates})
         keyframe = result.keyframe
-        return channel_records(
+        records = channel_records(
             result.query, channel, session,
             lambda c: covariance_from_confidence(c.confidence, floor, cfg.covariance_base),
             query_keyframe_id=int(keyframe.id) if keyframe is not None else -1,
             extrinsics=lambda camera: self._extrinsic(camera, frames.get(camera, "")))
+        if self._verifier is None or channel.source != "online":
+            return records
+        out = []
+        for r in records:
+            v = self._verifier.verification_of(r.match_keyframe_id, r.query_stamp_sec, r.query_stamp_nanosec)
+            if v is not None and r.accepted:
+                # Geometry is in the optical frames: without extrinsics, the REP 103 optical axes.
+                e_match = self._extrinsic(r.match_camera, frames.get(r.match_camera, ""), OPTICAL_IN_BASE)
+                e_query = self._extrinsic(r.camera, frames.get(r.camera, ""), OPTICAL_IN_BASE)
+                r = with_geometry(r, v.rotation, v.inliers, e_match, e_query)
+            out.append(r)
+        return out
+
+    def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        if self._verifier is not None and self._verifier.intrinsics(camera) is None:
+            try:
+                self._verifier.set_intrinsics(camera, Intrinsics.from_camera_info(msg.k, msg.d))
+            except ValueError as err:
+                self.get_logger().warning(f"camera_info for {camera}: {err}", throttle_duration_sec=30.0)
 
     def _publish_adapters(self, channel: ChannelResult, records: list[LoopClosureRecord]) -> None:
         """LIO-SAM's stamp pair for an accepted online loop closure; the robot's pose in the map
@@ -726,6 +761,8 @@ class LocalizeNode(Node):
             dropped = len(self.localizer.online_map)
             self.localizer.reset()
             self._online_markers_published = -1
+            if self._verifier is not None:  # keyframe ids start again: drop their images
+                self._verifier.reset()
         self.gate.reset()
         response.success, response.message = True, f"cleared {dropped} online keyframes"
         return response
@@ -815,20 +852,23 @@ class LocalizeNode(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None, stop: threading.Event | None = None) -> int:
     """Console script ``localize_node`` (``ros2 run qaa_vpr_ros localize_node --ros-args ...``).
 
     Exit codes: 0 after SIGINT/SIGTERM (within about a second, idle or busy, no traceback);
     1 after a fatal start-up error (model, map, device: one ERROR line naming it and the fix);
     2 for invalid parameters. A non-zero code lets launch's ``respawn``/``on_exit`` act. Ends the
     process itself (``os._exit``) once ROS is shut down: call it as a program, not as a function.
+    ``stop``: set by SIGINT/SIGTERM handlers installed earlier (the console script,
+    :mod:`qaa_vpr_ros.localize_entry`, installs them before importing this module).
     """
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        # Our own handlers instead of rclpy's: no KeyboardInterrupt can surface mid-shutdown, and
-        # a second signal (the terminal's SIGINT, then launch's) only repeats the request.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: stop.set())
+    if stop is None:
+        stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            # Our own handlers instead of rclpy's: no KeyboardInterrupt can surface mid-shutdown,
+            # and a second signal (the terminal's SIGINT, then launch's) only repeats the request.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: stop.set())
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = LocalizeNode()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Intrinsics", "Verification", "VerificationConfig", "verify_pair"]
+__all__ = ["Intrinsics", "KeyframeVerifier", "Verification", "VerificationConfig", "parse_intrinsics", "verify_pair"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,21 @@ class Intrinsics:
         if len(values) < 4:
             raise ValueError(f"intrinsics parameter needs [fx, fy, cx, cy, distortion...], got {values}")
         return cls(*values[:4], distortion=tuple(values[4:]))
+
+
+def parse_intrinsics(text: str) -> dict[str, Intrinsics]:
+    """The ``camera_intrinsics`` parameter: ``;``-separated ``"TOPIC fx fy cx cy [k1 k2 p1 p2 ...]"``."""
+    out = {}
+    for entry in (e.strip() for e in str(text).split(";")):
+        if not entry:
+            continue
+        parts = entry.split()
+        try:
+            out[parts[0]] = Intrinsics.from_parameter(parts[1:])
+        except (ValueError, IndexError) as err:
+            raise ValueError(f"camera_intrinsics entry {entry!r}: expected 'TOPIC fx fy cx cy [distortion...]': "
+                             f"{err}") from err
+    return out
 
 
 @dataclass(frozen=True)
@@ -217,3 +232,78 @@ def verify_pair(query: np.ndarray, match: np.ndarray, query_intrinsics: Intrinsi
     # x_q = R x_m + t: the query camera centre in the match frame is -R^T t.
     direction = -r.T @ t.ravel()
     return Verification(True, "", "essential", len(good), int(inliers), r.T, direction / np.linalg.norm(direction))
+
+
+class KeyframeVerifier:
+    """Geometric verification of the node's online loop closures (pure Python, thread-safe).
+
+    Keeps the grey images of the last ``max_images`` online keyframes and each camera's
+    intrinsics; :meth:`check` verifies a query's accepted online candidate against the matched
+    keyframe's image. A rejected candidate is marked not accepted (``reason = "geometry"``), so no
+    consumer sees it; an accepted one's :class:`Verification` is kept for its record
+    (:meth:`verification_of`). Candidates whose images or intrinsics are missing stay as decided.
+    """
+
+    def __init__(self, max_images: int = 1000, config: VerificationConfig | None = None) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.max_images = max_images
+        self.config = config or VerificationConfig()
+        self._images: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()
+        self._intrinsics: dict[str, Intrinsics] = {}
+        self._verified: dict[tuple[int, int, int], Verification] = {}
+        self._lock = threading.Lock()
+        self.rejected = 0
+        self.verified = 0
+
+    def set_intrinsics(self, camera: str, intrinsics: Intrinsics) -> None:
+        with self._lock:
+            self._intrinsics[camera] = intrinsics
+
+    def intrinsics(self, camera: str) -> Intrinsics | None:
+        with self._lock:
+            return self._intrinsics.get(camera)
+
+    def check(self, result: object, image: np.ndarray) -> Verification | None:
+        """Verify ``result``'s (a ``QueryResult``) accepted online candidate with the query's
+        ``image``, then remember the image under the query's online keyframe id."""
+        outcome = None
+        channel = getattr(result, "online", None)
+        best = channel.best if channel is not None else None
+        query = result.query
+        if best is not None:
+            with self._lock:
+                stored = self._images.get(int(best.keyframe.id))
+                k_query = self._intrinsics.get(query.camera)
+                k_match = self._intrinsics.get(stored[0]) if stored is not None else None
+            if stored is not None and k_query is not None and k_match is not None:
+                outcome = verify_pair(image, stored[1], k_query, k_match, self.config)
+                key = (int(best.keyframe.id), int(query.stamp_sec), int(query.stamp_nanosec))
+                with self._lock:
+                    if outcome.accepted:
+                        self.verified += 1
+                        self._verified[key] = outcome
+                        while len(self._verified) > 100:
+                            self._verified.pop(next(iter(self._verified)))
+                    else:
+                        self.rejected += 1
+                if not outcome.accepted:
+                    best.accepted, best.reason = False, "geometry"
+        keyframe = getattr(result, "keyframe", None)
+        if keyframe is not None and self.max_images > 0:
+            with self._lock:
+                self._images[int(keyframe.id)] = (query.camera, _gray(image, "query"))
+                while len(self._images) > self.max_images:
+                    self._images.popitem(last=False)
+        return outcome
+
+    def verification_of(self, keyframe_id: int, stamp_sec: int, stamp_nanosec: int) -> Verification | None:
+        """The accepted verification of the query at that stamp against keyframe ``keyframe_id``."""
+        with self._lock:
+            return self._verified.get((int(keyframe_id), int(stamp_sec), int(stamp_nanosec)))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._images.clear()
+            self._verified.clear()

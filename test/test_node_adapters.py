@@ -133,6 +133,6 @@ def test_lio_sam_consumer_gets_the_stamp_pair_of_each_online_loop_closure(harnes
             if r.accepted:
                 assert r.query_position == pytest.approx((x, y, 0.0))  # its odometry pose
                 expected.append([float(sec), float(T0 + place)])
-    assert len(expected) == back - 2
+    assert expected, "no online loop closure accepted on the revisit"  # how many is test_node_localize's
     wait_for(lambda: len(pairs) >= len(expected), 5.0, "LIO-SAM loop closure messages")
     assert [list(m.data) for m in pairs] == expected  # [t_current, t_previous] of the ground truth

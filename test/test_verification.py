@@ -91,3 +91,46 @@ def test_bad_input_names_the_culprit():
         verify_pair(np.zeros((10, 10), np.float32), np.zeros((10, 10), np.uint8), K)
     blank = np.zeros((384, 512, 3), np.uint8)
     assert not verify_pair(blank, blank, K).accepted
+
+
+def _result(camera, sec, keyframe_id, best_id=None):
+    """A QueryResult-shaped object: the query, its online keyframe, an accepted online candidate."""
+    from types import SimpleNamespace
+
+    query = SimpleNamespace(camera=camera, stamp_sec=sec, stamp_nanosec=0)
+    candidate = None
+    if best_id is not None:
+        candidate = SimpleNamespace(keyframe=SimpleNamespace(id=best_id), accepted=True, reason="")
+    online = SimpleNamespace(best=candidate, candidates=[candidate] if candidate else [])
+    return SimpleNamespace(query=query, online=online, keyframe=SimpleNamespace(id=keyframe_id)), candidate
+
+
+def test_keyframe_verifier_gives_the_base_frame_rotation_and_unaccepts_a_wrong_loop_closure():
+    from qaa_vpr_ros.decision.record import OPTICAL_IN_BASE, LoopClosureRecord, with_geometry
+    from qaa_vpr_ros.verification import KeyframeVerifier
+
+    verifier = KeyframeVerifier(max_images=10)
+    verifier.set_intrinsics("/cam", K)
+    first = _image(30)
+    verifier.check(_result("/cam", 100, keyframe_id=0)[0], first)  # stored as online keyframe 0
+    verifier.check(_result("/cam", 101, keyframe_id=1)[0], _image(75))  # an unrelated place, keyframe 1
+    # Later the robot is back at keyframe 0's place, turned 6 deg to the left (yaw about base z).
+    yaw = math.radians(6.0)
+    r_base = Rotation.from_euler("z", yaw).as_matrix()  # the query base in the match base
+    r_optical = OPTICAL_IN_BASE[:3, :3].T @ r_base @ OPTICAL_IN_BASE[:3, :3]  # R_match_query, optical
+    query_image = _rotated_view(first, r_optical.T, K, K, (512, 384))
+    result, candidate = _result("/cam", 200, keyframe_id=2, best_id=0)
+    outcome = verifier.check(result, query_image)
+    assert outcome.accepted and candidate.accepted
+    v = verifier.verification_of(0, 200, 0)
+    record = LoopClosureRecord(200, 0, "/cam", 0, 100, 0, "online", "odom", accepted=True)
+    verified = with_geometry(record, v.rotation, v.inliers, OPTICAL_IN_BASE, OPTICAL_IN_BASE)
+    assert verified.transform_source == "geometry" and verified.inliers == v.inliers > 0
+    assert _angle_deg(verified.relative_matrix[:3, :3], r_base) < 2.0
+    assert math.degrees(Rotation.from_matrix(verified.relative_matrix[:3, :3]).as_euler("xyz")[2]) == \
+        pytest.approx(6.0, abs=1.0)
+    # A "loop closure" of keyframe 1's unrelated image: geometry rejects it, so it is un-accepted.
+    result, candidate = _result("/cam", 300, keyframe_id=3, best_id=1)
+    outcome = verifier.check(result, first)
+    assert not outcome.accepted and not candidate.accepted and candidate.reason == "geometry"
+    assert (verifier.verified, verifier.rejected) == (1, 1)

@@ -156,6 +156,17 @@ class LocalizeConfig:
         "", "Base -> camera transforms without TF, ';'-separated entries 'TOPIC x y z qx qy qz qw' "
         "(m, unit quaternion); matches across cameras are corrected by them. Unlisted cameras: identity.",
         read_only=True)
+    verify_geometry: bool = _param(
+        False, "Verify accepted online loop closures geometrically (SIFT + RANSAC on the query's and the "
+        "matched keyframe's images); a failed check un-accepts the loop closure, a passed one gives the "
+        "record its relative rotation. Needs intrinsics: camera_info next to each image topic, or "
+        "camera_intrinsics.", read_only=True)
+    camera_intrinsics: str = _param(
+        "", "Intrinsics for verify_geometry when no camera_info topic: ';'-separated entries "
+        "'TOPIC fx fy cx cy [k1 k2 p1 p2 k3]' (pixels).", read_only=True)
+    verify_max_images: int = _param(
+        1000, "verify_geometry: grey images of the newest online keyframes kept for it (640x480: 0.3 MB "
+        "each).", range=(0, 1_000_000), read_only=True)
     save_map_folder: str = _param(
         "", "Folder ~/save_map writes the online database to. Empty: "
         "~/.ros/qaa_vpr_ros/online_map_<UTC time>.")
@@ -190,6 +201,12 @@ class LocalizeConfig:
                 parse_extrinsics(self.camera_extrinsics)
             except ValueError as err:
                 out.append(f"parameter 'camera_extrinsics': {err}")
+            try:
+                from qaa_vpr_ros.verification import parse_intrinsics
+
+                parse_intrinsics(self.camera_intrinsics)
+            except ValueError as err:
+                out.append(f"parameter 'camera_intrinsics': {err}")
             if len(self.covariance_base) != 6:
                 out.append(f"covariance_base has {len(self.covariance_base)} values; give 6 "
                            "(x, y, z, roll, pitch, yaw variances)")

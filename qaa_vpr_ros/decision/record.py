@@ -35,9 +35,11 @@ import numpy as np
 
 __all__ = [
     "NAME_BYTES",
+    "OPTICAL_IN_BASE",
     "RECORD_DTYPE",
     "TRANSFORM_SOURCES",
     "CovarianceModel",
+    "GEOMETRY_ROTATION_VARIANCE",
     "channel_records",
     "covariance_in_match_frame",
     "parse_extrinsics",
@@ -48,6 +50,7 @@ __all__ = [
     "records_from_table",
     "records_to_table",
     "transform_error",
+    "with_geometry",
 ]
 
 NAME_BYTES = 64
@@ -511,3 +514,34 @@ def parse_extrinsics(text: str) -> dict[str, np.ndarray]:
             raise ValueError(f"camera_extrinsics entry {entry!r}: values must be finite and the quaternion unit")
         out[parts[0]] = pose_matrix(values[:3], values[3:])
     return out
+
+
+GEOMETRY_ROTATION_VARIANCE = math.radians(1.0) ** 2
+"""Rotation variance (rad^2, each axis) of a geometrically verified match: (1 deg)^2, twice the
+worst error test/test_verification.py allows (2 deg) divided by two sigma."""
+
+
+def with_geometry(record: LoopClosureRecord, rotation_cam: np.ndarray, inliers: int,
+                  t_base_cam_match: np.ndarray, t_base_cam_query: np.ndarray) -> LoopClosureRecord:
+    """``record`` with the relative rotation of geometric verification: ``rotation_cam`` is
+    ``R_match_query`` between the two camera optical frames; the base-frame transform is
+    ``T_base_cam(match) * [R | 0] * T_base_cam(query)^-1`` (a single camera sees the translation
+    only up to scale, so the translation keeps the record's identity-offset covariance). The
+    rotation variance becomes :data:`GEOMETRY_ROTATION_VARIANCE`; ``transform_source`` "geometry"."""
+    from dataclasses import replace
+
+    cam = np.eye(4)
+    cam[:3, :3] = np.asarray(rotation_cam, dtype=np.float64)
+    relative = np.asarray(t_base_cam_match) @ cam @ np.linalg.inv(np.asarray(t_base_cam_query))
+    cov = np.zeros((6, 6))
+    cov[:3, :3] = record.covariance_matrix[:3, :3]
+    cov[3:, 3:] = np.eye(3) * GEOMETRY_ROTATION_VARIANCE
+    return replace(record, relative_translation=tuple(relative[:3, 3]),
+                   relative_rotation=matrix_quaternion(relative[:3, :3]), covariance=tuple(cov.ravel()),
+                   transform_source="geometry", inliers=int(inliers))
+
+
+OPTICAL_IN_BASE = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+"""``T_base_camera`` of a forward-looking camera at the base origin whose frame is an optical
+frame (REP 103: z forward, x right, y down): the default for geometric verification without
+extrinsics."""
