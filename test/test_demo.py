@@ -45,7 +45,8 @@ def test_demo_runs_from_a_copy_with_nothing_beside_it(tmp_path):
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
     out = tmp_path / "demo_out"
     proc = subprocess.run(
-        [sys.executable, "-m", "scripts.demo", "--out", str(out), "--places", "40", "--first-place", "2200"],
+        [sys.executable, "-m", "scripts.demo", "--out", str(out), "--places", "40", "--first-place", "2200",
+         "--no-slam"],  # the SLAM part has its own test (test/test_demo_slam.py)
         cwd=clone, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
