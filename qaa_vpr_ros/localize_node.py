@@ -869,6 +869,8 @@ def main(args: list[str] | None = None, stop: threading.Event | None = None) -> 
             # and a second signal (the terminal's SIGINT, then launch's) only repeats the request.
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: stop.set())
+    if stop.is_set():  # stopped while this module was being imported: nothing started yet
+        return 0
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = LocalizeNode()

@@ -294,6 +294,18 @@ def test_ctrl_c_exits_0_quickly_without_traceback(ros2_env, client, launch, sig:
     assert_clean_exit(run, run.wait_exit(10.0), seconds, signal.Signals(sig).name)
 
 
+@pytest.mark.parametrize("delay_s", [0.8, 2.5])
+def test_ctrl_c_during_start_up_exits_0_without_traceback(launch, delay_s: float) -> None:
+    """Imports (0.8 s after launch started the process) or model loading (2.5 s) in progress when
+    Ctrl-C comes. (The first few hundred ms belong to the interpreter itself and the ROS wheels'
+    start-up hook, before any code of this package runs.)"""
+    run = launch(f"model:={MODEL}", "device:=cpu", "image_topics:=[/early/image_raw]")
+    started = run.wait_line(r"process started with pid", 60.0)
+    time.sleep(max(0.0, started + delay_s - time.monotonic()))
+    seconds = run.signal_group(signal.SIGINT)
+    assert_clean_exit(run, run.wait_exit(10.0), seconds, f"SIGINT {delay_s} s after start")
+
+
 # --- fatal start-up errors -----------------------------------------------------------------
 def _mismatched_map(folder: Path) -> Path:
     """A valid map of the right dimension built with another model (another fingerprint)."""

@@ -1,0 +1,20 @@
+"""Console script ``localize_node``: takes SIGINT/SIGTERM before anything heavy is imported.
+
+Importing :mod:`qaa_vpr_ros.localize_node` (rclpy, message packages) takes about a second; a
+Ctrl-C in that window would otherwise end the process with a ``KeyboardInterrupt`` traceback.
+Here the signals only set an event, which :func:`qaa_vpr_ros.localize_node.main` then honours
+(exit 0). Only the node module imports rclpy.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+
+def main() -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    from qaa_vpr_ros.localize_node import main as node_main
+
+    return node_main(stop=stop)
