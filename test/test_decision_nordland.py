@@ -69,7 +69,8 @@ def route_map(descriptors: np.ndarray, spacing_m: float, frame: str = "map", *, 
     return place_map
 
 
-@pytest.mark.parametrize("map_spacing_m, query_spacing_m", [(10.0, 10.0), (2.0, 3.0), (1.0, 10.0), (10.0, 1.0)])
+@pytest.mark.parametrize("map_spacing_m, query_spacing_m",
+                         [(10.0, 10.0), (2.0, 3.0), (1.0, 10.0), (10.0, 1.0), (5.0, 20.0)])
 def test_defaults_give_precise_place_matches_at_any_spacing(seasons, map_spacing_m, query_spacing_m) -> None:
     cfg = LocalizeConfig()
     reference = route_map(seasons["summer"], map_spacing_m)
@@ -104,11 +105,13 @@ def test_no_loop_closure_on_a_route_that_never_comes_back(seasons) -> None:
             assert not [d for d in lap if d.accepted], (season, spacing)
 
 
-def test_a_route_driven_twice_closes_the_loop_on_the_second_lap_only(seasons) -> None:
-    laps = [route_map(seasons["summer"], 10.0, "odom", closed=True),
-            route_map(seasons["winter"], 10.0, "odom", closed=True, t0=10_000)]
+@pytest.mark.parametrize("first_m, second_m, closed_at_least", [(10.0, 10.0, 0.5), (2.0, 3.0, 0.35), (10.0, 1.0, 0.35)])
+def test_a_route_driven_twice_closes_the_loop_on_the_second_lap_only(seasons, first_m, second_m,
+                                                                     closed_at_least) -> None:
+    laps = [route_map(seasons["summer"], first_m, "odom", closed=True),
+            route_map(seasons["winter"], second_m, "odom", closed=True, t0=10_000)]
     first, second = replay_loop_closures(LocalizeConfig(), laps, TOLERANCE_M)
     assert not [d for d in first if d.accepted]
     accepted = [d for d in second if d.accepted]
     assert all(d.correct for d in accepted), [d for d in accepted if not d.correct]
-    assert len(accepted) / len(second) >= 0.5, len(accepted) / len(second)
+    assert len(accepted) / len(second) >= closed_at_least, len(accepted) / len(second)
