@@ -190,6 +190,12 @@ def write_report(results: dict[str, Any], out: Path) -> None:
              f"{load.get('loadavg_end', float('nan')):.1f} at the end). Every figure is a ratio to a baseline "
              "measured in this same run; absolute times on a shared CPU are only indicative. Weights are "
              "random (speed does not depend on them).", ""]
+    runs = results.get("runs", [])
+    if len(runs) > 1:
+        lines += [f"This report combines {len(runs)} runs (the first spent its budget on a loaded machine):", ""]
+        lines += [f"- `{run['command']}`: {run['total_s']:.0f} s, sections {', '.join(run['sections']) or 'none'}; "
+                  f"other processes used {100 * run['others_share']:.0f} % of the CPU" for run in runs]
+        lines.append("")
     _heads(results, out, lines)
     _extraction(results, out, lines)
     _search(results, out, lines)

@@ -420,13 +420,34 @@ def run_sections(ctx: Context, only: list[str] | None) -> dict[str, Any]:
     return results
 
 
+def merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """``earlier``'s results completed by ``later``'s sections (a run that spent its budget + the rest)."""
+    merged = dict(earlier)
+    for key in ("sections", "load"):
+        merged[key] = {**earlier[key], **later[key]}
+    merged["errors"] = {k: v for k, v in {**earlier["errors"], **later["errors"]}.items()
+                        if k not in merged["sections"]}
+    merged["skipped"] = {k: v for k, v in {**earlier["skipped"], **later["skipped"]}.items()
+                         if k not in merged["sections"]}
+    merged["runs"] = earlier.get("runs", []) + later["runs"]
+    merged["total_s"] = sum(run["total_s"] for run in merged["runs"])
+    merged["command"] = " + ".join(run["command"] for run in merged["runs"])
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench", help="folder for report.md, PNGs, results.json")
     parser.add_argument("--budget-s", type=float, default=1140.0, help="wall-clock budget (default 19 min)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     parser.add_argument("--only", nargs="+", choices=[s[0] for s in SECTIONS], help="run these sections only")
+    parser.add_argument("--complete", type=Path, metavar="RESULTS_JSON",
+                        help="run only the sections that results.json of an earlier run lacks (skipped or "
+                             "failed there, e.g. when a loaded machine spent its budget) and report both runs")
     args = parser.parse_args(argv)
+    earlier = json.loads(args.complete.read_text()) if args.complete else None
+    if earlier is not None:
+        args.only = [name for name, _, _ in SECTIONS if name not in earlier["sections"]]
     from bench.report import write_report
 
     started = time.monotonic()
@@ -441,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.monotonic() - started
     given = argv if argv is not None else sys.argv[1:]
     results["command"] = " ".join(["python -m bench.run", *given]) if given else "make bench"
+    results["runs"] = [{"command": results["command"], "total_s": results["total_s"],
+                        "others_share": results["overall_load"]["others_share"],
+                        "sections": list(results["sections"])}]
+    if earlier is not None:
+        results = merge(earlier, results)
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(results, args.out)
     log(f"wrote {args.out / 'report.md'} in {results['total_s']:.0f} s total")
