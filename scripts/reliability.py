@@ -239,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"received, {sum(c['processed'] for c in cams)} processed, {sum(c['dropped'] for c in cams)} "
                      f"dropped (counted), {sum(c['gated'] for c in cams)} gated; every frame accounted for: "
                      f"{'yes' if soaked['accounted'] else 'NO'}", str(soak_fail)))
-        rows.append((f"soak: memory (cap {soaked['cap']} keyframes, reached at "
-                     f"{soaked['cap_reached_s'] if soaked['cap_reached_s'] is not None else 'never'} s)",
+        at = soaked["cap_reached_s"]
+        reached = f"reached at {at:.0f} s" if at is not None else "never reached"
+        rows.append((f"soak: memory (cap {soaked['cap']} keyframes, {reached})",
                      f"slope after the cap {soaked['slope_mb_per_h']:+.1f} MB/h; RSS {soaked['rss_start_mb']:.0f} -> "
                      f"{soaked['rss_end_mb']:.0f} MB; online {soaked['online_keyframes']} keyframes, "
                      f"{soaked['online_memory_mb']} MB, {soaked['online_thinned']} thinned", ""))

@@ -202,12 +202,6 @@ def test_a_full_disk_during_a_save_fails_cleanly_and_keeps_the_old_map(tmp_path)
         subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_zz_report_faults(capsys):
-    """Prints the faults injected per target (read by scripts/reliability.py)."""
-    with capsys.disabled():
-        print("\nFAULTS_INJECTED " + json.dumps(FAULTS))
-
-
 @pytest.mark.ros
 @pytest.mark.filterwarnings("ignore:module 'sre_(parse|constants)' is deprecated:DeprecationWarning")
 def test_node_survives_publisher_restart_silence_and_clock_jumps(tmp_path):
@@ -262,3 +256,9 @@ def test_node_survives_publisher_restart_silence_and_clock_jumps(tmp_path):
         if h is not None:
             h.close()
         rclpy.shutdown()
+
+
+def test_zz_report_faults(capsys):
+    """Prints the faults injected per target (read by scripts/reliability.py)."""
+    with capsys.disabled():
+        print("\nFAULTS_INJECTED " + json.dumps(FAULTS))
