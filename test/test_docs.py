@@ -229,7 +229,8 @@ def test_substitutions_apply_and_must_match(tmp_path: Path) -> None:
     ("<!-- doc-test: prelude nope -->\n```python\npass\n```\n", "unknown prelude 'nope'"),
     ('<!-- doc-test: figure "0.42" from: echo 0.42 -->\nRecall is 0.43.\n', "'0.42' is not quoted"),
     ("<!-- doc-test: figures unchecked (slow) from: make x -->\nNo numbers here.\n", "quotes no number"),
-])
+], ids=["unknown-directive", "skip-without-reason", "not-above-a-fence", "unknown-prelude", "figure-not-quoted",
+        "figures-without-numbers"])
 def test_markers_that_do_not_fit_are_errors(tmp_path: Path, text: str, culprit: str) -> None:
     with pytest.raises(MarkerError, match=re.escape(culprit)):
         doc_blocks.parse(_markdown(tmp_path, text), tmp_path)
