@@ -411,8 +411,9 @@ def plot(path: Path, truth: list[np.ndarray], odometry_aligned: np.ndarray, corr
         else:
             colour = "tab:green" if r.accepted else "0.6"
             label = "loop closure, " + ("inlier" if r.accepted else "rejected by the graph")
+        # An edge: the corrected query node -> the matched map keyframe (a dot; correct ones are short).
         ax.plot([corr[i, 0], r.match_position[0]], [corr[i, 1], r.match_position[1]], color=colour, lw=0.8,
-                ls=style, label=None if label in labels else label)
+                ls=style, marker="o", markevery=[1], ms=2.5, label=None if label in labels else label)
         labels.add(label)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x (m)")
