@@ -344,3 +344,22 @@ def test_localizer_batch_is_decided_in_stamp_order_and_checks_shapes() -> None:
     assert not results[0].keyframe.has_pose  # no odometry: NaN position, still saved and reloaded
     with pytest.raises(ValueError, match="shape"):
         loc.process([Query("a", 6, 0)], desc)
+
+
+def test_keyframe_lookup_is_exact_while_the_table_grows() -> None:
+    rng = np.random.default_rng(9)
+    table = KeyframeTable(4)
+    positions = rng.uniform(0.0, 100.0, (400, 3))
+    positions[::7] = np.nan  # keyframes without a pose are never found
+    for start in range(0, 400, 10):
+        rows = slice(start, start + 10)
+        table.append(np.zeros((10, 4), np.float32), positions[rows], np.tile([0.0, 0.0, 0.0, 1.0], (10, 1)),
+                     np.arange(start, start + 10, dtype=float), np.arange(start, start + 10, dtype=float))
+        points = rng.uniform(-10.0, 110.0, (40, 3))
+        for mask in (None, table.eligible(start - 30.0, None)):
+            usable = table.has_pose if mask is None else table.has_pose & mask
+            candidates = np.where(usable[:, None], table.positions, np.inf)
+            dist = np.linalg.norm(points[:, None, :] - candidates[None], axis=2)
+            nearest = np.argmin(dist, axis=1)
+            expected = np.where(dist[np.arange(40), nearest] <= 8.0, nearest, -1)
+            assert np.array_equal(table.lookup(points, 8.0, mask), expected)

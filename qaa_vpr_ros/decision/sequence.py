@@ -143,40 +143,45 @@ class KeyframeTable:
 
     def lookup(self, points: np.ndarray, radius_m: float, mask: np.ndarray | None = None) -> np.ndarray:
         """Row of the nearest keyframe (with a pose, inside ``mask``) within ``radius_m`` of each
-        of the (..., 3) points, -1 where there is none or the point is not finite."""
+        of the (..., 3) points, -1 where there is none or the point is not finite. Exact: a cached
+        KD-tree answers for the rows it holds, the rows usable since it was built are checked one
+        by one (a growing online database), and the nearer of the two wins."""
         shape = points.shape[:-1]
         flat = points.reshape(-1, 3)
         out = np.full(len(flat), -1, np.int64)
         usable = self.has_pose if mask is None else (self.has_pose & mask)
-        tree, rows = self._tree_for(usable, mask is not None)
         finite = np.all(np.isfinite(flat), axis=1)
-        if tree is None or not finite.any():
+        if not usable.any() or not finite.any():
             return out.reshape(shape)
-        dist, idx = tree.query(flat[finite], k=1, distance_upper_bound=radius_m)
-        hit = np.isfinite(dist)
-        found = np.full(len(idx), -1, np.int64)
-        found[hit] = rows[idx[hit]]
-        # A tree built earlier may hold rows the mask now excludes (never the reverse: see _tree_for).
-        found[(found >= 0) & ~usable[np.maximum(found, 0)]] = -1
+        tree, rows, extra = self._tree_for(usable, mask is not None)
+        query = flat[finite]
+        dist, idx = tree.query(query, k=1, distance_upper_bound=radius_m)
+        found = np.where(np.isfinite(dist), rows[np.minimum(idx, len(rows) - 1)], -1)
+        if len(extra):
+            d2 = np.linalg.norm(query[:, None, :] - self.positions[extra][None, :, :], axis=2)
+            near = np.argmin(d2, axis=1)
+            closer = d2[np.arange(len(query)), near] < np.where(np.isfinite(dist), dist, radius_m + 1e-9)
+            closer &= d2[np.arange(len(query)), near] <= radius_m
+            found = np.where(closer, extra[near], found)
         out[finite] = found
         return out.reshape(shape)
 
-    def _tree_for(self, usable: np.ndarray, masked: bool) -> tuple[cKDTree | None, np.ndarray]:
-        """A KD-tree over the usable rows; rebuilt when it misses more than 5 % of them (a growing
-        online database) or holds rows no longer usable, so most steps reuse it."""
-        count = int(usable.sum())
-        if count == 0:
-            return None, np.zeros(0, np.int64)
+    def _tree_for(self, usable: np.ndarray, masked: bool) -> tuple[cKDTree, np.ndarray, np.ndarray]:
+        """``(tree, its rows, usable rows it lacks)``. The tree is rebuilt when it holds a row no
+        longer usable or lacks more than max(64, 10 %) of them, so most steps reuse it."""
         cached = self._trees.get(masked)
         if cached is not None:
-            tree, rows, built = cached
-            fresh = count <= built + max(8, count // 20) and rows[-1] < self._n and usable[rows].all()
-            if fresh:
-                return tree, rows
+            tree, rows, _ = cached
+            if rows[-1] < self._n and usable[rows].all():
+                inside = np.zeros(self._n, bool)
+                inside[rows] = True
+                extra = np.flatnonzero(usable & ~inside)
+                if len(extra) <= max(64, len(rows) // 10):
+                    return tree, rows, extra
         rows = np.flatnonzero(usable)
         tree = cKDTree(self.positions[rows])
-        self._trees[masked] = (tree, rows, count)
-        return tree, rows
+        self._trees[masked] = (tree, rows, len(rows))
+        return tree, rows, np.zeros(0, np.int64)
 
 
 def _grow(array: np.ndarray, rows: int) -> np.ndarray:
