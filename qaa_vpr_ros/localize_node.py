@@ -433,6 +433,13 @@ class LocalizeNode(Node):
         _check_model_files(cfg.model)
         if cfg.map:
             _check_path("map", cfg.map, "a map folder made by build_map, or map:='' for online loop closure only")
+            from qaa_vpr_ros.maps import MapError, read_manifest  # no torch: a broken map fails fast
+
+            try:
+                read_manifest(cfg.map)
+            except (MapError, OSError) as err:
+                raise StartupError(f"map {cfg.map!r} cannot be read: {err}: rebuild it with build_map (or restore "
+                                   "it), or set map:='' for online loop closure only") from err
         if cfg.backend == "onnxruntime":
             if not cfg.onnx:
                 raise StartupError("backend 'onnxruntime' needs parameter 'onnx': set onnx:=<file from "

@@ -333,6 +333,14 @@ def _corrupt_model(folder: Path) -> Path:
     return target
 
 
+def _corrupt_map(folder: Path) -> Path:
+    """A map folder whose manifest was cut short (a copy interrupted, a full disk)."""
+    target = _mismatched_map(folder).rename(folder / "corrupt_map")
+    manifest = target / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    return target
+
+
 FATAL_CASES = {
     "missing-model": (lambda tmp: ["model:=/nonexistent/qaa_model"], ["/nonexistent/qaa_model", "does not exist",
                                                                       "set model:="]),
@@ -340,6 +348,8 @@ FATAL_CASES = {
                                                                         "model.safetensors", "set model:="]),
     "missing-map": (lambda tmp: [f"model:={MODEL}", "map:=/nonexistent/site_map"],
                     ["/nonexistent/site_map", "does not exist", "build_map", "map:=''"]),
+    "unreadable-map": (lambda tmp: [f"model:={MODEL}", f"map:={_corrupt_map(tmp)}"],
+                       ["corrupt_map", "cannot be read", "manifest.json", "build_map"]),
     "map-of-another-model": (lambda tmp: [f"model:={MODEL}", f"map:={_mismatched_map(tmp)}"],
                              ["other_model_map", "fingerprint", "rebuild the map"]),
     "cuda-unavailable": (lambda tmp: [f"model:={MODEL}", "device:=cuda"], ["device 'cuda'", "CUDA is not available",
