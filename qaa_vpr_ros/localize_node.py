@@ -71,6 +71,7 @@ from qaa_vpr_ros.decision.record import (
     with_geometry,
 )
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
+from qaa_vpr_ros.paths import PathError, expand_path
 from qaa_vpr_ros.pose_graph_node import records_cloud
 from qaa_vpr_ros.verification import Intrinsics, KeyframeVerifier, parse_intrinsics
 
@@ -165,7 +166,7 @@ def _check_model_files(model: str) -> None:
 
     from safetensors import safe_open
 
-    path = Path(model).expanduser()
+    path = expand_path(model)
     if path.is_dir():
         files = [path / "config.json", path / "model.safetensors"]
     elif path.suffix == ".safetensors":
@@ -192,7 +193,10 @@ class StartupError(RuntimeError):
 
 def _check_path(name: str, path: str, expected: str) -> None:
     """Fail fast, before torch loads, when parameter ``name``'s path is missing or unreadable."""
-    target = Path(path).expanduser()
+    try:
+        target = expand_path(path)
+    except PathError as err:  # $VAR not set
+        raise StartupError(f"{name} {path!r}: {err}: set the variable or {name}:= to {expected}") from err
     if not target.exists():
         raise StartupError(f"{name} {path!r} does not exist: set {name}:= to {expected}")
     if not os.access(target, os.R_OK | (os.X_OK if target.is_dir() else 0)):
