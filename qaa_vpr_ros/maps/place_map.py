@@ -38,6 +38,7 @@ __all__ = [
     "INDEX_TYPES",
     "Keyframe",
     "MapError",
+    "MapSaveError",
     "PlaceMap",
     "SearchResult",
     "tool_version",
@@ -66,6 +67,11 @@ _PARAM_MAX = {"pca_dim": MAX_DIM, "nlist": 1 << 20, "m": MAX_DIM, "nbits": 16, "
 
 class MapError(RuntimeError):
     """A map that cannot be created, loaded, searched or saved (the message says which file/field)."""
+
+
+class MapSaveError(MapError, OSError):
+    """Writing a map failed (full disk, read-only folder); an existing map there is untouched.
+    Also an ``OSError``, as the failure underneath it was."""
 
 
 def tool_version() -> str:
@@ -513,8 +519,8 @@ class PlaceMap:
                     free = f"{shutil.disk_usage(folder.parent).free} bytes free there"
                 except OSError:
                     free = "free space unknown"
-                raise MapError(f"saving the map to {folder} failed ({free}): {err}; any map that was there "
-                               "is untouched") from err
+                raise MapSaveError(f"saving the map to {folder} failed ({free}): {err}; any map that was there "
+                                   "is untouched") from err
             self.created = manifest["created"]
 
     @classmethod
