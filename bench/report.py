@@ -107,7 +107,7 @@ def _search(results: dict[str, Any], out: Path, lines: list[str]) -> None:
     section = results["sections"].get("search")
     if not section:
         return
-    rows = section["rows"]
+    rows = sorted(section["rows"], key=lambda r: r["n"])  # stable: each size keeps its measuring order
     lines += ["## Map search (synthetic revisit queries, 1024-d)", "",
               f"Goal: <= {GOAL_MS:g} ms per query, recall@1 >= {GOAL_RECALL} of exact search, index <= "
               f"{GOAL_BYTES / 1e9:.1f} GB. Ratio: the cslam NumPy loop's latency / this index's (same N, same run).",
@@ -122,8 +122,9 @@ def _search(results: dict[str, Any], out: Path, lines: list[str]) -> None:
         lines.append(f"| {r['n']:,} | {r['index']} | {r.get('build_s', 0):.1f} | {r['ms_median']:.3f} | "
                      f"{speedup:.0f}x | {r['recall_at_1_vs_exact']:.3f} | {r['index_bytes'] / 1e6:.0f} | {verdict} |")
     lines += [""] + [f"- {note}" for note in section.get("notes", [])]
-    lines += ["- ivfpq = the map's IVF-PQ at PlaceMap's defaults; ivfpq+sq8 kK = its shortlist of K x 5 re-ranked "
-              "with 8-bit scalar-quantised vectors (1 byte/dim; measured with faiss directly, not yet a "
+    lines += ["- ivfpq = the map's IVF-PQ at PlaceMap's defaults; ivfpq+sq8 = its shortlist re-ranked "
+              "with 8-bit scalar-quantised vectors, 1 byte/dim (nprobeP: P inverted lists probed; kK: shortlist "
+              "K x 5; measured with faiss directly, not yet a "
               "build_map index type). Memory counts the index only; a map also keeps its float16 "
               "descriptors on disk, memory-mapped.", "", _load_note(results, "search"), "",
               "![search](search.png)", ""]
