@@ -158,6 +158,10 @@ def test_covariance_shrinks_from_ten_times_base_at_min_confidence_to_base() -> N
 # --- sequence evidence on synthetic routes -----------------------------------------------------------
 
 
+# The synthetic routes are 400-700 m long: 200 m sequences (the Nordland tests use the defaults).
+SHORT_ROUTE = {"sequence_length_m": 200.0}
+
+
 def unit(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:
     x = rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -226,7 +230,8 @@ def test_sequences_find_the_place_where_single_frames_fail(odometry: bool) -> No
     truth = list(range(120))
     queries = look_alike_queries(rng, places, truth)
     single = np.mean(np.argmax(queries @ places.T, axis=1) == np.arange(120))
-    loc = Localizer(config(online_loop_closure=False), 32, "fp", prior_map=synthetic_map(places, spacing))
+    loc = Localizer(config(online_loop_closure=False, **SHORT_ROUTE), 32, "fp",
+                    prior_map=synthetic_map(places, spacing))
     results = drive(loc, queries, [spacing * i for i in truth], spacing, odometry=odometry)
     precision, recall = precision_recall(results, [spacing * i for i in truth], spacing)
     assert single < 0.75
@@ -242,7 +247,8 @@ def test_variable_speed_stops_reverse_and_turns_follow_the_odometry() -> None:
         + list(np.arange(450.0, 390.0, -3.0)) + list(np.arange(390.0, 690.0, 4.0))
     truth = [min(round(s / spacing), 139) for s in path]
     queries = look_alike_queries(rng, places, truth)
-    loc = Localizer(config(online_loop_closure=False), 32, "fp", prior_map=synthetic_map(places, spacing))
+    loc = Localizer(config(online_loop_closure=False, **SHORT_ROUTE), 32, "fp",
+                    prior_map=synthetic_map(places, spacing))
     results = drive(loc, queries, path, spacing)
     precision, recall = precision_recall(results, path, spacing)
     assert precision == 1.0 and recall >= 0.5, (precision, recall)  # the first ~100 m cannot have support
@@ -279,7 +285,8 @@ def test_one_look_alike_in_two_cameras_at_one_instant_is_not_accepted() -> None:
     rng = np.random.default_rng(6)
     spacing = 5.0
     places = unit(rng, 100)
-    loc = Localizer(config(online_loop_closure=False), 32, "fp", prior_map=synthetic_map(places, spacing))
+    loc = Localizer(config(online_loop_closure=False, **SHORT_ROUTE), 32, "fp",
+                    prior_map=synthetic_map(places, spacing))
     accepted = []
     for t in range(60):
         pose = odometry_frame(*curve(spacing * t))
@@ -299,7 +306,7 @@ def test_online_loop_closure_needs_a_revisit_not_continuous_travel(tmp_path) -> 
     rng = np.random.default_rng(7)
     spacing = 5.0
     places = unit(rng, 80)
-    loc = Localizer(config(exclude_recent_s=5.0), 32, "fp", online_frame="odom")
+    loc = Localizer(config(exclude_recent_s=5.0, **SHORT_ROUTE), 32, "fp", online_frame="odom")
     # Lap 1: out and around without revisits, a 60-step stop in the middle (same image, same pose).
     path = [spacing * i for i in range(40)] + [200.0] * 60 + [spacing * i for i in range(40, 80)]
     lap1 = drive(loc, places[[min(int(s / spacing), 79) for s in path]], path, spacing)
