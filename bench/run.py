@@ -444,7 +444,10 @@ def merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
                         if k not in merged["sections"]}
     merged["skipped"] = {k: v for k, v in {**earlier["skipped"], **later["skipped"]}.items()
                          if k not in merged["sections"]}
-    merged["runs"] = earlier.get("runs", []) + later["runs"]
+    first = earlier.get("runs") or [{"command": earlier["command"], "total_s": earlier["total_s"],
+                                     "others_share": earlier["overall_load"]["others_share"],
+                                     "sections": list(earlier["sections"])}]
+    merged["runs"] = first + later["runs"]
     merged["total_s"] = sum(run["total_s"] for run in merged["runs"])
     merged["command"] = " + ".join(run["command"] for run in merged["runs"])
     return merged
