@@ -39,6 +39,7 @@ setup(
         'tqdm>=4.60',
         'matplotlib>=3.7',
         'pillow>=9.0',
+        'scipy>=1.8',  # KD-tree of keyframe positions (qaa_vpr_ros.decision.sequence)
     ],
     extras_require={
         'train': ['pytorch-metric-learning>=2.3', 'tensorboard>=2.14'],
