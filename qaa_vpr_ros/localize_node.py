@@ -641,7 +641,8 @@ class LocalizeNode(Node):
         keyframe = result.keyframe
         records = channel_records(
             result.query, channel, session,
-            lambda c: covariance_from_confidence(c.confidence, floor, cfg.covariance_base),
+            lambda c: covariance_from_confidence(c.confidence, floor, cfg.covariance_base if c.offset is None
+                                                 else cfg.covariance_sequence),
             query_keyframe_id=int(keyframe.id) if keyframe is not None else -1,
             extrinsics=lambda camera: self._extrinsic(camera, frames.get(camera, "")))
         if self._verifier is None or channel.source != "online":

@@ -30,7 +30,10 @@ import numpy as np
 from qaa_vpr_ros.decision.parameters import LocalizeConfig
 from qaa_vpr_ros.decision.sequence import KeyframeTable, QueryTrack, TrackEntry, quaternion_matrices, score_sequence
 
-__all__ = ["Candidate", "ChannelResult", "Hypotheses", "SequenceMatcher", "covariance_from_confidence"]
+OFFSET_STEPS = np.linspace(-1.0, 1.0, 9)
+"""Shifts tried by :meth:`SequenceMatcher.along_track_offset`, in keyframe spacings (quarters)."""
+
+__all__ = ["OFFSET_STEPS", "Candidate", "ChannelResult", "Hypotheses", "SequenceMatcher", "covariance_from_confidence"]
 
 
 @dataclass
@@ -45,6 +48,9 @@ class Candidate:
     sequence_score: float = math.nan  # mean similarity along the odometry-aligned sequence
     support: int = 0  # sequence queries with a keyframe within sequence_radius_m
     confidence: float = math.nan  # sequence_score minus the best sequence score elsewhere
+    # (4, 4) T_match_query from the sequence alignment's along-track offset (accepted best with
+    # odometry only; None: not estimated, the record keeps the identity)
+    offset: np.ndarray | None = None
 
 
 @dataclass
@@ -72,6 +78,7 @@ class Hypotheses:
     confidence: np.ndarray  # (H,)
     accepted: bool  # rows[0] accepted
     reason: str  # why rows[0] was not accepted ("" when accepted)
+    offset: np.ndarray | None = None  # (4, 4) T_match_query of rows[0] (see SequenceMatcher.along_track_offset)
 
 
 class SequenceMatcher:
@@ -152,8 +159,85 @@ class SequenceMatcher:
             reason = "score"
         elif not confidence[0] >= (cfg.loop_min_confidence if self.online else cfg.min_confidence):
             reason = "confidence"
+        offset = None
+        if not reason and len(rows) and position is not None:
+            offset = self.along_track_offset(int(rows[0]), sequence, mask)
         return Hypotheses(rows, frame, seq_score, support, confidence, accepted=not reason and len(rows) > 0,
-                          reason=reason)
+                          reason=reason, offset=offset)
+
+    def along_track_offset(self, row: int, sequence: Sequence[tuple[int, TrackEntry]],
+                           mask: np.ndarray | None = None) -> np.ndarray | None:
+        """``T_match_query`` (4, 4) of a match with keyframe ``row``: where along the keyframes'
+        track the query lies, between keyframes. Needs odometry on the current query.
+
+        The match's pose is shifted along the track by ``u`` of the way towards the neighbouring
+        keyframe (row ``row + 1`` for u > 0, ``row - 1`` for u < 0; u in :data:`OFFSET_STEPS`) and
+        the sequence re-aligned by odometry from each shifted pose. Each sequence query's predicted
+        position falls between two consecutive keyframes (the nearest and its track neighbour on
+        that side); its similarity is interpolated linearly between theirs, so the score varies
+        smoothly with ``u`` even when keyframes are further apart than queries. The query lies at
+        the shift of highest mean similarity (the middle of the best shifts when several tie).
+        Rotation: identity. None (identity, source "none") when a neighbour is missing, has no
+        pose, lies outside ``mask``, is further than ``confidence_radius_m`` or at the same place
+        (another camera).
+        """
+        table, cfg = self.table, self.config
+        current = sequence[0][1] if sequence else None
+        if current is None or current.position is None or not 0 < row < len(table) - 1:
+            return None
+        rows = np.arange(row - 1, row + 2)
+        if not table.has_pose[rows].all() or (mask is not None and not mask[rows].all()):
+            return None
+        pos = table.positions[rows]
+        steps = np.linalg.norm(pos[[0, 2]] - pos[1], axis=1)
+        if not np.all((steps > 1e-6) & (steps <= cfg.confidence_radius_m)):
+            return None
+        u = OFFSET_STEPS
+        targets = pos[1] + np.abs(u)[:, None] * np.where(u[:, None] > 0, pos[2] - pos[1], pos[0] - pos[1])
+        entries = [e for _, e in sequence if e.position is not None]
+        local = (np.array([e.position for e in entries]) - current.position) @ current.rotation  # (L, 3)
+        predicted = targets[:, None, :] + local @ table.rotations[row].T  # (K, L, 3)
+        near = table.lookup(predicted, cfg.sequence_radius_m, mask)  # (K, L)
+        # The track neighbour of each nearest keyframe on the predicted point's side, and how far
+        # along the segment towards it the point lies (0: at the nearest keyframe).
+        n = len(table)
+        safe = np.maximum(near, 0)
+        best_w = np.zeros(near.shape)
+        other = safe.copy()
+        for side in (-1, 1):
+            nb = np.clip(safe + side, 0, n - 1)
+            seg = table.positions[nb] - table.positions[safe]
+            length2 = np.sum(seg * seg, axis=-1)
+            ok = (near >= 0) & (nb != safe) & table.has_pose[nb] & (length2 > 1e-12)
+            ok &= length2 <= cfg.confidence_radius_m ** 2
+            if mask is not None:
+                ok &= mask[nb]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = np.sum((predicted - table.positions[safe]) * seg, axis=-1) / length2
+            w = np.where(ok, np.clip(np.nan_to_num(w), 0.0, 1.0), 0.0)
+            better = w > best_w
+            best_w = np.where(better, w, best_w)
+            other = np.where(better, nb, other)
+        sims = np.full(near.shape, np.nan)
+        desc = table.descriptors
+        for col, entry in enumerate(entries):
+            needed = np.unique(np.concatenate([safe[:, col][near[:, col] >= 0], other[:, col][near[:, col] >= 0]]))
+            missing = [int(r) for r in needed if int(r) not in entry.sims]
+            if missing:
+                entry.sims.update(zip(missing, (desc[missing] @ entry.descriptor).tolist(), strict=True))
+            for k in np.flatnonzero(near[:, col] >= 0):
+                w = best_w[k, col]
+                sims[k, col] = (1.0 - w) * entry.sims[int(safe[k, col])] + w * entry.sims[int(other[k, col])]
+        support = np.sum(np.isfinite(sims), axis=1)
+        if not support.any():
+            return None
+        with np.errstate(invalid="ignore"):
+            scores = np.where(support > 0, np.nansum(sims, axis=1) / np.maximum(support, 1), -np.inf)
+        best = np.flatnonzero(scores >= np.max(scores) - 1e-9)
+        target = targets[best].mean(axis=0)
+        out = np.eye(4)
+        out[:3, 3] = table.rotations[row].T @ (target - pos[1])  # in the matched keyframe's base frame
+        return out
 
     def _spread(self, search_rows: Sequence[int], mask: np.ndarray | None) -> list[int]:
         """Up to ``top_k`` search hits, best first, each outside the others' neighbourhoods

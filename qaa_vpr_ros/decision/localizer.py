@@ -158,7 +158,7 @@ class Localizer:
                 keyframe=keyframes[int(hyp.rows[rank])], score=float(hyp.frame_score[rank]), rank=rank,
                 accepted=first and hyp.accepted, reason=hyp.reason if first else "not best",
                 sequence_score=float(hyp.sequence_score[rank]), support=int(hyp.support[rank]),
-                confidence=float(hyp.confidence[rank])))
+                confidence=float(hyp.confidence[rank]), offset=hyp.offset if first else None))
         return out
 
     def process(self, queries: Sequence[Query], descriptors: np.ndarray) -> list[QueryResult]:

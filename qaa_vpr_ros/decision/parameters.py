@@ -138,6 +138,10 @@ class LocalizeConfig:
     covariance_base: list[float] = _param(
         [1.0, 1.0, 1.0, 0.1, 0.1, 0.1], "Covariance diagonal (x, y, z m^2; roll, pitch, yaw "
         "rad^2) of a perfect place match; scaled up to 10x as the confidence falls to min_confidence.")
+    covariance_sequence: list[float] = _param(
+        [0.4, 1.0, 1.0, 0.1, 0.1, 0.1], "The same for a match whose relative transform carries the "
+        "sequence alignment's along-track offset (transform_source 'sequence'); calibrated against "
+        "ground truth like covariance_base (docs/NODE.md).")
     publish_unmatched: bool = _param(
         False, "When nothing is accepted, still publish ~/place_match (best candidate's pose or "
         "identity) with 9999 on the covariance diagonal.")
@@ -207,11 +211,12 @@ class LocalizeConfig:
                 parse_intrinsics(self.camera_intrinsics)
             except ValueError as err:
                 out.append(f"parameter 'camera_intrinsics': {err}")
-            if len(self.covariance_base) != 6:
-                out.append(f"covariance_base has {len(self.covariance_base)} values; give 6 "
-                           "(x, y, z, roll, pitch, yaw variances)")
-            elif any(not (math.isfinite(v) and v > 0.0) for v in self.covariance_base):
-                out.append(f"covariance_base {list(self.covariance_base)} must hold finite values > 0")
+            for name in ("covariance_base", "covariance_sequence"):
+                values = getattr(self, name)
+                if len(values) != 6:
+                    out.append(f"{name} has {len(values)} values; give 6 (x, y, z, roll, pitch, yaw variances)")
+                elif any(not (math.isfinite(v) and v > 0.0) for v in values):
+                    out.append(f"{name} {list(values)} must hold finite values > 0")
         return out
 
     def validate(self) -> LocalizeConfig:
@@ -303,7 +308,7 @@ def normalize(name: str, value: Any) -> Any:
         if isinstance(value, str):
             value = [value]
         return [t.strip() for item in value for t in str(item).split(",") if t.strip()]
-    if name == "covariance_base" and isinstance(value, (list, tuple)) and all(
+    if name in ("covariance_base", "covariance_sequence") and isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return [float(v) for v in value]  # anything else stays as given: check() names the parameter
     if isinstance(value, int) and not isinstance(value, bool):

@@ -458,7 +458,10 @@ def channel_records(query: Any, channel: Any, session: str, covariance: Callable
     confidence-scaled ``covariance_base``). ``extrinsics(camera)`` gives ``T_base_camera`` (4x4)
     of a camera topic: the relative transform between the two base frames is
     ``T_base_cam(match) * T_base_cam(query)^-1`` (same view, different cameras), identity for one
-    camera. Its source is "none": neither geometry nor an along-track offset was applied.
+    camera. A candidate with an ``offset`` (4x4 ``T_match_query`` of the sequence alignment's
+    along-track offset, in the base frames) gets ``offset * T_base_cam(match) * T_base_cam(query)^-1``
+    and source "sequence" (``covariance(candidate)`` then gives that source's covariance); any
+    other, source "none": neither geometry nor an along-track offset was applied.
     """
     query_pose = getattr(query, "pose", None)
     q_position, q_orientation = query_pose if query_pose is not None else (_NAN3, _IDENTITY_Q)
@@ -468,6 +471,9 @@ def channel_records(query: Any, channel: Any, session: str, covariance: Callable
         kf = c.keyframe
         e_match = extrinsics(kf.camera) if extrinsics is not None else np.eye(4)
         relative = e_match @ np.linalg.inv(e_query)
+        offset = getattr(c, "offset", None)
+        if offset is not None:
+            relative = np.asarray(offset, dtype=np.float64) @ relative
         out.append(LoopClosureRecord(
             query_stamp_sec=int(query.stamp_sec), query_stamp_nanosec=int(query.stamp_nanosec), camera=query.camera,
             match_keyframe_id=int(kf.id), match_stamp_sec=int(kf.stamp_sec), match_stamp_nanosec=int(kf.stamp_nanosec),
@@ -476,7 +482,8 @@ def channel_records(query: Any, channel: Any, session: str, covariance: Callable
             query_frame=getattr(query, "pose_frame", ""), query_position=tuple(q_position),
             query_orientation=tuple(q_orientation), relative_translation=tuple(relative[:3, 3]),
             relative_rotation=matrix_quaternion(relative[:3, :3]), covariance=tuple(covariance(c)),
-            transform_source="none", score=float(c.score), confidence=float(getattr(c, "confidence", math.nan)),
+            transform_source="none" if offset is None else "sequence", score=float(c.score),
+            confidence=float(getattr(c, "confidence", math.nan)),
             sequence_score=float(getattr(c, "sequence_score", math.nan)),
             sequence_support=int(getattr(c, "support", 1)), inliers=-1, rank=int(c.rank),
             accepted=bool(c.accepted)))
