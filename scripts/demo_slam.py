@@ -355,12 +355,16 @@ def ate_rmse(estimate: list[tuple[float, np.ndarray]], truth: list[tuple[float, 
     return float(ape.get_statistic(metrics.StatisticsType.rmse))
 
 
-def calibrate(playback: Playback, truth: list[np.ndarray], start_ns: int, base: list[float],
-              odometry: list[np.ndarray]) -> tuple[list[float], tuple[float, float], int]:
-    """Covariance diagonal (x, y, z, roll, pitch, yaw) of an identity-transform place match and
-    the odometry noise, from the calibration drive against ground truth."""
-    errors = []
+def calibrate(playback: Playback, truth: list[np.ndarray], start_ns: int, bases: dict[str, list[float]],
+              odometry: list[np.ndarray]) -> tuple[dict[str, list[float]], tuple[float, float], int]:
+    """Covariance diagonals (x, y, z, roll, pitch, yaw) per transform source ("none": identity,
+    "sequence": along-track offset; ``bases``: what the node used) and the odometry noise, from
+    the calibration drive against ground truth. A source with fewer than 2 correct closures keeps
+    its base."""
+    errors: dict[str, list[np.ndarray]] = {source: [] for source in bases}
     for r in playback.records:
+        if r.transform_source not in bases:
+            continue
         if is_wrong(r, truth, start_ns):
             continue
         true_query = pose_at(truth, start_ns, r.query_stamp_sec * 10**9 + r.query_stamp_nanosec)
@@ -368,13 +372,15 @@ def calibrate(playback: Playback, truth: list[np.ndarray], start_ns: int, base: 
         error = transform_error(r.relative_matrix, true_relative)
         # The node widened this record's covariance by its confidence: undo that so that the
         # calibrated base, widened the same way, fits every record.
-        widening = np.diag(r.covariance_matrix) / np.asarray(base)
-        errors.append(error / np.sqrt(widening))
-    if len(errors) < 2:
-        raise SystemExit(f"demo_slam: only {len(errors)} correct loop closures in the calibration drive; "
+        widening = np.diag(r.covariance_matrix) / np.asarray(bases[r.transform_source])
+        errors[r.transform_source].append(error / np.sqrt(widening))
+    used = sum(len(v) for v in errors.values())
+    if used < 2:
+        raise SystemExit(f"demo_slam: only {used} correct loop closures in the calibration drive; "
                          "a longer --calibration drive is needed")
-    model = CovarianceModel().calibrate({"none": np.array(errors)})
-    return list(model.none), calibrate_odometry(odometry, truth), len(errors)
+    model = CovarianceModel(**{s: tuple(b) for s, b in bases.items()}).calibrate(
+        {s: np.array(v) for s, v in errors.items() if len(v)})
+    return {s: list(model.diagonal(s)) for s in bases}, calibrate_odometry(odometry, truth), used
 
 
 def calibrate_odometry(odometry: list[np.ndarray], truth: list[np.ndarray]) -> tuple[float, float]:
@@ -467,16 +473,21 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
     node_params = dict(node_params or {})
     base = list(node_params.get("covariance_base", [100.0, 4.0, 1.0, 0.01, 0.01, 0.05]))
     node_params["covariance_base"] = base
+    sequence_base = list(node_params.get("covariance_sequence", [40.0, 4.0, 1.0, 0.01, 0.01, 0.05]))
+    node_params["covariance_sequence"] = sequence_base
     bag, start_ns, cal_truth, cal_odom = drives["calibration"]
     t_cal = time.monotonic()
     cal = play(bag, map_dir, model_dir, node_params, None)  # records only: no pose graph needed
-    diag, (odom_t, odom_r), used = calibrate(cal, cal_truth, start_ns, base, cal_odom)
+    diags, (odom_t, odom_r), used = calibrate(cal, cal_truth, start_ns,
+                                              {"none": base, "sequence": sequence_base}, cal_odom)
     print(f"[slam 3/4] calibrated on the {calibration}-place drive against ground truth: loop-closure "
-          f"covariance diagonal {[round(v, 4) for v in diag]} (from {used} correct closures), odometry "
+          f"covariance diagonals {({s: [round(v, 4) for v in d] for s, d in diags.items()})} "
+          f"(from {used} correct closures), odometry "
           f"noise {odom_t:.4f} m/m, {odom_r:.4f} rad/sqrt(m) ({time.monotonic() - t_cal:.0f} s)")
     t_eval = time.monotonic()
 
-    node_params["covariance_base"] = [float(v) for v in diag]
+    node_params["covariance_base"] = [float(v) for v in diags["none"]]
+    node_params["covariance_sequence"] = [float(v) for v in diags["sequence"]]
     bag, start_ns, ev_truth, ev_odom = drives["evaluation"]
     result = play(bag, map_dir, model_dir, node_params,
                   {"odom_translation_noise": odom_t, "odom_rotation_noise": odom_r})
