@@ -193,7 +193,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
              "random (speed does not depend on them).", ""]
     runs = results.get("runs", [])
     if len(runs) > 1:
-        lines += [f"This report combines {len(runs)} runs (the first spent its budget on a loaded machine):", ""]
+        lines += [f"This report combines {len(runs)} runs (the first spent its budget on a loaded machine; a "
+                  "section measured twice is reported from the later run):", ""]
         lines += [f"- `{run['command']}`: {run['total_s']:.0f} s, sections {', '.join(run['sections']) or 'none'}; "
                   f"other processes used {100 * run['others_share']:.0f} % of the CPU" for run in runs]
         lines.append("")
