@@ -22,7 +22,7 @@ ros2-launch: setup
 	$(PY) test/ros2_tooling.py
 
 lint: setup
-	$(VENV)/bin/ruff check qaa_vpr_ros training test scripts launch
+	$(VENV)/bin/ruff check qaa_vpr_ros training test scripts launch bench
 
 test: setup lint ros2-launch
 	$(PY) -m pytest -q -rs test
