@@ -544,6 +544,8 @@ class LocalizeNode(Node):
                 self.get_logger().warning(f"{cam.topic}: bad image message: {err}", throttle_duration_sec=5.0)
                 continue
             stamp = msg.header.stamp
+            if cfg.odom_topic:  # odometry may trail the image: wait (briefly) for the sample after it
+                self.poses.wait_for(stamp.sec + 1e-9 * stamp.nanosec, cfg.odom_max_age_s)
             found = self.poses.lookup(stamp.sec + 1e-9 * stamp.nanosec, cfg.odom_max_age_s)
             if not self.gate.admit(cam.topic, stamp.sec + 1e-9 * stamp.nanosec, found[0] if found else None):
                 with self._lock:  # a frame processed meanwhile (another slot) already covers this one

@@ -83,6 +83,28 @@ def test_pose_history_interpolates_to_the_image_stamp() -> None:
     assert history.lookup(3.0, 0.5) is None
 
 
+def test_pose_history_waits_for_odometry_that_trails_the_image() -> None:
+    import threading
+    import time
+
+    history = PoseHistory()
+    assert not history.wait_for(1.0, 5.0)  # no odometry at all: no wait
+    history.add(1.0, ((1.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)), "odom")
+    late = threading.Timer(0.2, history.add, args=(2.0, ((2.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)), "odom"))
+    late.start()
+    assert history.wait_for(1.5, 5.0)  # returns once the sample after the image stamp is in
+    late.join()
+    (position, _), _ = history.lookup(1.5, 0.8)
+    assert position == pytest.approx((1.5, 0.0, 0.0))  # interpolated, not the stale 1.0 sample
+    started = time.monotonic()
+    assert not history.wait_for(9.0, 0.3)  # never comes: gives up after the timeout (not 5 s)
+    assert time.monotonic() - started < 3.0
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert not history.wait_for(9.0, 5.0, live_s=0.2)  # odometry silent longer than live_s: no 5 s wait
+    assert time.monotonic() - started < 3.0
+
+
 # --- parameters ----------------------------------------------------------------------------------
 
 

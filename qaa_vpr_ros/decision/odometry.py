@@ -4,6 +4,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+import time
 
 __all__ = ["Pose", "PoseHistory", "interpolate_pose"]
 
@@ -36,9 +37,13 @@ class PoseHistory:
         self._stamps: list[float] = []
         self._items: list[tuple[Pose, str]] = []
         self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)
+        self._last_add: float | None = None  # time.monotonic() of the newest add
 
     def add(self, stamp: float, pose: Pose, frame_id: str) -> None:
         with self._lock:
+            self._last_add = time.monotonic()
+            self._added.notify_all()
             if self._stamps and stamp < self._stamps[-1] - 1.0:
                 # Time jumped back (a bag replayed again, a simulator reset): start afresh.
                 self._stamps.clear()
@@ -54,6 +59,24 @@ class PoseHistory:
         with self._lock:
             self._stamps.clear()
             self._items.clear()
+            self._last_add = None
+
+    def wait_for(self, stamp: float, timeout_s: float, live_s: float = 1.0) -> bool:
+        """Wait (at most ``timeout_s`` of wall time) until a sample at or after ``stamp`` is in.
+
+        Odometry often arrives a little after the image it belongs to (another process, another
+        DDS queue, a loaded CPU); looking up too early returns a stale pose. Waits only while the
+        odometry is live (a sample added within ``live_s``), so a stopped odometry topic costs
+        nothing. Returns whether the history now reaches ``stamp``.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._added:
+            while not self._stamps or self._stamps[-1] < stamp:
+                now = time.monotonic()
+                if now >= deadline or self._last_add is None or now - self._last_add > live_s:
+                    return False
+                self._added.wait(min(deadline, self._last_add + live_s) - now)
+            return True
 
     def lookup(self, stamp: float, max_age_s: float) -> tuple[Pose, str] | None:
         """``(pose, frame_id)`` at ``stamp``: interpolated between the samples around it when both
