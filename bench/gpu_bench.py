@@ -183,6 +183,9 @@ class Bench:
 
     def part(self, name: str, fn: Callable[[float], Any], seconds: float) -> None:
         """Runs part ``name`` with at most ``seconds`` (less when the whole budget is shorter)."""
+        if self.args.parts and name not in self.args.parts:
+            self.results["skipped"][name] = "not in --parts"
+            return
         limit = min(seconds, self.budget.left() - 5.0)
         if limit < 3.0:
             self.results["skipped"][name] = f"no time left ({self.budget.left():.0f} s of the budget)"
@@ -538,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "gpu_out"), help="output folder")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script in seconds")
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget for all parts")
+    parser.add_argument("--parts", type=lambda text: set(text.split(",")), default=None,
+                        help="comma-separated subset of: flops, eager, differences, extractor, onnxruntime, "
+                             "faiss_gpu, compiled (default: all); the extractor's ratios need eager")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the card's dense peak TFLOP/s for every precision (default: from its name)")
     args = parser.parse_args(argv)
