@@ -40,6 +40,7 @@ setup(
         'matplotlib>=3.7',
         'pillow>=9.0',
         'scipy>=1.8',  # KD-tree of keyframe positions (qaa_vpr_ros.decision.sequence)
+        'threadpoolctl>=3.1',  # single-threaded BLAS in the decision (qaa_vpr_ros.decision.localizer)
     ],
     extras_require={
         'train': ['pytorch-metric-learning>=2.3', 'tensorboard>=2.14'],

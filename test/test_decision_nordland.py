@@ -171,3 +171,42 @@ def test_the_sequence_alignment_places_the_query_between_keyframes(seasons, clos
     assert rms["none"] > 5.0 and rms["sequence"] < 0.7 * rms["none"], rms
     model = CovarianceModel().calibrate({k: np.array(v) for k, v in errors.items()})
     assert model.sequence[0] < 0.5 * model.none[0], (model.sequence, model.none)  # along track (x)
+
+
+def _reference_score_sequence(table, hypotheses, sequence, radius_m, mask=None, poses=None):
+    """score_sequence as first written (one similarity lookup per hypothesis and query): the
+    specification the vectorised version must reproduce exactly."""
+    from qaa_vpr_ros.decision.sequence import SequenceScores, predict_rows
+
+    hypotheses = np.asarray(hypotheses, np.int64)
+    rows = predict_rows(table, hypotheses, sequence, radius_m, mask, poses)
+    sims = np.full(rows.shape, np.nan, np.float64)
+    for col, (_, entry) in enumerate(sequence):
+        column = rows[:, col]
+        missing = sorted({int(r) for r in column if r >= 0 and int(r) not in entry.sims})
+        if missing:
+            entry.sims.update(zip(missing, (table.descriptors[missing] @ entry.descriptor).tolist(), strict=True))
+        sims[:, col] = [entry.sims[int(r)] if r >= 0 else np.nan for r in column]
+    support = np.sum(~np.isnan(sims), axis=1)
+    with np.errstate(invalid="ignore"):
+        score = np.where(support > 0, np.nansum(sims, axis=1) / np.maximum(support, 1), -np.inf)
+    return SequenceScores(hypotheses, score, support, len(sequence))
+
+
+def test_the_faster_decision_decides_exactly_as_the_reference(seasons, monkeypatch) -> None:
+    from qaa_vpr_ros.decision import decision
+
+    def replays() -> list:
+        cfg = LocalizeConfig()
+        out = replay_place_matches(cfg, route_map(seasons["summer"], 2.0), route_map(seasons["winter"], 3.0),
+                                   TOLERANCE_M)
+        laps = [route_map(seasons["summer"], 10.0, "odom", closed=True),
+                route_map(seasons["winter"], 7.0, "odom", closed=True, t0=10_000)]
+        return out + [d for lap in replay_loop_closures(cfg, laps, TOLERANCE_M) for d in lap]
+
+    fast = replays()
+    monkeypatch.setattr(decision, "score_sequence", _reference_score_sequence)
+    reference = replays()
+    assert sum(d.accepted for d in reference) >= 50  # enough accepted matches to compare
+    assert [(d.accepted, d.matched_id) for d in fast] == [(d.accepted, d.matched_id) for d in reference]
+    assert np.array_equal([d.confidence for d in fast], [d.confidence for d in reference], equal_nan=True)

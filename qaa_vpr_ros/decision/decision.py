@@ -221,13 +221,18 @@ class SequenceMatcher:
         sims = np.full(near.shape, np.nan)
         desc = table.descriptors
         for col, entry in enumerate(entries):
-            needed = np.unique(np.concatenate([safe[:, col][near[:, col] >= 0], other[:, col][near[:, col] >= 0]]))
-            missing = [int(r) for r in needed if int(r) not in entry.sims]
+            found = near[:, col] >= 0
+            if not found.any():
+                continue
+            pair = np.stack([safe[found, col], other[found, col]])
+            needed, inverse = np.unique(pair, return_inverse=True)
+            needed = needed.tolist()
+            missing = [r for r in needed if r not in entry.sims]
             if missing:
                 entry.sims.update(zip(missing, (desc[missing] @ entry.descriptor).tolist(), strict=True))
-            for k in np.flatnonzero(near[:, col] >= 0):
-                w = best_w[k, col]
-                sims[k, col] = (1.0 - w) * entry.sims[int(safe[k, col])] + w * entry.sims[int(other[k, col])]
+            values = np.array([entry.sims[r] for r in needed], np.float64)[inverse.reshape(pair.shape)]
+            w = best_w[found, col]
+            sims[found, col] = (1.0 - w) * values[0] + w * values[1]
         support = np.sum(np.isfinite(sims), axis=1)
         if not support.any():
             return None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from qaa_vpr_ros.decision.decision import Candidate, ChannelResult, Hypotheses, SequenceMatcher
 from qaa_vpr_ros.decision.odometry import Pose
@@ -78,6 +79,7 @@ class Localizer:
         prior_table = KeyframeTable.from_map(prior_map) if prior_map is not None else KeyframeTable(dim)
         self.map_matcher = SequenceMatcher(self.config, prior_table)
         self.online_thinned = 0  # online keyframes dropped by the online_max_keyframes cap, in total
+        self._blas = ThreadpoolController()
         self._new_online()
 
     def _new_online(self) -> None:
@@ -163,7 +165,15 @@ class Localizer:
 
     def process(self, queries: Sequence[Query], descriptors: np.ndarray) -> list[QueryResult]:
         """Decide for a batch of queries (descriptors (N, D) float32, same order) in stamp order;
-        with online loop closure on, each query joins the online database after its decision."""
+        with online loop closure on, each query joins the online database after its decision.
+
+        BLAS runs single-threaded meanwhile: the decision's products are small (a few dozen rows),
+        where waking a second thread costs more than it saves, and on a busy CPU far more
+        (``scripts/bench_decision.py``: 2x slower with 2 threads on 2 loaded cores)."""
+        with self._blas.limit(limits=1, user_api="blas"):
+            return self._process(queries, descriptors)
+
+    def _process(self, queries: Sequence[Query], descriptors: np.ndarray) -> list[QueryResult]:
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
         if descriptors.shape != (len(queries), self.dim):
             raise ValueError(f"descriptors have shape {descriptors.shape}, "

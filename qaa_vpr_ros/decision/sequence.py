@@ -158,6 +158,12 @@ class KeyframeTable:
         dist, idx = tree.query(query, k=1, distance_upper_bound=radius_m)
         found = np.where(np.isfinite(dist), rows[np.minimum(idx, len(rows) - 1)], -1)
         if len(extra):
+            # Only rows inside the queries' bounding box grown by the radius can be within it (the
+            # first nearest of those is the first nearest of all, when it counts).
+            near_box = np.all((self.positions[extra] >= query.min(axis=0) - radius_m)
+                              & (self.positions[extra] <= query.max(axis=0) + radius_m), axis=1)
+            extra = extra[near_box]
+        if len(extra):
             d2 = np.linalg.norm(query[:, None, :] - self.positions[extra][None, :, :], axis=2)
             near = np.argmin(d2, axis=1)
             closer = d2[np.arange(len(query)), near] < np.where(np.isfinite(dist), dist, radius_m + 1e-9)
@@ -314,12 +320,18 @@ def score_sequence(table: KeyframeTable, hypotheses: np.ndarray, sequence: Seque
     desc = table.descriptors
     for col, (_, entry) in enumerate(sequence):
         column = rows[:, col]
+        found = column >= 0
+        if not found.any():
+            continue
+        # Hypotheses share rows: look each distinct row up once (sorted, as the batch of new pairs).
+        distinct, inverse = np.unique(column[found], return_inverse=True)
         cache = entry.sims
-        missing = sorted({int(r) for r in column if r >= 0 and int(r) not in cache})
+        distinct = distinct.tolist()
+        missing = [r for r in distinct if r not in cache]
         if missing:
             values = desc[missing] @ entry.descriptor
             cache.update(zip(missing, values.tolist(), strict=True))
-        sims[:, col] = [cache[int(r)] if r >= 0 else np.nan for r in column]
+        sims[found, col] = np.array([cache[r] for r in distinct], np.float64)[inverse]
     support = np.sum(~np.isnan(sims), axis=1)
     with np.errstate(invalid="ignore"):
         score = np.where(support > 0, np.nansum(sims, axis=1) / np.maximum(support, 1), -np.inf)
