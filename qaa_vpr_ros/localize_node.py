@@ -35,6 +35,7 @@ from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -89,6 +90,8 @@ FAILED_BATCHES_ERROR = 3  # consecutive failed batches that turn the localizer's
 _SPIN_PERIOD_S = 0.1
 _SILENT_WARN_REPEAT_S = 30.0
 _CLOCK_MISMATCH_S = 60.0  # |image stamp - node clock| beyond this: the stamps come from another clock
+_TIME_JUMP_BACK_S = 5.0  # an image stamped this much before the newest one: time jumped back (new session)
+_TIME_JUMP_FORWARD_S = 10.0  # an image stamped this much after the newest one: a gap (sequences restart)
 _INPUT_TYPES = {"image": ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"),
                 "odometry": ("nav_msgs/msg/Odometry",)}
 _SHUTDOWN_WORKER_S = 1.0  # an in-flight batch may finish within this, else it is dropped
@@ -237,7 +240,10 @@ class LocalizeNode(Node):
         self._batch_error = ""  # set after FAILED_BATCHES_ERROR failures in a row: diagnostics ERROR
         self.fatal_error: str | None = None  # set once by a fatal start-up error; main() then exits 1
         self._stats = {"queries": 0, "accepted": 0, "loop_closures": 0, "inference_ms": math.nan,
-                       "search_ms": math.nan, "batch": 0, "last_score": math.nan, "last_match": None}
+                       "search_ms": math.nan, "batch": 0, "last_score": math.nan, "last_match": None,
+                       "time_jumps_back": 0, "time_jumps_forward": 0}
+        self._newest_stamp: float | None = None  # newest image stamp received (any camera)
+        self._pending_jump: tuple[str, float, float] | None = None  # (back|forward, from, to) for the worker
         self._online_markers_published = 0
         self._online_markers_time = -math.inf
         self._loop_marker_id = 0
@@ -279,6 +285,9 @@ class LocalizeNode(Node):
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group)
 
         cfg = self.config
+        # Timers run on the steady clock: with use_sim_time a ROS-time timer stops while /clock
+        # stands still (a paused or looping bag) and /diagnostics would go quiet.
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._image_qos = QoSProfile(
             depth=cfg.qos_depth, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
             reliability=ReliabilityPolicy.RELIABLE if cfg.reliable else ReliabilityPolicy.BEST_EFFORT)
@@ -291,7 +300,7 @@ class LocalizeNode(Node):
             self.cameras[topic] = _Camera(topic, compressed)
         self._subscribe_known_cameras()
         if any(c.subscription is None for c in self.cameras.values()):
-            self._auto_timer = self.create_timer(0.5, self._subscribe_known_cameras)
+            self._auto_timer = self.create_timer(0.5, self._subscribe_known_cameras, clock=self._steady)
         if cfg.odom_topic:
             self.create_subscription(Odometry, cfg.odom_topic, self._on_odom, self._image_qos,
                                      callback_group=self._io_group)
@@ -301,10 +310,10 @@ class LocalizeNode(Node):
                 info_topic = base.rsplit("/", 1)[0] + "/camera_info"
                 self.create_subscription(CameraInfo, info_topic, lambda msg, cam=topic: self._on_camera_info(cam, msg),
                                          10, callback_group=self._io_group)
-        self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
+        self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics, clock=self._steady)
         self._odom_last: float | None = None  # time.monotonic() of the last odometry message
         self._silent_warned: dict[str, float] = {}  # topic -> time.monotonic() of its last WARN
-        self.create_timer(1.0, self._watch_inputs)
+        self.create_timer(1.0, self._watch_inputs, clock=self._steady)
         self._worker = threading.Thread(target=self._run, name="localize_inference", daemon=True)
         self._worker.start()
 
@@ -357,6 +366,7 @@ class LocalizeNode(Node):
         # Only asks: the gate advances once the frame is decoded and processed (see _process).
         admitted = self.gate.admit(cam.topic, stamp, found[0] if found else None, commit=False)
         with self._lock:
+            self._note_stamp(stamp)
             cam.received += 1
             cam.last_receive = now
             cam.receive_times.append(now)
@@ -373,6 +383,45 @@ class LocalizeNode(Node):
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         self.poses.add(stamp, ((p.x, p.y, p.z), (q.x, q.y, q.z, q.w)), msg.header.frame_id or self.config.odom_frame)
+
+    def _note_stamp(self, stamp: float) -> None:
+        """Under ``self._lock``, for every image received: notes a jump of the image stamps (a bag
+        looped or replayed, a simulator reset, a gap in a recording); the worker acts on it."""
+        newest = self._newest_stamp
+        if newest is not None and stamp < newest - _TIME_JUMP_BACK_S:
+            self._pending_jump = ("back", newest, stamp)
+        elif newest is not None and stamp > newest + _TIME_JUMP_FORWARD_S:
+            if self._pending_jump is None or self._pending_jump[0] != "back":
+                self._pending_jump = ("forward", newest, stamp)
+        elif newest is not None and stamp <= newest:
+            return
+        self._newest_stamp = stamp
+
+    def _on_time_jump(self, kind: str, old: float, new: float) -> None:
+        """Back: a new session (online database and sequences cleared, as ``~/reset``; the prior map
+        stays). Forward: the sequences restart, the online database stays. See docs/NODE.md."""
+        with self._lock:
+            self._stats[f"time_jumps_{kind}"] += 1
+        with self._db_lock:
+            if self.localizer is None:
+                return
+            if kind == "back":
+                dropped = len(self.localizer.online_map)
+                self.localizer.reset()
+                self._online_markers_published = -1
+                if self._verifier is not None:  # keyframe ids start again: drop their images
+                    self._verifier.reset()
+            else:
+                self.localizer.restart_sequences()
+        if kind == "back":
+            self.get_logger().warning(
+                f"image stamps jumped back {old - new:.1f} s (from {old:.3f} to {new:.3f}: a bag looped or "
+                f"replayed, a simulator reset): new session, {dropped} online keyframes and the match sequences "
+                "cleared (call ~/save_map before a replay loops to keep them)")
+        else:
+            self.get_logger().warning(
+                f"image stamps jumped forward {new - old:.1f} s (from {old:.3f} to {new:.3f}: a gap in the "
+                "recording, a bag played from an offset, or no camera for that long): the match sequences restart")
 
     # --- silent inputs and clocks -------------------------------------------------------------
     def _watch_inputs(self) -> None:
@@ -531,6 +580,10 @@ class LocalizeNode(Node):
         self.fatal_error = message
 
     def _process(self, batch: list[tuple[_Camera, Any]]) -> None:
+        with self._lock:
+            jump, self._pending_jump = self._pending_jump, None
+        if jump is not None:
+            self._on_time_jump(*jump)
         cfg = self.config
         now_ros = self.get_clock().now().nanoseconds * 1e-9
         cams, images, encodings, queries = [], [], [], []
@@ -840,6 +893,7 @@ class LocalizeNode(Node):
             "dropped_total": sum(c.dropped for c in self.cameras.values()),
             "bad_messages_total": sum(c.bad for c in self.cameras.values()),
             "failed_batches": self._failed_batches_total,
+            "time_jumps_back": stats["time_jumps_back"], "time_jumps_forward": stats["time_jumps_forward"],
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array.status.append(status)

@@ -103,6 +103,12 @@ class Localizer:
         self._new_online()
         self.map_matcher.reset()
 
+    def restart_sequences(self) -> None:
+        """Forget the sequences only (the databases stay): after a gap in time the frames before it
+        are no contiguous route to align. The odometry path length keeps counting."""
+        self.map_matcher.reset()
+        self.online_matcher.reset()
+
     def save_online(self, folder: str | Path) -> int:
         """Write the online database as a map folder; returns its keyframe count."""
         if len(self.online_map) == 0:
