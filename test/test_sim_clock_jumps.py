@@ -9,6 +9,7 @@ keyframes (whose stamps now lie in the future) must not become loop-closure cand
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -56,7 +57,7 @@ class SimClock:
         self._thread.join(timeout=2.0)
 
 
-def test_sim_time_clock_jumps_back_and_forward(tmp_path):
+def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
     import rclpy
     import torch
     from conftest import TINY_CONFIG
@@ -145,6 +146,10 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path):
         assert int(loc["time_jumps_back"]) == 1
         assert loc["level"] == 0 and h.node._worker.is_alive()
         assert h.diag("camera /loc_simclock/cam")["clock"] == "sim time (/clock)"
+        log = capfd.readouterr().err  # rclpy logs to stderr: one WARN per jump, naming it
+        back = r"WARN.*image stamps jumped back \d+\.\d s .*new session, 5 online keyframes"
+        assert len(re.findall(back, log)) == 1, log
+        assert len(re.findall(r"WARN.*image stamps jumped forward 3\d{3}\.\d s", log)) == 1, log
     finally:
         if clock is not None:
             clock.close()
