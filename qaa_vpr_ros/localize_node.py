@@ -243,6 +243,8 @@ class LocalizeNode(Node):
                        "search_ms": math.nan, "batch": 0, "last_score": math.nan, "last_match": None,
                        "time_jumps_back": 0, "time_jumps_forward": 0}
         self._newest_stamp: float | None = None  # newest image stamp received (any camera)
+        self._camera_stamp: dict[str, float] = {}  # topic -> its latest image stamp
+        self._since_jump: set[str] = set()  # cameras heard from since the last backward jump
         self._pending_jump: tuple[str, float, float] | None = None  # (back|forward, from, to) for the worker
         self._online_markers_published = 0
         self._online_markers_time = -math.inf
@@ -366,7 +368,7 @@ class LocalizeNode(Node):
         # Only asks: the gate advances once the frame is decoded and processed (see _process).
         admitted = self.gate.admit(cam.topic, stamp, found[0] if found else None, commit=False)
         with self._lock:
-            self._note_stamp(stamp)
+            self._note_stamp(cam.topic, stamp)
             cam.received += 1
             cam.last_receive = now
             cam.receive_times.append(now)
@@ -384,18 +386,26 @@ class LocalizeNode(Node):
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         self.poses.add(stamp, ((p.x, p.y, p.z), (q.x, q.y, q.z, q.w)), msg.header.frame_id or self.config.odom_frame)
 
-    def _note_stamp(self, stamp: float) -> None:
+    def _note_stamp(self, camera: str, stamp: float) -> None:
         """Under ``self._lock``, for every image received: notes a jump of the image stamps (a bag
-        looped or replayed, a simulator reset, a gap in a recording); the worker acts on it."""
-        newest = self._newest_stamp
-        if newest is not None and stamp < newest - _TIME_JUMP_BACK_S:
-            self._pending_jump = ("back", newest, stamp)
+        looped or replayed, a simulator reset, a gap in a recording); the worker acts on it.
+
+        Back: a camera's own stamps go back (so one camera on another clock never counts); the
+        other cameras following it back into the new timeline are the same jump. Forward: past the
+        newest stamp of any camera."""
+        last, newest = self._camera_stamp.get(camera), self._newest_stamp
+        self._camera_stamp[camera] = stamp
+        if last is not None and stamp < last - _TIME_JUMP_BACK_S:
+            if camera in self._since_jump:  # not a camera catching up with the last jump back
+                self._pending_jump = ("back", last, stamp)
+                self._since_jump.clear()
+                self._newest_stamp = stamp
         elif newest is not None and stamp > newest + _TIME_JUMP_FORWARD_S:
             if self._pending_jump is None or self._pending_jump[0] != "back":
                 self._pending_jump = ("forward", newest, stamp)
-        elif newest is not None and stamp <= newest:
-            return
-        self._newest_stamp = stamp
+        self._since_jump.add(camera)
+        if self._newest_stamp is None or stamp > self._newest_stamp:
+            self._newest_stamp = stamp
 
     def _on_time_jump(self, kind: str, old: float, new: float) -> None:
         """Back: a new session (online database and sequences cleared, as ``~/reset``; the prior map

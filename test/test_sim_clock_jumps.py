@@ -156,3 +156,42 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
         if h is not None:
             h.close()
         rclpy.shutdown()
+
+
+def test_jump_detection_over_several_cameras():
+    """One jump back per loop of a multi-camera bag (the other cameras follow into the new timeline),
+    none for a camera whose stamps come from another clock, one forward jump per gap."""
+    from types import SimpleNamespace
+
+    from qaa_vpr_ros.localize_node import LocalizeNode
+
+    state = SimpleNamespace(_camera_stamp={}, _newest_stamp=None, _since_jump=set(), _pending_jump=None)
+    jumps = []
+
+    def receive(camera: str, stamp: float) -> None:
+        LocalizeNode._note_stamp(state, camera, stamp)
+        if state._pending_jump is not None:  # the worker takes it
+            jumps.append(state._pending_jump[0])
+            state._pending_jump = None
+
+    for t in range(1000, 1030):  # two synchronised cameras and one on a clock years ahead
+        receive("/front", t)
+        receive("/rear", t + 0.02)
+        receive("/unsynced", t + 4e8)
+    assert jumps == ["forward"]  # the unsynced camera's first frame: once, never again
+    jumps.clear()
+    for t in range(1000, 1030):  # the bag loops: every camera goes back to its start
+        receive("/front", t)
+        receive("/rear", t + 0.02)
+        receive("/unsynced", t + 4e8)
+    assert jumps == ["back"]
+    jumps.clear()
+    for t in range(1000, 1010):  # it loops again
+        receive("/front", t)
+        receive("/rear", t + 0.02)
+    assert jumps == ["back"]
+    jumps.clear()
+    for t in (1010, 1020, 1500, 1501):  # a 480 s gap in the recording (the unsynced camera is gone)
+        receive("/front", t)
+        receive("/rear", t + 0.02)
+    assert jumps == ["forward"]
