@@ -6,9 +6,9 @@ arguments. Every one of them now goes through ``qaa_vpr_ros.paths.expand_path``.
 """
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,38 +148,54 @@ def test_node_path_parameters_expand_and_an_unset_variable_names_the_parameter(h
     assert any("'model'" in p and "QAA_UNSET_VARIABLE" in p for p in bad.problems())
 
 
-def _launch_module():
-    path = REPO_ROOT / "launch" / "localize.launch.py"
-    spec = importlib.util.spec_from_file_location("localize_launch_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    defaults = {}
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DeclareLaunchArgument":
-            value = next((k.value for k in node.keywords if k.arg == "default_value"), None)
-            defaults[node.args[0].value] = value.value if isinstance(value, ast.Constant) else ""
-    return module, defaults
+_LAUNCH_CHECK = """
+import ast, importlib.util, sys
+from pathlib import Path
+from launch import LaunchContext
+
+path = Path(sys.argv[1])
+spec = importlib.util.spec_from_file_location("localize_launch_under_test", path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+defaults = {}
+for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DeclareLaunchArgument":
+        value = next((k.value for k in node.keywords if k.arg == "default_value"), None)
+        defaults[node.args[0].value] = value.value if isinstance(value, ast.Constant) else ""
+
+
+def setup(**arguments):
+    context = LaunchContext()
+    for name, value in {**defaults, **arguments}.items():
+        context.launch_configurations[name] = value
+    return module._launch_setup(context)
+
+
+assert len(setup(params_file="~/params.yaml")) == 1
+assert len(setup(params_file="$HOME/params.yaml")) == 1
+try:
+    setup(params_file="~/nope.yaml")
+except FileNotFoundError as err:
+    print("refused:", err)
+else:
+    raise AssertionError("a missing params_file was accepted")
+"""
 
 
 def test_launch_params_file_argument_expands(home: Path) -> None:
+    """The launch file's params_file takes ~ and $VARS (ROS 2's real launch library, in a subprocess:
+    the repository's launch/ folder would shadow it in this process)."""
+    from ros2_tooling import ToolingAbsent, ros2_environment
+
     try:
-        from launch import LaunchContext
-    except ImportError as err:
+        env, _ = ros2_environment()
+    except ToolingAbsent as err:
         pytest.skip(f"ROS 2 launch library absent here ({err}); test/test_launch_real.py launches for real")
-
-    module, defaults = _launch_module()
-
-    def setup(**arguments: str):
-        context = LaunchContext()
-        for name, value in {**defaults, **arguments}.items():
-            context.launch_configurations[name] = value
-        return module._launch_setup(context)
-
     (home / "params.yaml").write_text("/**:\n  ros__parameters:\n    min_score: 0.6\n")
-    assert len(setup(params_file="~/params.yaml")) == 1
-    assert len(setup(params_file="$HOME/params.yaml")) == 1
-    with pytest.raises(FileNotFoundError, match=str(home / "nope.yaml")):
-        setup(params_file="~/nope.yaml")
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH_CHECK, str(REPO_ROOT / "launch" / "localize.launch.py")],
+                          env=dict(env, HOME=str(home)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "refused:" in proc.stdout and str(home / "nope.yaml") in proc.stdout, proc.stdout
 
 
 @pytest.mark.ros
