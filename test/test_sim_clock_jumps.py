@@ -121,8 +121,11 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
 
         # ros2 bag play --loop: /clock jumps back to the bag's start and stands there a moment.
         clock.set(1000.0, held=True)
-        held = diagnostics_while_held(1.0)
-        assert held >= 5, f"only {held} /diagnostics messages in 1 s of a held /clock (period 0.1 s)"
+        # On ROS time the timer stops dead while /clock stands still (0 messages); on the steady
+        # clock it keeps going. 2 s at a 0.1 s period is 20 messages when the box is idle; the bound
+        # leaves room for a loaded CI machine (2 of 5 expected were seen there in 1 s).
+        held = diagnostics_while_held(2.0)
+        assert held >= 3, f"only {held} /diagnostics messages in 2 s of a held /clock (period 0.1 s)"
         clock.set(1000.0)
         second = feed(route)  # the same images, stamped with the same times again
         assert second[0] < first[-1]
@@ -134,8 +137,8 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
 
         # A gap in the recording (or --start-offset): /clock jumps an hour forward.
         clock.set(1000.0 + 3600.0, held=True)
-        held = diagnostics_while_held(0.5)
-        assert held >= 2, f"only {held} /diagnostics messages in 0.5 s of a held /clock"
+        held = diagnostics_while_held(2.0)
+        assert held >= 3, f"only {held} /diagnostics messages in 2 s of a held /clock"
         clock.set(1000.0 + 3600.0)
         later = [rng.integers(0, 255, (56, 56, 3), np.uint8) for _ in range(2)]
         feed(later)
