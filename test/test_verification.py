@@ -68,6 +68,8 @@ def test_rotated_and_cropped_view_with_its_own_intrinsics(number):
 def _unrelated_pairs() -> list[tuple[int, int]]:
     """Pairs far apart in the walk that the ground-truth mask does not mark as the same place."""
     truth = cv2.imread(str(SAMPLES / "loop_ground_truth.png"), cv2.IMREAD_GRAYSCALE)
+    if truth is None:  # the data is absent: the module is skipped (pytestmark); collect one placeholder
+        return [(1, 84)]
     rng = np.random.default_rng(3)
     pairs: list[tuple[int, int]] = []
     while len(pairs) < 8:
