@@ -1,4 +1,4 @@
-"""The SLAM demo on a shorter route: live localize_node + pose_graph_node over DDS, two rosbag2
+"""The SLAM demo's drive (places 1920-2399): live localize_node + pose_graph_node over DDS, two rosbag2
 sessions, evo ATE. Acceptance: ATE with our loop closures <= 0.2 x odometry alone, and not one
 wrong loop closure accepted into the graph."""
 from __future__ import annotations
@@ -37,11 +37,12 @@ def test_route_has_turns_and_the_odometry_drifts_reproducibly():
 
 @pytest.mark.skipif(not (DATA / "winter").is_dir() or not (MODEL / "model.safetensors").is_file(),
                     reason=f"demo data {DATA} or bundled model {MODEL} absent")
-def test_loop_closures_remove_the_drift_on_a_shorter_route(tmp_path):
-    # Places 2077-2386 (held out from the model's training): 260 evaluation places, 50 calibration
-    # places, the demo's own drift (0.01 rad/place heading walk, +3 % scale). 180 places with a
-    # doubled drift gave ratios of 0.15-0.24 from run to run: too short for the margin.
-    summary = demo_slam.run(tmp_path, MODEL, DATA, map_first=2077, calibration=50, places=260, seed=7,
+def test_loop_closures_remove_the_drift_on_the_demo_drive(tmp_path):
+    # The demo's own drive: places 1920-2399 (held out from the model's training), 400 evaluation
+    # places, 80 calibration places, its drift. Shorter routes (180 places at double drift, 260 at
+    # the demo's drift) gave ATE ratios of 0.13-0.24 from run to run (the live pose graph
+    # re-optimises on a timer), too close to the bound to be a test; the full drive gave 0.12-0.14.
+    summary = demo_slam.run(tmp_path, MODEL, DATA, map_first=1920, calibration=80, places=400, seed=7,
                             heading_walk_rad=0.01, scale_error=0.03)
     assert summary["ate_odometry_m"] > 15.0
     assert summary["ate_ratio"] <= 0.2, summary
