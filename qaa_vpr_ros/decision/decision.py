@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from qaa_vpr_ros.decision.parameters import LocalizeConfig
-from qaa_vpr_ros.decision.sequence import KeyframeTable, QueryTrack, TrackEntry, quaternion_matrices, score_sequence
+from qaa_vpr_ros.decision.sequence import (
+    KeyframeTable,
+    QueryTrack,
+    TrackEntry,
+    pair_similarities,
+    quaternion_matrices,
+    score_sequence,
+)
 
 OFFSET_STEPS = np.linspace(-1.0, 1.0, 9)
 """Shifts tried by :meth:`SequenceMatcher.along_track_offset`, in keyframe spacings (quarters)."""
@@ -218,21 +225,9 @@ class SequenceMatcher:
             better = w > best_w
             best_w = np.where(better, w, best_w)
             other = np.where(better, nb, other)
-        sims = np.full(near.shape, np.nan)
-        desc = table.descriptors
-        for col, entry in enumerate(entries):
-            found = near[:, col] >= 0
-            if not found.any():
-                continue
-            pair = np.stack([safe[found, col], other[found, col]])
-            needed, inverse = np.unique(pair, return_inverse=True)
-            needed = needed.tolist()
-            missing = [r for r in needed if r not in entry.sims]
-            if missing:
-                entry.sims.update(zip(missing, (desc[missing] @ entry.descriptor).tolist(), strict=True))
-            values = np.array([entry.sims[r] for r in needed], np.float64)[inverse.reshape(pair.shape)]
-            w = best_w[found, col]
-            sims[found, col] = (1.0 - w) * values[0] + w * values[1]
+        found = near >= 0
+        ends = pair_similarities(table.descriptors, entries, np.where(found, np.stack([safe, other]), -1))
+        sims = np.where(found, (1.0 - best_w) * ends[0] + best_w * ends[1], np.nan)
         support = np.sum(np.isfinite(sims), axis=1)
         if not support.any():
             return None

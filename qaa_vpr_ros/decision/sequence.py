@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["KeyframeTable", "QueryTrack", "SequenceScores", "TrackEntry", "quaternion_matrices"]
+__all__ = ["KeyframeTable", "QueryTrack", "SequenceScores", "TrackEntry", "pair_similarities", "quaternion_matrices"]
 
 _uid = itertools.count()
 
@@ -145,7 +145,7 @@ class KeyframeTable:
         """Row of the nearest keyframe (with a pose, inside ``mask``) within ``radius_m`` of each
         of the (..., 3) points, -1 where there is none or the point is not finite. Exact: a cached
         KD-tree answers for the rows it holds, the rows usable since it was built are checked one
-        by one (a growing online database), and the nearer of the two wins."""
+        by a small tree of their own (a growing online database), and the nearer of the two wins."""
         shape = points.shape[:-1]
         flat = points.reshape(-1, 3)
         out = np.full(len(flat), -1, np.int64)
@@ -164,11 +164,10 @@ class KeyframeTable:
                               & (self.positions[extra] <= query.max(axis=0) + radius_m), axis=1)
             extra = extra[near_box]
         if len(extra):
-            d2 = np.linalg.norm(query[:, None, :] - self.positions[extra][None, :, :], axis=2)
-            near = np.argmin(d2, axis=1)
-            closer = d2[np.arange(len(query)), near] < np.where(np.isfinite(dist), dist, radius_m + 1e-9)
-            closer &= d2[np.arange(len(query)), near] <= radius_m
-            found = np.where(closer, extra[near], found)
+            # A throw-away tree of the few rows: ~10x cheaper than all query-row distances.
+            extra_dist, extra_idx = cKDTree(self.positions[extra]).query(query, k=1, distance_upper_bound=radius_m)
+            closer = np.isfinite(extra_dist) & (extra_dist < dist)
+            found = np.where(closer, extra[np.minimum(extra_idx, len(extra) - 1)], found)
         out[finite] = found
         return out.reshape(shape)
 
@@ -310,28 +309,41 @@ def predict_rows(table: KeyframeTable, hypotheses: np.ndarray, sequence: Sequenc
     return rows
 
 
+def pair_similarities(descriptors: np.ndarray, entries: Sequence[TrackEntry], rows: np.ndarray) -> np.ndarray:
+    """Similarity of ``entries[c]`` with table row ``rows[..., c]`` for every element of the
+    (..., L) int array ``rows`` (NaN where it is -1), float64. Each distinct (entry, row) pair is
+    computed once and memoised in the entry's ``sims``; new pairs are computed per entry as one
+    product of the table rows (sorted) with its descriptor."""
+    out = np.full(rows.shape, np.nan, np.float64)
+    found = rows >= 0
+    if not found.any():
+        return out
+    n = len(descriptors)
+    columns = np.broadcast_to(np.arange(rows.shape[-1], dtype=np.int64), rows.shape)[found]
+    distinct, inverse = np.unique(columns * n + rows[found], return_inverse=True)
+    cols, table_rows = np.divmod(distinct, n)
+    caches = [e.sims for e in entries]
+    values = np.array([caches[c].get(r, math.nan) for c, r in zip(cols.tolist(), table_rows.tolist(), strict=True)],
+                      np.float64)
+    at = np.flatnonzero(np.isnan(values))  # not memoised yet (a similarity itself is never NaN)
+    if len(at):
+        # Sorted by (entry, row): each entry's new rows are one contiguous run.
+        for run in np.split(at, np.flatnonzero(np.diff(cols[at])) + 1):
+            c, new_rows = int(cols[run[0]]), table_rows[run]
+            computed = (descriptors[new_rows] @ entries[c].descriptor).tolist()
+            caches[c].update(zip(new_rows.tolist(), computed, strict=True))
+            values[run] = computed
+    out[found] = values[inverse.reshape(-1)]
+    return out
+
+
 def score_sequence(table: KeyframeTable, hypotheses: np.ndarray, sequence: Sequence[tuple[int, TrackEntry]],
                    radius_m: float, mask: np.ndarray | None = None,
                    poses: tuple[np.ndarray, np.ndarray] | None = None) -> SequenceScores:
     """Sequence score and support of each hypothesis row (see the module docstring and :func:`predict_rows`)."""
     hypotheses = np.asarray(hypotheses, np.int64)
     rows = predict_rows(table, hypotheses, sequence, radius_m, mask, poses)
-    sims = np.full(rows.shape, np.nan, np.float64)
-    desc = table.descriptors
-    for col, (_, entry) in enumerate(sequence):
-        column = rows[:, col]
-        found = column >= 0
-        if not found.any():
-            continue
-        # Hypotheses share rows: look each distinct row up once (sorted, as the batch of new pairs).
-        distinct, inverse = np.unique(column[found], return_inverse=True)
-        cache = entry.sims
-        distinct = distinct.tolist()
-        missing = [r for r in distinct if r not in cache]
-        if missing:
-            values = desc[missing] @ entry.descriptor
-            cache.update(zip(missing, values.tolist(), strict=True))
-        sims[found, col] = np.array([cache[r] for r in distinct], np.float64)[inverse]
+    sims = pair_similarities(table.descriptors, [e for _, e in sequence], rows)
     support = np.sum(~np.isnan(sims), axis=1)
     with np.errstate(invalid="ignore"):
         score = np.where(support > 0, np.nansum(sims, axis=1) / np.maximum(support, 1), -np.inf)
