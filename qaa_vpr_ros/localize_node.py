@@ -665,10 +665,13 @@ class LocalizeNode(Node):
                 match.pose.covariance = [_UNMATCHED_VARIANCE if i % 7 == 0 else 0.0 for i in range(36)]
             if match is not None:
                 self.place_match_pub.publish(match)
-            self.place_candidates_pub.publish(PoseArray(
-                header=header, poses=[_pose_msg(c.keyframe.position, c.keyframe.orientation)
-                                      for c in place.candidates]))
-        markers = MarkerArray()
+            if self.place_candidates_pub.get_subscription_count():  # built only for a listener
+                self.place_candidates_pub.publish(PoseArray(
+                    header=header, poses=[_pose_msg(c.keyframe.position, c.keyframe.orientation)
+                                          for c in place.candidates]))
+        # Per-query markers only while someone (RViz) listens: they cost as much as the answers
+        # (scripts/bench_node.py), and a late subscriber gets only the newest one anyway (depth 1).
+        markers = MarkerArray() if self.markers_pub.get_subscription_count() else None
         for channel in (result.map, result.online):
             if channel is None:
                 continue
@@ -676,11 +679,12 @@ class LocalizeNode(Node):
             records = self._records(result, channel)
             self.loop_candidates_pub.publish(records_cloud(header, records))
             self._publish_adapters(channel, records)
-            markers.markers.extend(self._candidate_markers(header, channel))
+            if markers is not None:
+                markers.markers.extend(self._candidate_markers(header, channel))
             best = channel.best
             if best is not None and q.pose is not None and best.keyframe.has_pose:
                 self._publish_loop_closure(q, channel, best, markers)
-        if markers.markers:
+        if markers is not None and markers.markers:
             self.markers_pub.publish(markers)
 
     def _extrinsic(self, camera: str, frame_id: str, default: np.ndarray | None = None) -> np.ndarray:
@@ -747,7 +751,7 @@ class LocalizeNode(Node):
             self.initialpose_pub.publish(msg)
 
     def _publish_loop_closure(self, q: Query, channel: ChannelResult, best: Candidate,
-                              markers: MarkerArray) -> None:
+                              markers: MarkerArray | None) -> None:
         kf = best.keyframe
         path = PathMsg(header=Header(stamp=_time_msg(q.stamp_sec, q.stamp_nanosec), frame_id=channel.map_frame))
         query_pose = PoseStamped(header=Header(stamp=_time_msg(q.stamp_sec, q.stamp_nanosec),
@@ -760,7 +764,7 @@ class LocalizeNode(Node):
         self.loop_closure_pub.publish(path)
         with self._lock:
             self._stats["loop_closures"] += 1
-        if q.pose is not None and q.pose_frame == channel.map_frame and kf.has_pose:
+        if markers is not None and q.pose is not None and q.pose_frame == channel.map_frame and kf.has_pose:
             line = Marker(header=path.header, ns="loop_closures", id=self._loop_marker_id, type=Marker.LINE_LIST,
                           action=Marker.ADD, points=[query_pose.pose.position, match_pose.pose.position])
             line.scale.x = 0.2

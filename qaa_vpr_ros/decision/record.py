@@ -26,6 +26,7 @@ variances calibrated against ground truth (:meth:`CovarianceModel.calibrate`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -139,18 +140,17 @@ class LoopClosureRecord:
             _set(self, name, _floats(name, getattr(self, name), 4))
         cov = _floats("covariance", self.covariance, 36)
         _set(self, "covariance", cov)
-        matrix = np.asarray(cov).reshape(6, 6)
-        if not np.all(np.isfinite(matrix)):
+        if not all(math.isfinite(v) for v in cov):
             raise ValueError(f"LoopClosureRecord.covariance holds non-finite values: {cov}")
-        if not np.allclose(matrix, matrix.T, atol=1e-9 * max(1.0, float(np.abs(matrix).max()))):
+        tolerance = 1e-9 * max(1.0, max(abs(v) for v in cov))
+        if any(abs(cov[6 * i + j] - cov[6 * j + i]) > tolerance for i in range(6) for j in range(i)):
             raise ValueError("LoopClosureRecord.covariance is not symmetric")
-        if np.any(np.diag(matrix) <= 0.0):
-            raise ValueError(f"LoopClosureRecord.covariance diagonal must be > 0, got {np.diag(matrix).tolist()}")
+        if any(cov[7 * i] <= 0.0 for i in range(6)):
+            raise ValueError(f"LoopClosureRecord.covariance diagonal must be > 0, got {list(cov[::7])}")
         if self.transform_source not in TRANSFORM_SOURCES:
             raise ValueError(f"LoopClosureRecord.transform_source {self.transform_source!r} is not one of "
                              f"{list(TRANSFORM_SOURCES)}")
-        rotation = np.asarray(self.relative_rotation)
-        if not np.isclose(np.linalg.norm(rotation), 1.0, atol=1e-3):
+        if not abs(math.sqrt(sum(v * v for v in self.relative_rotation)) - 1.0) <= 1e-3:
             raise ValueError(f"LoopClosureRecord.relative_rotation {self.relative_rotation} is not a unit quaternion")
         for name in ("camera", "match_session", "match_frame", "match_camera", "query_frame"):
             value = getattr(self, name)
@@ -431,6 +431,11 @@ _POINTFIELD_CODES = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4":
 def point_fields() -> list[tuple[str, int, int, int]]:
     """``(name, offset, PointField datatype, count)`` of every :data:`RECORD_DTYPE` field, for the
     ``sensor_msgs/PointCloud2`` that carries the table (strings as ``count`` UINT8 bytes)."""
+    return list(_point_fields())
+
+
+@functools.cache
+def _point_fields() -> tuple[tuple[str, int, int, int], ...]:
     out = []
     for name in RECORD_DTYPE.names:
         dtype, offset = RECORD_DTYPE.fields[name][:2]
@@ -441,7 +446,7 @@ def point_fields() -> list[tuple[str, int, int, int]]:
             out.append((name, offset, _POINTFIELD_CODES[base.str[1:]], int(np.prod(shape))))
         else:
             out.append((name, offset, _POINTFIELD_CODES[dtype.str[1:]], 1))
-    return out
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
