@@ -17,6 +17,8 @@ arrived):
 """
 from __future__ import annotations
 
+import functools
+import signal
 import sys
 import threading
 from collections import deque
@@ -30,9 +32,11 @@ from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
@@ -64,11 +68,16 @@ _PARAMETERS = {
 }
 
 
+@functools.cache
+def _cloud_fields() -> tuple[PointField, ...]:
+    """The PointCloud2 fields of the record table, built once (publishing only reads them)."""
+    return tuple(PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in point_fields())
+
+
 def records_cloud(header: Header, records: list[LoopClosureRecord]) -> PointCloud2:
     """The record table as a ``PointCloud2`` (one point per record, fields of RECORD_DTYPE)."""
     table = records_to_table(records)
-    fields = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in point_fields()]
-    return PointCloud2(header=header, height=1, width=len(records), fields=fields, is_bigendian=False,
+    return PointCloud2(header=header, height=1, width=len(records), fields=list(_cloud_fields()), is_bigendian=False,
                        point_step=RECORD_DTYPE.itemsize, row_step=RECORD_DTYPE.itemsize * len(records),
                        data=table.tobytes(), is_dense=True)
 
@@ -131,8 +140,12 @@ class PoseGraphNode(Node):
         inputs = ReentrantCallbackGroup()
         self.create_subscription(Odometry, p["odom_topic"], self._on_odom, 1000, callback_group=inputs)
         self.create_subscription(PointCloud2, p["loop_topic"], self._on_records, 1000, callback_group=inputs)
+        # On the steady clock: with use_sim_time a ROS-time timer stops while a replay is paused.
         self.create_timer(float(p["optimize_period_s"]), self._optimize,
-                          callback_group=MutuallyExclusiveCallbackGroup())
+                          callback_group=MutuallyExclusiveCallbackGroup(),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(f"ready: odometry {p['odom_topic']}, loop closures {p['loop_topic']}, "
+                               f"robust loss {p['loss']}")
 
     # Callbacks only queue: the optimisation (timer, its own callback group) may take a while and
     # must not make DDS drop odometry or records meanwhile.
@@ -210,22 +223,32 @@ class PoseGraphNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script ``pose_graph_node`` (``ros2 run qaa_vpr_ros pose_graph_node --ros-args ...``)."""
-    rclpy.init(args=args)
+    """Console script ``pose_graph_node`` (``ros2 run qaa_vpr_ros pose_graph_node --ros-args ...``).
+
+    Exit codes: 0 after SIGINT/SIGTERM (no traceback, also mid-optimisation), 2 for invalid
+    parameters. As in localize_node, the signals only set an event that the spin loop checks.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stop.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = PoseGraphNode()
     except ValueError as err:
         print(f"pose_graph_node: invalid parameters: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    # Two threads: the optimisation (its own callback group) must not hold up the inputs.
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)
+    except ExternalShutdownException:
         pass
     finally:
-        executor.shutdown()
+        executor.shutdown(timeout_sec=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

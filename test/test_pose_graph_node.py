@@ -115,3 +115,30 @@ def test_drift_is_corrected_and_a_wrong_map_match_is_an_outlier(ros):
         executor.shutdown()
         node.destroy_node()
         client.destroy_node()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_the_console_script_stops_cleanly_on_a_signal(sig, tmp_path):
+    """Ctrl-C (or launch's SIGTERM) ends pose_graph_node with exit 0 and no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path / "pose_graph_node.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "qaa_vpr_ros.pose_graph_node", "--ros-args",
+                                 "-r", f"__node:=pg_{sig.lower()}"], stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ))
+        try:
+            wait_for(lambda: "ready:" in log.read_text() or proc.poll() is not None, 60.0, "the node's start")
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)  # spinning (timer and subscriptions live)
+            proc.send_signal(getattr(signal, sig))
+            code = proc.wait(timeout=10.0)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text, text
