@@ -5,10 +5,11 @@ Imported by test/test_node_*.py only (after they set ROS_DOMAIN_ID); not a test 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,37 @@ def distinct_route(extractor: Any, folder: Path, count: int, max_similarity: flo
                 if len(images) == count:
                     return Route(images, names, np.stack(desc))
     raise AssertionError(f"only {len(images)} distinct frames in {folder}; lower max_similarity")
+
+
+class Spinner:
+    """``nodes`` spun by one MultiThreadedExecutor on a daemon thread; :meth:`close` stops the
+    executor and destroys the nodes (rclpy.init/shutdown stay with the caller)."""
+
+    def __init__(self, *nodes: Any, threads: int = 4) -> None:
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.nodes = nodes
+        self.executor = MultiThreadedExecutor(num_threads=threads)
+        for node in nodes:
+            self.executor.add_node(node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self._thread.join(timeout=5.0)
+        for node in self.nodes:
+            node.destroy_node()
+
+
+@contextlib.contextmanager
+def spinning(*nodes: Any) -> Iterator[Spinner]:
+    """:class:`Spinner` as a context: the nodes spin inside the block and are destroyed after it."""
+    spinner = Spinner(*nodes)
+    try:
+        yield spinner
+    finally:
+        spinner.close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -85,13 +85,12 @@ def test_the_node_with_its_default_parameters_is_precise(data, monkeypatch) -> N
 
 def run_node(params_file: Path, map_dir: Path, images: list[np.ndarray], monkeypatch) -> tuple[dict, set]:
     """The real node with ``--params-file``; each image with its odometry, one at a time."""
-    from node_harness import use_private_domain, wait_for
+    from node_harness import spinning, use_private_domain, wait_for
 
     use_private_domain()
     import rclpy
     from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
     from nav_msgs.msg import Odometry
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -114,33 +113,26 @@ def run_node(params_file: Path, map_dir: Path, images: list[np.ndarray], monkeyp
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     image_pub = client.create_publisher(Image, "/cal/image", reliable)
     odom_pub = client.create_publisher(Odometry, "/cal/odom", reliable)
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    executor.add_node(client)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
     try:
-        assert node.config.min_confidence == yaml.safe_load(params_file.read_text())["/**"]["ros__parameters"][
-            "min_confidence"]  # the file was loaded
-        wait_for(lambda: node.state == "ready", 60.0, "node ready")
-        wait_for(lambda: image_pub.get_subscription_count() and odom_pub.get_subscription_count(), 10.0, "matching")
-        for i, image in enumerate(images):
-            odom = Odometry()
-            odom.header.stamp.sec, odom.header.frame_id = T0 + i, "odom"
-            odom.pose.pose.position.x, odom.pose.pose.orientation.w = SPACING_M * i, 1.0
-            odom_pub.publish(odom)
-            wait_for(lambda i=i: node.poses.lookup(T0 + i, 0.01), 5.0, "odometry")
-            msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", step=image.shape[1] * 3,
-                        data=image.tobytes())
-            msg.header.stamp.sec, msg.header.frame_id = T0 + i, "camera"
-            image_pub.publish(msg)
-            wait_for(lambda i=i: i in answered, 10.0, f"answer to frame {i}")
-        threading.Event().wait(0.5)
+        with spinning(node, client):
+            assert node.config.min_confidence == yaml.safe_load(params_file.read_text())["/**"]["ros__parameters"][
+                "min_confidence"]  # the file was loaded
+            wait_for(lambda: node.state == "ready", 60.0, "node ready")
+            wait_for(lambda: image_pub.get_subscription_count() and odom_pub.get_subscription_count()
+                     and node.place_candidates_pub.get_subscription_count(), 10.0, "matching")
+            for i, image in enumerate(images):
+                odom = Odometry()
+                odom.header.stamp.sec, odom.header.frame_id = T0 + i, "odom"
+                odom.pose.pose.position.x, odom.pose.pose.orientation.w = SPACING_M * i, 1.0
+                odom_pub.publish(odom)
+                wait_for(lambda i=i: node.poses.lookup(T0 + i, 0.01), 5.0, "odometry")
+                msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", step=image.shape[1] * 3,
+                            data=image.tobytes())
+                msg.header.stamp.sec, msg.header.frame_id = T0 + i, "camera"
+                image_pub.publish(msg)
+                wait_for(lambda i=i: i in answered, 10.0, f"answer to frame {i}")
+            threading.Event().wait(0.5)
     finally:
-        executor.shutdown()
-        thread.join(timeout=5.0)
-        node.destroy_node()
-        client.destroy_node()
         rclpy.shutdown()
     return matches, answered
 

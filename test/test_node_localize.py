@@ -1,7 +1,7 @@
 """localize_node with real rclpy over Fast DDS (a private domain): place matches against a map,
 online loop closure, consistency, bad messages, diagnostics, services and parameters.
 
-The node runs in-process on a MultiThreadedExecutor thread, exactly as ``main`` runs it; a
+The node runs in-process on an executor thread (node_harness.Spinner); a
 second node publishes images/odometry and records the outputs.
 """
 from __future__ import annotations
@@ -18,9 +18,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
-from node_harness import Recorder, distinct_route, use_private_domain, wait_for
+from node_harness import Recorder, Spinner, distinct_route, use_private_domain, wait_for
 from rcl_interfaces.srv import SetParameters
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
@@ -115,11 +114,7 @@ class Harness:
         sub(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         self.diagnostics: dict[str, dict[str, Any]] = {}
         self._diag_lock = threading.Lock()
-        self.executor = MultiThreadedExecutor(num_threads=4)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.client)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self._spinner = Spinner(self.node, self.client)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         with self._diag_lock:
@@ -145,10 +140,7 @@ class Harness:
         return wait_for(lambda: future.done() and future, 20.0, f"response of {service}").result()
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self._thread.join(timeout=5.0)
-        self.node.destroy_node()
-        self.client.destroy_node()
+        self._spinner.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from other weights refused; maps built with one backend are accepted by the node
 from __future__ import annotations
 
 import copy
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -152,11 +151,10 @@ def test_build_map_onnxruntime_without_the_file_is_an_error(saved, bag, tmp_path
 @pytest.mark.parametrize(("map_backend", "node_backend"), [("onnxruntime", "torch"), ("torch", "onnxruntime")])
 def test_a_map_from_one_backend_is_accepted_by_the_node_running_the_other(saved, maps, bag, map_backend,
                                                                           node_backend) -> None:
-    from node_harness import use_private_domain, wait_for
+    from node_harness import spinning, use_private_domain, wait_for
 
     use_private_domain()
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image, PointCloud2
 
@@ -184,27 +182,19 @@ def test_a_map_from_one_backend_is_accepted_by_the_node_running_the_other(saved,
     client.create_subscription(PointCloud2, f"/{name}/loop_candidates",
                                lambda m: tables.append(np.frombuffer(bytes(m.data), LOOP_CANDIDATE_DTYPE)), 10)
     pub = client.create_publisher(Image, f"/{name}/image", 10)
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    executor.add_node(client)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
     try:
-        wait_for(lambda: node.state in ("ready", "error"), 30.0, "the node to load")
-        assert node.state == "ready", node.state_message
-        assert node.extractor.backend == node_backend
-        wait_for(lambda: pub.get_subscription_count(), 10.0, "the node's image subscription")
-        rgb, encoding = frames[query]
-        assert encoding == "rgb"
-        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
-                    step=rgb.shape[1] * 3, data=np.ascontiguousarray(rgb).tobytes())
-        msg.header.stamp.sec, msg.header.frame_id = 1_800_000_000, "camera"
-        pub.publish(msg)
-        (rows, *_) = wait_for(lambda: tables, 20.0, "loop candidates for the query")
-        assert rows["match_keyframe_id"][0] == expected_id and rows["score"][0] > 0.999
+        with spinning(node, client):
+            wait_for(lambda: node.state in ("ready", "error"), 30.0, "the node to load")
+            assert node.state == "ready", node.state_message
+            assert node.extractor.backend == node_backend
+            wait_for(lambda: pub.get_subscription_count(), 10.0, "the node's image subscription")
+            rgb, encoding = frames[query]
+            assert encoding == "rgb"
+            msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
+                        step=rgb.shape[1] * 3, data=np.ascontiguousarray(rgb).tobytes())
+            msg.header.stamp.sec, msg.header.frame_id = 1_800_000_000, "camera"
+            pub.publish(msg)
+            (rows, *_) = wait_for(lambda: tables, 20.0, "loop candidates for the query")
+            assert rows["match_keyframe_id"][0] == expected_id and rows["score"][0] > 0.999
     finally:
-        executor.shutdown()
-        thread.join(timeout=5.0)
-        node.destroy_node()
-        client.destroy_node()
         rclpy.shutdown()
