@@ -130,10 +130,10 @@ def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarra
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(150, 220)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
-    from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+    from geometry_msgs.msg import PoseWithCovarianceStamped
     from nav_msgs.msg import Odometry
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import Image, PointCloud2
 
     node_cmd = [
         sys.executable, "-m", "qaa_vpr_ros.localize_node", "--ros-args",
@@ -145,7 +145,7 @@ def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarra
     rclpy.init()
     client = rclpy.create_node("qaa_vpr_demo")
     matches: dict[int, float] = {}
-    answered: set[int] = set()  # every processed query gets ~/place_candidates, accepted or not
+    answered: set[int] = set()  # every processed query gets ~/loop_candidates, accepted or not
     stamp_to_index: dict[tuple[int, int], int] = {}
 
     def on_match(msg: PoseWithCovarianceStamped) -> None:
@@ -153,13 +153,13 @@ def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarra
         if index is not None:
             matches[index] = msg.pose.pose.position.x
 
-    def on_candidates(msg: PoseArray) -> None:
+    def on_candidates(msg: PointCloud2) -> None:
         index = stamp_to_index.get((msg.header.stamp.sec, msg.header.stamp.nanosec))
         if index is not None:
             answered.add(index)
 
     client.create_subscription(PoseWithCovarianceStamped, "/localize_node/place_match", on_match, 50)
-    client.create_subscription(PoseArray, "/localize_node/place_candidates", on_candidates, 50)
+    client.create_subscription(PointCloud2, "/localize_node/loop_candidates", on_candidates, 50)
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     publisher = client.create_publisher(Image, CAMERA_TOPIC, reliable)
     odom_publisher = client.create_publisher(Odometry, ODOM_TOPIC, reliable)
@@ -173,10 +173,11 @@ def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarra
         time.sleep(1.0)  # let discovery settle both ways
         for index, image in enumerate(images):
             msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", step=image.shape[1] * 3)
-            msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + index, 0
+            # Stamped now, as a live camera's frames are (the node's clock is the system time).
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
             msg.header.frame_id = "camera"
             msg.data = image.tobytes()
-            stamp_to_index[(1000 + index, 0)] = index
+            stamp_to_index[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = index
             odom = Odometry()
             odom.header.stamp = msg.header.stamp
             odom.header.frame_id, odom.child_frame_id = "odom", "base_link"

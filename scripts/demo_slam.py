@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from qaa_vpr_ros.decision.record import (
@@ -44,6 +43,7 @@ from qaa_vpr_ros.decision.record import (
     pose_matrix,
     transform_error,
 )
+from scripts.demo import route_images
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "nordland_heldout"
@@ -111,17 +111,6 @@ def pose_at(poses: list[np.ndarray], start_ns: int, stamp_ns: int) -> np.ndarray
     f = (stamp_ns - start_ns) / IMAGE_PERIOD_NS
     i = min(max(int(math.floor(f)), 0), len(poses) - 2)
     return _interpolate(poses[i], poses[i + 1], min(max(f - i, 0.0), 1.0))
-
-
-def nordland_images(data: Path, season: str, first: int, count: int) -> list[np.ndarray]:
-    images = []
-    for place in range(first, first + count):
-        path = data / season / f"images-{(place + 1) * 10:05d}.png"
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise SystemExit(f"demo_slam: cannot read {path} (place {place}); check --data and the place range")
-        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    return images
 
 
 def write_drive_bag(path: Path, images: list[np.ndarray], start_ns: int, odometry: list[np.ndarray],
@@ -444,7 +433,7 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
     t0 = time.monotonic()
     total = calibration + places
     truth = route(total)
-    summer = nordland_images(data, "summer", map_first, total)
+    summer = route_images(data, "summer", total, map_first)
     summer_bag = out / "summer_session"
     write_drive_bag(summer_bag, summer, SUMMER_START_NS, truth, "map")
     map_dir = out / "summer_map"
@@ -456,7 +445,7 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
     print(f"[slam 1/4] summer session: {total} places (places {map_first}-{map_first + total - 1}) "
           f"recorded with ground truth into {summer_bag}, map {map_dir}")
 
-    winter = nordland_images(data, "winter", map_first, total)
+    winter = route_images(data, "winter", total, map_first)
     odometry = drifting_odometry(truth, seed, heading_walk_rad, scale_error)
     drives = {}
     # Evaluation: the first ``places`` places; calibration: the last ``calibration`` places (kept apart).
