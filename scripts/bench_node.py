@@ -1,12 +1,16 @@
 """Benchmark localize_node end to end (real rclpy over Fast DDS, the node in its own process).
 
 Part 1, overhead: for each frame, the bare pipeline (``DescriptorExtractor.extract`` +
-``PlaceMap.search`` on the decoded frame, in a helper process without ROS, timed there) and then
-the node (publish a sensor_msgs/Image, wait for its ``~/loop_candidates``, which it publishes for
-every query whatever the decision) run back to back, so both see the same machine load; both are
-separate processes started the same way, both idle between frames. With ``--overhead-cameras N``
-one frame goes to each of N camera topics at once and the node's time runs until all N answered;
-the bare pipeline extracts the N frames as one batch. Prints the median/p90 of each and the
+``PlaceMap.search`` on the decoded frame, plus the brute-force search of the earlier frames that
+the node's online database does, in a helper process without ROS, timed there) and then the node
+(publish a nav_msgs/Odometry and a sensor_msgs/Image, wait for its ``~/loop_candidates``, which it
+publishes for every query whatever the decision) run back to back, so both see the same machine
+load; both are separate processes started the same way, both idle between frames. The node runs
+its default decision: sequences aligned by odometry (the drive follows the map's keyframes,
+``--spacing`` m apart, so after ``sequence_keyframes`` frames the matches are accepted and the
+along-track offset is computed) and online loop closure (``--no-online``, ``--no-odometry``: without).
+With ``--overhead-cameras N`` one frame goes to each of N camera topics at once and the node's time
+runs until all N answered; the bare pipeline extracts the N frames as one batch. Prints the median/p90 of each and the
 ratio node / bare (target: overhead <= 10 %, i.e. ratio <= 1.10).
 
 Part 2, load: 4 cameras x 30 Hz into a fresh node (prebuilt map + online loop closure) for
@@ -94,8 +98,9 @@ class NodeProcess:
         self.log.close()
 
 
-def bare_worker(workdir: Path, device: str, torch_threads: int) -> int:
-    """Serve "frame index" lines on stdin with "milliseconds" lines: extract + search, no ROS."""
+def bare_worker(workdir: Path, device: str, torch_threads: int, online: bool) -> int:
+    """Serve "frame index" lines on stdin with "milliseconds" lines: extract + search, no ROS.
+    ``online``: also the node's online-database search (similarities to every earlier descriptor)."""
 
     def serve() -> None:
         from qaa_vpr_ros.extractor import DescriptorExtractor
@@ -109,11 +114,17 @@ def bare_worker(workdir: Path, device: str, torch_threads: int) -> int:
         extractor = DescriptorExtractor(load_model(workdir / "model"), device=device)
         place_map = PlaceMap.load(workdir / "map", expected_fingerprint=extractor.fingerprint)
         frames = np.load(workdir / "frames.npy", allow_pickle=False)
+        earlier = np.zeros((0, extractor.dim), np.float32)
         print("ready", flush=True)
         for line in sys.stdin:
             batch = [frames[int(i)] for i in line.split(",")]
             t0 = time.perf_counter()
-            place_map.search(extractor.extract(batch, "rgb"), 5)
+            desc = extractor.extract(batch, "rgb")
+            place_map.search(desc, 5)
+            if online:
+                for d in desc:
+                    np.argsort(-(earlier @ d))[:40]
+                    earlier = np.concatenate([earlier, d[None]])
             print(f"{1000 * (time.perf_counter() - t0):.4f}", flush=True)
 
     # Exactly like the node: torch is imported, the model loaded and run in one non-main thread.
@@ -133,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="published image size (rgb8)")
     parser.add_argument("--frames", type=int, default=20, help="frames timed in part 1")
     parser.add_argument("--map-size", type=int, default=1000, help="keyframes in the map (frames + random)")
+    parser.add_argument("--spacing", type=float, default=10.0, help="metres between map keyframes and frames")
+    parser.add_argument("--odometry", action=argparse.BooleanOptionalAction, default=True,
+                        help="part 1 publishes odometry along the map's keyframes")
+    parser.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,
+                        help="part 1 with online loop closure (the node's default)")
     parser.add_argument("--cameras", type=int, default=4, help="cameras in part 2")
     parser.add_argument("--overhead-cameras", type=int, default=1,
                         help="cameras in part 1: each step sends one frame to each at once")
@@ -145,13 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare-worker", type=Path, help=argparse.SUPPRESS)  # internal: part 1's baseline
     args = parser.parse_args(argv)
     if args.bare_worker:
-        return bare_worker(args.bare_worker, args.device, args.torch_threads)
+        return bare_worker(args.bare_worker, args.device, args.torch_threads, args.online)
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
     import torch
     from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, PointCloud2
 
@@ -172,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     all_desc = np.concatenate([desc, filler])
     place_map = PlaceMap.create(extractor.dim, extractor.fingerprint)
     place_map.add(all_desc, [Keyframe(id=i, stamp_sec=1000 + i, stamp_nanosec=0, camera="bench", frame_id="cam",
-                                      position=(float(i), 0.0, 0.0)) for i in range(len(all_desc))])
+                                      position=(args.spacing * i, 0.0, 0.0)) for i in range(len(all_desc))])
     place_map.save(workdir / "map")
     np.save(workdir / "frames.npy", np.stack(frames), allow_pickle=False)
     print(f"model {args.arch} at {args.image_size}, descriptor dim {extractor.dim}, device {extractor.device}, "
           f"torch_threads {args.torch_threads or 'default'}, map {len(place_map)} keyframes, "
-          f"camera {args.camera_size[0]}x{args.camera_size[1]} rgb8")
+          f"camera {args.camera_size[0]}x{args.camera_size[1]} rgb8; part 1: odometry {args.odometry}, "
+          f"online loop closure {args.online}")
 
     rclpy.init()
     client = rclpy.create_node("bench_client")
@@ -185,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     executor.add_node(client)
     threading.Thread(target=executor.spin, daemon=True).start()
     lock = threading.Lock()
-    received: dict[tuple[int, int], float] = {}  # stamp -> perf_counter at receipt
+    received: dict[tuple[int, int], float] = {}  # stamp -> perf_counter at receipt of its latest table
+    first: dict[tuple[int, int], float] = {}  # ... of its first (one table per database: map, then online)
+    tables: dict[tuple[int, int], int] = {}  # stamp -> tables received
     diag: dict[str, dict[str, str]] = {}
 
     arrived = threading.Event()  # part 1 waits on it: no polling that would steal the node's CPU
@@ -194,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         now = time.perf_counter()
         with lock:
             received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = now
+            first.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), now)
+            tables[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = tables.get(
+                (msg.header.stamp.sec, msg.header.stamp.nanosec), 0) + 1
         arrived.set()
 
     def on_diag(msg: DiagnosticArray) -> None:
@@ -233,22 +256,27 @@ def main(argv: list[str] | None = None) -> int:
     name = "bench_overhead"
     cams = args.overhead_cameras
     overhead_topics = [f"/bench/overhead{c}" for c in range(cams)]
-    node = NodeProcess(name, base_params | {"image_topics": overhead_topics, "online_loop_closure": False},
-                       workdir)
+    overhead_params = {"image_topics": overhead_topics, "online_loop_closure": args.online}
+    if args.odometry:
+        overhead_params["odom_topic"] = "/bench/odom"
+    node = NodeProcess(name, base_params | overhead_params, workdir)
     overhead_pubs = [client.create_publisher(Image, t, 10) for t in overhead_topics]
+    odom_pub = client.create_publisher(Odometry, "/bench/odom", 50)
     client.create_subscription(PointCloud2, f"/{name}/loop_candidates", on_match, 50)
     wait_ready(name, node)
-    while any(p.get_subscription_count() == 0 for p in overhead_pubs):
+    while any(p.get_subscription_count() == 0 for p in overhead_pubs) or (
+            args.odometry and odom_pub.get_subscription_count() == 0):
         time.sleep(0.05)
     bare_proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.bench_node", "--bare-worker", str(workdir), "--device", args.device,
-         "--torch-threads", str(args.torch_threads)],
+         "--torch-threads", str(args.torch_threads), "--online" if args.online else "--no-online"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"))
     while bare_proc.stdout.readline().strip() != "ready":
         if bare_proc.poll() is not None:
             raise SystemExit("the bare-pipeline helper process failed to start")
-    bare_ms, node_ms = [], []
+    bare_ms, node_ms, first_ms = [], [], []
+    per_frame_tables = 2 if args.online else 1  # ~/loop_candidates: the map's, then the online database's
     for i in range(len(frames) + 1):  # the first pair warms both up
         step = [(max(i - 1, 0) + 5 * c) % len(frames) for c in range(cams)]
         bare_proc.stdin.write(",".join(map(str, step)) + "\n")
@@ -256,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         step_msgs = [image_msg(frames[k]) for k in step]
         for c, msg in enumerate(step_msgs):
             msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + i, c
+        if args.odometry:  # the pose at the frame's stamp, sent first (the node waits for it otherwise)
+            odom = Odometry()
+            odom.header.frame_id, odom.child_frame_id = "odom", "base_link"
+            odom.header.stamp.sec = 2000 + i
+            odom.pose.pose.position.x = args.spacing * max(i - 1, 0)
+            odom.pose.pose.orientation.w = 1.0
+            odom_pub.publish(odom)
         arrived.clear()
         t0 = time.perf_counter()
         for pub, msg in zip(overhead_pubs, step_msgs, strict=True):
@@ -263,38 +298,51 @@ def main(argv: list[str] | None = None) -> int:
         deadline = t0 + 120
         while time.perf_counter() < deadline:
             with lock:
+                done = all(tables.get((2000 + i, c), 0) >= per_frame_tables for c in range(cams))
                 times = [received.get((2000 + i, c)) for c in range(cams)]
-            if all(t is not None for t in times):
+                firsts = [first.get((2000 + i, c)) for c in range(cams)]
+            if done:
                 break
             arrived.wait(timeout=1.0)
             arrived.clear()
-        if any(t is None for t in times):
+        if not done:
             raise SystemExit(f"no loop_candidates for step {i} within 120 s; log in {node.log.name}")
         got = max(times)
         if i > 0:
             bare_ms.append(1000 * bare)
             node_ms.append(1000 * (got - t0))
+            first_ms.append(1000 * (max(firsts) - t0))
             if args.verbose:
                 with lock:
                     inf = diag.get(f"/{name}: localizer", {}).get("inference_ms")
                 print(f"  frame {i}: bare {1000 * bare:.1f} ms, node {1000 * (got - t0):.1f} ms "
                       f"(node inference at the last diagnostics: {inf} ms)", flush=True)
+    time.sleep(1.5)  # one more /diagnostics: the accepted count covers every frame
+    with lock:
+        accepted = diag.get(f"/{name}: localizer", {}).get("accepted_matches", "?")
     node.stop()
     bare_proc.stdin.close()
     bare_proc.wait(timeout=30)
     ratio = statistics.median(node_ms) / statistics.median(bare_ms)
     pair_ratios = [n / b for n, b in zip(node_ms, bare_ms, strict=True)]
-    print(f"\n[overhead] {len(bare_ms)} steps of {cams} camera(s), interleaved")
+    print(f"\n[overhead] {len(bare_ms)} steps of {cams} camera(s), interleaved; the node accepted {accepted} "
+          f"map matches")
     print(f"  bare extract+search  median {statistics.median(bare_ms):8.2f} ms   p90 {percentile(bare_ms, 90):8.2f} ms")
-    print(f"  node publish->match  median {statistics.median(node_ms):8.2f} ms   p90 {percentile(node_ms, 90):8.2f} ms")
+    print(f"  node publish->match  median {statistics.median(node_ms):8.2f} ms   p90 {percentile(node_ms, 90):8.2f} ms"
+          f"   (every ~/loop_candidates of the frame{'s' if cams > 1 else ''} received)")
+    if args.online:
+        print(f"  node publish->first  median {statistics.median(first_ms):8.2f} ms   p90 "
+              f"{percentile(first_ms, 90):8.2f} ms   (the map's answer; the online database's follows)")
     print(f"  ratio node/bare: median-of-medians {ratio:.3f}, median per-frame {statistics.median(pair_ratios):.3f}"
           f"  (overhead {100 * (ratio - 1):+.1f} %, target <= +10 %)")
     extra = statistics.median([n - b for n, b in zip(node_ms, bare_ms, strict=True)])
     print(f"  median per-frame node - bare: {extra:+.2f} ms (DDS transport, decoding, deciding, publishing)")
     results["overhead"] = {"frames": len(bare_ms), "cameras": cams, "bare_ms_median": statistics.median(bare_ms),
                            "node_ms_median": statistics.median(node_ms), "ratio": ratio,
+                           "node_first_ms_median": statistics.median(first_ms),
                            "ratio_per_frame_median": statistics.median(pair_ratios),
-                           "node_minus_bare_ms_median": extra}
+                           "node_minus_bare_ms_median": extra, "accepted_matches": accepted,
+                           "odometry": args.odometry, "online_loop_closure": args.online}
 
     # --- part 2: N cameras at R Hz ---------------------------------------------------------------
     if args.duration > 0:
