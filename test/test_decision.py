@@ -324,6 +324,27 @@ def test_one_look_alike_in_two_cameras_at_one_instant_is_not_accepted() -> None:
 # --- both databases together ---------------------------------------------------------------------
 
 
+def test_a_batch_of_cameras_decides_as_its_queries_one_by_one_with_both_databases() -> None:
+    """Regression: the online channel's search hits overwrote the map's for the rest of the batch,
+    so a batch of several cameras failed (IndexError) or decided on another camera's hits."""
+    rng = np.random.default_rng(8)
+    spacing = 5.0
+    places = unit(rng, 100)
+    batched, single = (Localizer(config(online_loop_closure=True, **SHORT_ROUTE), 32, "fp",
+                                 prior_map=synthetic_map(places, spacing)) for _ in range(2))
+    cameras = ("front", "left", "right")
+    for t in range(40):
+        pose = odometry_frame(*curve(spacing * t))
+        batch = [Query(cam, 1000 + t, 0, cam, pose=pose) for cam in cameras]
+        descriptors = places[[t, (t + 30) % 100, (t + 60) % 100]]  # each camera sees another place
+        together = batched.process(batch, descriptors)
+        alone = [single.process([q], d[None])[0] for q, d in zip(batch, descriptors, strict=True)]
+        for a, b in zip(together, alone, strict=True):
+            for channel_a, channel_b in ((a.map, b.map), (a.online, b.online)):
+                assert [(c.keyframe.id, c.accepted) for c in channel_a.candidates] == [
+                    (c.keyframe.id, c.accepted) for c in channel_b.candidates], (t, a.query.camera)
+
+
 def test_online_loop_closure_needs_a_revisit_not_continuous_travel(tmp_path) -> None:
     rng = np.random.default_rng(7)
     spacing = 5.0

@@ -190,14 +190,14 @@ class Localizer:
         cfg = self.config
         order = sorted(range(len(queries)), key=lambda i: queries[i].stamp)
         prior = self.prior_map is not None and len(self.prior_map) > 0
-        hits = self._prior_hits(descriptors) if prior else None
+        prior_hits = self._prior_hits(descriptors) if prior else None
         for i in order:
             q, d = queries[i], descriptors[i]
             path_m = self._advance_path(q)
             if q.stamp != self._step_stamp:
                 self._step, self._step_stamp = self._step + 1, q.stamp
             if prior:
-                hyp = self.map_matcher.decide(q.camera, d, q.pose, path_m, hits[i], step=self._step)
+                hyp = self.map_matcher.decide(q.camera, d, q.pose, path_m, prior_hits[i], step=self._step)
                 results[i].map = ChannelResult("map", self.prior_map.map_frame,
                                                self._candidates(hyp, self._prior_keyframes))
             elif self.prior_map is not None:
@@ -211,8 +211,9 @@ class Localizer:
                                       None if math.isnan(path_m) else path_m - cfg.loop_min_travel_m)
                 sims = table.descriptors @ d
                 rivals = self._online_hits(sims, self._recent_rivals(q, path_m))
-                hits = self._online_hits(sims, mask)
-                hyp = self.online_matcher.decide(q.camera, d, q.pose, path_m, hits, mask, rivals, step=self._step)
+                online_hits = self._online_hits(sims, mask)
+                hyp = self.online_matcher.decide(q.camera, d, q.pose, path_m, online_hits, mask, rivals,
+                                                 step=self._step)
                 results[i].online = ChannelResult("online", self.online_frame,
                                                   self._candidates(hyp, self._online_keyframes))
                 results[i].keyframe = self._add_online(q, d, path_m)
