@@ -284,19 +284,20 @@ def main(argv: list[str] | None = None) -> int:
         step_msgs = [image_msg(frames[k]) for k in step]
         for c, msg in enumerate(step_msgs):
             msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + i, c
-        if args.odometry:  # the pose at the frame's stamp, sent first (the node waits for it otherwise)
-            odom = Odometry()
-            odom.header.frame_id, odom.child_frame_id = "odom", "base_link"
-            odom.header.stamp.sec = 2000 + i
-            odom.pose.pose.position.x = args.spacing * max(i - 1, 0)
-            odom.pose.pose.orientation.w = 1.0
-            odom_pub.publish(odom)
-        arrived.clear()
+        if args.odometry:  # the pose at the frames' stamps, sent first (the node waits for it otherwise):
+            for nanosec in (0, 1_000_000):  # at camera 0's stamp and just after the last camera's
+                odom = Odometry()
+                odom.header.frame_id, odom.child_frame_id = "odom", "base_link"
+                odom.header.stamp.sec, odom.header.stamp.nanosec = 2000 + i, nanosec
+                odom.pose.pose.position.x = args.spacing * max(i - 1, 0)
+                odom.pose.pose.orientation.w = 1.0
+                odom_pub.publish(odom)
         t0 = time.perf_counter()
         for pub, msg in zip(overhead_pubs, step_msgs, strict=True):
             pub.publish(msg)
         deadline = t0 + 120
         while time.perf_counter() < deadline:
+            arrived.clear()  # before the check: a table arriving after it still wakes the wait below
             with lock:
                 done = all(tables.get((2000 + i, c), 0) >= per_frame_tables for c in range(cams))
                 times = [received.get((2000 + i, c)) for c in range(cams)]
@@ -304,7 +305,6 @@ def main(argv: list[str] | None = None) -> int:
             if done:
                 break
             arrived.wait(timeout=1.0)
-            arrived.clear()
         if not done:
             raise SystemExit(f"no loop_candidates for step {i} within 120 s; log in {node.log.name}")
         got = max(times)
