@@ -115,6 +115,7 @@ class Harness:
         self.diagnostics: dict[str, dict[str, Any]] = {}
         self._diag_lock = threading.Lock()
         self._spinner = Spinner(self.node, self.client)
+        self.executor = self._spinner.executor  # tests add their own nodes (test_faults)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         with self._diag_lock:
