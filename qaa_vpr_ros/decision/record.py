@@ -26,7 +26,6 @@ variances calibrated against ground truth (:meth:`CovarianceModel.calibrate`).
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -431,11 +430,6 @@ _POINTFIELD_CODES = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4":
 def point_fields() -> list[tuple[str, int, int, int]]:
     """``(name, offset, PointField datatype, count)`` of every :data:`RECORD_DTYPE` field, for the
     ``sensor_msgs/PointCloud2`` that carries the table (strings as ``count`` UINT8 bytes)."""
-    return list(_point_fields())
-
-
-@functools.cache
-def _point_fields() -> tuple[tuple[str, int, int, int], ...]:
     out = []
     for name in RECORD_DTYPE.names:
         dtype, offset = RECORD_DTYPE.fields[name][:2]
@@ -446,7 +440,7 @@ def _point_fields() -> tuple[tuple[str, int, int, int], ...]:
             out.append((name, offset, _POINTFIELD_CODES[base.str[1:]], int(np.prod(shape))))
         else:
             out.append((name, offset, _POINTFIELD_CODES[dtype.str[1:]], 1))
-    return tuple(out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

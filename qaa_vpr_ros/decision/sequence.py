@@ -158,12 +158,6 @@ class KeyframeTable:
         dist, idx = tree.query(query, k=1, distance_upper_bound=radius_m)
         found = np.where(np.isfinite(dist), rows[np.minimum(idx, len(rows) - 1)], -1)
         if len(extra):
-            # Only rows inside the queries' bounding box grown by the radius can be within it (the
-            # first nearest of those is the first nearest of all, when it counts).
-            near_box = np.all((self.positions[extra] >= query.min(axis=0) - radius_m)
-                              & (self.positions[extra] <= query.max(axis=0) + radius_m), axis=1)
-            extra = extra[near_box]
-        if len(extra):
             # A throw-away tree of the few rows: ~10x cheaper than all query-row distances.
             extra_dist, extra_idx = cKDTree(self.positions[extra]).query(query, k=1, distance_upper_bound=radius_m)
             closer = np.isfinite(extra_dist) & (extra_dist < dist)
