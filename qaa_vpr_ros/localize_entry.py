@@ -11,10 +11,18 @@ import signal
 import threading
 
 
-def main() -> int:
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT and SIGTERM set, instead of raising KeyboardInterrupt or ending the
+    process (main thread only). The nodes' spin loops check it, so a signal, or a second one
+    (the terminal's SIGINT, then launch's), ends them cleanly and at a point of their choosing."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
+
+
+def main() -> int:
+    stop = stop_on_signals()
     from qaa_vpr_ros.localize_node import main as node_main
 
     return node_main(stop=stop)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -72,6 +71,7 @@ from qaa_vpr_ros.decision.record import (
     with_geometry,
 )
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
+from qaa_vpr_ros.localize_entry import stop_on_signals
 from qaa_vpr_ros.paths import PathError, expand_path
 from qaa_vpr_ros.pose_graph_node import records_cloud
 from qaa_vpr_ros.verification import Intrinsics, KeyframeVerifier, parse_intrinsics
@@ -945,12 +945,9 @@ def main(args: list[str] | None = None, stop: threading.Event | None = None) -> 
     :mod:`qaa_vpr_ros.localize_entry`, installs them before importing this module).
     """
     if stop is None:
-        stop = threading.Event()
-        if threading.current_thread() is threading.main_thread():
-            # Our own handlers instead of rclpy's: no KeyboardInterrupt can surface mid-shutdown,
-            # and a second signal (the terminal's SIGINT, then launch's) only repeats the request.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda signum, frame: stop.set())
+        # Our own handlers instead of rclpy's: no KeyboardInterrupt can surface mid-shutdown.
+        on_main = threading.current_thread() is threading.main_thread()
+        stop = stop_on_signals() if on_main else threading.Event()
     if stop.is_set():  # stopped while this module was being imported: nothing started yet
         return 0
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)

@@ -18,7 +18,6 @@ arrived):
 from __future__ import annotations
 
 import functools
-import signal
 import sys
 import threading
 from collections import deque
@@ -49,6 +48,7 @@ from qaa_vpr_ros.decision.record import (
     records_from_table,
     records_to_table,
 )
+from qaa_vpr_ros.localize_entry import stop_on_signals
 
 __all__ = ["PoseGraphNode", "main", "records_cloud", "records_from_cloud"]
 
@@ -228,10 +228,7 @@ def main(args: list[str] | None = None) -> int:
     Exit codes: 0 after SIGINT/SIGTERM (no traceback, also mid-optimisation), 2 for invalid
     parameters. As in localize_node, the signals only set an event that the spin loop checks.
     """
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: stop.set())
+    stop = stop_on_signals() if threading.current_thread() is threading.main_thread() else threading.Event()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = PoseGraphNode()
