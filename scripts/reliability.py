@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.bench_node import rss_mb
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -50,16 +52,6 @@ def run_pytest(test: str, env: dict[str, str], marker: str, timeout: float) -> t
 
 
 # --- soak ----------------------------------------------------------------------------------------
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return math.nan
-
-
 def soak(seconds: float, cap: int, workdir: Path) -> dict:
     import torch
 
@@ -153,7 +145,7 @@ def soak(seconds: float, cap: int, workdir: Path) -> dict:
             frame += 1
             if now - last_rss >= 1.0:
                 last_rss = now
-                rss.append((t, _rss_mb(node_proc.pid)))
+                rss.append((t, rss_mb(node_proc.pid)))
                 with lock:
                     thinned = int(diag.get("localizer", {}).get("online_thinned", "0") or 0)
                 if thinned and cap_reached_at is None:
