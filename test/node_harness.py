@@ -68,12 +68,21 @@ class Spinner:
         self.executor = MultiThreadedExecutor(num_threads=threads)
         for node in nodes:
             self.executor.add_node(node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.1)
+
     def close(self) -> None:
-        self.executor.shutdown()
+        # The spin loop ends before the executor shuts down: shutting it down under a running
+        # spin() destroys its guard condition while a callback may still trigger it (rclpy
+        # raised InvalidHandle in the spin thread, a PytestUnhandledThreadExceptionWarning).
+        self._stop.set()
         self._thread.join(timeout=5.0)
+        self.executor.shutdown(timeout_sec=5.0)
         for node in self.nodes:
             node.destroy_node()
 
