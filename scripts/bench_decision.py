@@ -1,4 +1,4 @@
-"""Per-query cost of the decision (``Localizer.process``) beyond the search, before vs after a change.
+"""Per-query cost of ``Localizer.process`` (the map search and the decision), before vs after a change.
 
 A synthetic drive: a ``--map-size`` keyframe map (``--dim``-d unit descriptors, one keyframe every
 ``--map-spacing`` m on a closed loop with turns) and a second drive of the same loop (queries every
@@ -11,13 +11,14 @@ of the query drive closes on the first). Each query is decided one by one, as th
 
 With ``--baseline REV`` the package at REV (``git archive``) and this tree run in two worker
 processes, alternating ``--rounds`` times so both see the same machine load; prints the median ms
-per query of each, the ratio this tree / baseline, and whether both made the same decisions (the
-accepted keyframe ids and confidences of every query, compared exactly).
+per query of each (and the part beyond the map's faiss search timed alone), the ratio this tree /
+baseline, and whether both made the same decisions (the accepted keyframe ids of every query,
+their confidences and sequence scores within :data:`SAME_TOLERANCE`). Each worker checks that it imported the package
+it was given (``python -m`` from the repository would import this tree's instead).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -67,13 +68,14 @@ def drive(args: argparse.Namespace) -> tuple[object, list, np.ndarray]:
 
 
 def worker(args: argparse.Namespace) -> dict:
-    """Times one pass: ms per query of the decision alone (process() minus the map search)."""
+    """Times one pass: ms per query of ``Localizer.process`` (search + decision), and of the
+    decision beyond the map's faiss search (process() minus that search timed alone)."""
     from qaa_vpr_ros.decision import LocalizeConfig, Localizer
 
     place_map, queries, descriptors = drive(args)
     cfg = LocalizeConfig(online_loop_closure=args.online)
     loc = Localizer(cfg, args.dim, "bench", prior_map=place_map)
-    search_s, total_s, digest, accepted = 0.0, 0.0, hashlib.sha256(), 0
+    search_s, total_s, decisions, accepted = 0.0, 0.0, [], 0
     k = 4 * cfg.top_k
     for q, d in zip(queries, descriptors, strict=True):
         t0 = time.perf_counter()
@@ -86,18 +88,45 @@ def worker(args: argparse.Namespace) -> dict:
         for channel in (result.map, result.online):
             best = channel.best if channel is not None else None
             accepted += best is not None
-            digest.update(repr(None if best is None else (int(best.keyframe.id), round(best.confidence, 9),
-                                                          round(best.sequence_score, 9))).encode())
+            decisions.append(None if best is None else (int(best.keyframe.id), best.confidence, best.sequence_score))
     n = len(queries)
+    import qaa_vpr_ros
+
     return {"decision_ms": 1000.0 * (total_s - search_s) / n, "search_ms": 1000.0 * search_s / n,
-            "process_ms": 1000.0 * total_s / n, "queries": n, "accepted": accepted, "decisions": digest.hexdigest()}
+            "process_ms": 1000.0 * total_s / n, "queries": n, "accepted": accepted, "decisions": decisions,
+            "package": str(Path(qaa_vpr_ros.__file__).parent)}
+
+
+SAME_TOLERANCE = 1e-6
+"""Confidences and sequence scores of two runs may differ by float32 rounding (a dot product
+summed in another order: ~1e-8), not by more."""
+
+
+def same_decisions(a: list, b: list) -> bool:
+    """Whether two runs accepted the same keyframes with the same confidences and scores."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if (x is None) != (y is None):
+            return False
+        if x is not None and (x[0] != y[0] or not np.allclose(x[1:], y[1:], rtol=0.0, atol=SAME_TOLERANCE,
+                                                               equal_nan=True)):
+            return False
+    return True
 
 
 def run_worker(python_path: str, argv: list[str]) -> dict:
+    """One worker process importing ``qaa_vpr_ros`` from ``python_path`` only. It runs this file by
+    path from inside ``python_path``: ``python -m`` would put the working directory first on
+    ``sys.path``, and from the repository that is this tree's package whatever PYTHONPATH says."""
     env = {**os.environ, "PYTHONPATH": python_path}  # default thread pools, as in the node
-    out = subprocess.run([sys.executable, "-m", "scripts.bench_decision", "--worker", *argv], cwd=REPO,
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", *argv], cwd=python_path,
                          env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    package = Path(result["package"]).resolve()
+    if not package.is_relative_to(Path(python_path).resolve()):
+        raise RuntimeError(f"the worker for {python_path} imported qaa_vpr_ros from {package}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,16 +163,20 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             runs["baseline"].append(run_worker(tmp, passed))
             runs["this tree"].append(run_worker(str(REPO), passed))
-    med = {name: statistics.median(r["decision_ms"] for r in rs) for name, rs in runs.items()}
+    med = {name: statistics.median(r["process_ms"] for r in rs) for name, rs in runs.items()}
+    beyond = {name: statistics.median(r["decision_ms"] for r in rs) for name, rs in runs.items()}
     search = statistics.median(r["search_ms"] for rs in runs.values() for r in rs)
-    same = {r["decisions"] for rs in runs.values() for r in rs}
+    reference = runs["baseline"][0]["decisions"]
+    same = all(same_decisions(reference, r["decisions"]) for rs in runs.values() for r in rs)
     print(f"dim {args.dim}, map {args.map_size} keyframes, {runs['baseline'][0]['queries']} queries, "
-          f"online loop closure {'on' if args.online else 'off'}; search {search:.2f} ms/query")
+          f"online loop closure {'on' if args.online else 'off'}; the map's faiss search alone {search:.2f} ms/query")
     for name, value in med.items():
-        print(f"  {name:10s} {value:7.2f} ms/query decision (median of {args.rounds})")
-    print(f"  ratio this tree / baseline: {med['this tree'] / med['baseline']:.3f}")
-    print(f"  same decisions: {'yes' if len(same) == 1 else 'NO'}")
-    return 0 if len(same) == 1 else 1
+        print(f"  {name:10s} {value:7.2f} ms/query Localizer.process, {beyond[name]:.2f} beyond that search "
+              f"(median of {args.rounds})")
+    print(f"  ratio this tree / baseline (Localizer.process): {med['this tree'] / med['baseline']:.3f}")
+    print(f"  same decisions: {'yes' if same else 'NO'} (accepted keyframe ids equal, confidences and "
+          f"sequence scores within {SAME_TOLERANCE:g})")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
