@@ -413,3 +413,66 @@ def test_keyframe_lookup_is_exact_while_the_table_grows() -> None:
             nearest = np.argmin(dist, axis=1)
             expected = np.where(dist[np.arange(40), nearest] <= 8.0, nearest, -1)
             assert np.array_equal(table.lookup(points, 8.0, mask), expected)
+
+
+def test_whole_table_similarities_give_the_memoised_values_and_only_the_newest_keep_them(monkeypatch) -> None:
+    from qaa_vpr_ros.decision import sequence
+
+    rng = np.random.default_rng(4)
+    descriptors = unit(rng, 50)
+    entries = [TrackEntry(d, None, None, math.nan) for d in unit(rng, 3)]
+    rows = rng.integers(-1, 50, (7, 3))
+    memoised = sequence.pair_similarities(descriptors, entries, rows)
+    # The same entries with their product with the first 40 rows (the table grew since, online):
+    # rows 40-49 still come from a product of their own.
+    whole = [TrackEntry(e.descriptor, None, None, math.nan, table_sims=descriptors[:40] @ e.descriptor)
+             for e in entries]
+    assert np.allclose(sequence.pair_similarities(descriptors, whole, rows), memoised, atol=1e-6, equal_nan=True)
+    assert not whole[0].sims or max(whole[0].sims) >= 40  # nothing below row 40 was recomputed
+    assert np.isnan(memoised[rows < 0]).all() and not np.isnan(memoised[rows >= 0]).any()
+
+    monkeypatch.setattr(sequence, "TABLE_SIMS_BUDGET", 120)  # 3 rows of 40
+    track = QueryTrack()
+    for e in whole + [TrackEntry(e.descriptor, None, None, math.nan, table_sims=np.zeros(40, np.float32))
+                      for e in entries]:
+        track.add(e, keep_path_m=0.0, keep_entries=20)
+    assert [e.table_sims is not None for e in track.entries] == [False, False, False, True, True, True]
+
+
+def test_an_exact_map_is_searched_as_faiss_would() -> None:
+    rng = np.random.default_rng(5)
+    places = unit(rng, 200)
+    place_map = synthetic_map(places, 5.0)
+    loc = Localizer(config(online_loop_closure=False), 32, "fp", prior_map=place_map)
+    queries = unit(rng, 6)
+    hits, sims = loc._prior_search(queries)
+    assert np.array_equal(hits, place_map.search(queries, hits.shape[1]).ids)  # ids are rows here
+    stored = places.astype(np.float16).astype(np.float32)  # a map keeps float16 descriptors
+    assert np.allclose(sims, queries @ stored.T, atol=1e-6)
+
+
+def test_a_sequence_that_runs_off_the_database_is_compared_on_its_own_queries() -> None:
+    """Hypothesis A found keyframes for the 10 newest sequence queries only (the rest of its
+    sequence fell before the start of the database) and they look like the query: mean 0.5.
+    Hypothesis B, far away, has all 20: as like on those 10, unlike on the rest (mean 0.3). Over
+    the same 10 queries the two are equal, so A's margin is 0, not 0.2."""
+    rows = np.array([10, 90])
+    cfg = config(sequence_min_support=10)
+    table = KeyframeTable(4)
+    table.append(np.zeros((100, 4), np.float32), np.array([[10.0 * i, 0.0, 0.0] for i in range(100)]),
+                 np.tile([0.0, 0.0, 0.0, 1.0], (100, 1)), np.arange(100.0))
+    from qaa_vpr_ros.decision.decision import SequenceMatcher
+
+    matcher = SequenceMatcher(cfg, table)
+    a = np.r_[np.full(10, 0.5), np.full(10, np.nan)]
+    b = np.r_[np.full(10, 0.5), np.full(10, 0.1)]
+    sims = np.stack([a, b])
+    conf = matcher._confidence(rows, np.array([0.5, 0.3]), sims)
+    assert conf[0] == pytest.approx(0.0) and conf[1] == pytest.approx(0.3 - 0.5)
+    # With full support on both, each is compared with the other's own mean (the plain margin).
+    full = np.stack([np.full(20, 0.5), b])
+    assert matcher._confidence(rows, np.array([0.5, 0.3]), full) == pytest.approx([0.2, -0.2])
+    # A rival (online: the robot's own recent past) counts the same way, on A's queries.
+    rival = np.r_[np.full(10, 0.45), np.full(10, 0.0)][None]
+    assert matcher._confidence(rows, np.array([0.5, 0.3]), full, rival)[0] == pytest.approx(0.2)
+    assert matcher._confidence(rows[:1], np.array([0.5]), a[None], rival)[0] == pytest.approx(0.05)

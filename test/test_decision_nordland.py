@@ -183,14 +183,16 @@ def _reference_score_sequence(table, hypotheses, sequence, radius_m, mask=None, 
     sims = np.full(rows.shape, np.nan, np.float64)
     for col, (_, entry) in enumerate(sequence):
         column = rows[:, col]
-        missing = sorted({int(r) for r in column if r >= 0 and int(r) not in entry.sims})
+        whole = entry.table_sims  # the query's product with the whole table, when its search made one
+        known = {int(r): float(whole[r]) for r in column if whole is not None and 0 <= r < len(whole)}
+        missing = sorted({int(r) for r in column if r >= 0 and int(r) not in entry.sims and int(r) not in known})
         if missing:
             entry.sims.update(zip(missing, (table.descriptors[missing] @ entry.descriptor).tolist(), strict=True))
-        sims[:, col] = [entry.sims[int(r)] if r >= 0 else np.nan for r in column]
+        sims[:, col] = [known.get(int(r), entry.sims.get(int(r))) if r >= 0 else np.nan for r in column]
     support = np.sum(~np.isnan(sims), axis=1)
     with np.errstate(invalid="ignore"):
         score = np.where(support > 0, np.nansum(sims, axis=1) / np.maximum(support, 1), -np.inf)
-    return SequenceScores(hypotheses, score, support, len(sequence))
+    return SequenceScores(hypotheses, score, support, len(sequence), sims)
 
 
 def test_the_faster_decision_decides_exactly_as_the_reference(seasons, monkeypatch) -> None:

@@ -10,7 +10,11 @@ For each query of a camera, :class:`SequenceMatcher`
 3. computes the *confidence* of each hypothesis: its sequence score minus the best sequence score
    of the hypotheses outside its neighbourhood (further than ``confidence_radius_m``, or, without
    positions, more than ``confidence_frames`` rows away). A place that only looks like the query
-   has look-alikes elsewhere that score about as well: its margin is small;
+   has look-alikes elsewhere that score about as well: its margin is small. The others are scored
+   on the same evidence: over the sequence queries the hypothesis itself found a keyframe for.
+   A hypothesis whose sequence runs off the database (its start, a gap, the robot's own recent
+   past) is scored on fewer queries, so its mean varies more; comparing it with full-length
+   means of the others would inflate its margin;
 4. accepts the best hypothesis when its support (sequence queries with a keyframe within
    ``sequence_radius_m``) is >= ``sequence_min_support``, its sequence score >= ``min_score``
    (a floor) and its confidence >= ``min_confidence``.
@@ -110,11 +114,12 @@ class SequenceMatcher:
 
     def decide(self, camera: str, descriptor: np.ndarray, pose: tuple[Any, Any] | None, path_m: float,
                search_rows: Sequence[int], mask: np.ndarray | None = None,
-               rival_rows: Sequence[int] = (), step: int = 0) -> Hypotheses:
+               rival_rows: Sequence[int] = (), step: int = 0, table_sims: np.ndarray | None = None) -> Hypotheses:
         """Decide one query (descriptor (D,) float32, odometry ``pose`` or None, odometry path
         length ``path_m``) given its search hits (table rows, best first). ``mask``: the table
         rows that may be matched at all (online database: old enough), None for all.
-        ``step``: the query's time step (see :class:`TrackEntry`).
+        ``step``: the query's time step (see :class:`TrackEntry`). ``table_sims``: the query's
+        similarity to every table row when the search computed it (exact search), else None.
         ``rival_rows``: rows outside ``mask`` that can never be matched but whose sequence score
         still counts as "elsewhere" for the confidence (online: the robot's own recent past, so
         that a scene that repeats itself while driving, a train stopped at a station, is no loop)."""
@@ -124,7 +129,7 @@ class SequenceMatcher:
             position = np.asarray(pose[0], np.float64)
             rotation = quaternion_matrices(np.asarray(pose[1], np.float64))[0]
         entry = TrackEntry(np.asarray(descriptor, np.float32), position, rotation,
-                           path_m if position is not None else math.nan, step=step)
+                           path_m if position is not None else math.nan, step=step, table_sims=table_sims)
         track = self._tracks.setdefault(camera, QueryTrack())
         track.add(entry, keep_path_m=2.0 * cfg.sequence_length_m, keep_entries=cfg.sequence_keyframes)
         sequence = track.sequence(cfg.sequence_length_m, cfg.sequence_keyframes)
@@ -143,19 +148,17 @@ class SequenceMatcher:
         # Decidable hypotheses (enough support) first, each group by sequence score.
         order = np.lexsort((-scores.score, scores.support < cfg.sequence_min_support))
         rows, seq_score, support = rows[order], scores.score[order], scores.support[order]
+        pair_sims = scores.sims[order]
         keep = order[: max(cfg.top_k, 1)]
         self._previous[camera] = (entry, rows[: len(keep)], positions[keep], rotations[keep])
         valid = support >= cfg.sequence_min_support
-        rival = -np.inf
+        rival_sims = np.zeros((0, len(sequence)))
         if len(rival_rows):
             rivals = score_sequence(table, np.asarray(list(dict.fromkeys(int(r) for r in rival_rows)), np.int64),
                                     sequence, cfg.sequence_radius_m)
-            supported = rivals.support >= cfg.sequence_min_support
-            rival = float(rivals.score[supported].max()) if supported.any() else -np.inf
-        confidence = self._confidence(rows, np.where(valid, seq_score, -np.inf), rival)
-        desc = self.table.descriptors
-        frame = np.array([entry.sims.get(int(r), math.nan) for r in rows], np.float64)
-        frame[np.isnan(frame)] = desc[rows[np.isnan(frame)]] @ entry.descriptor if len(rows) else []
+            rival_sims = rivals.sims[rivals.support >= cfg.sequence_min_support]
+        confidence = self._confidence(rows, np.where(valid, seq_score, -np.inf), pair_sims, rival_sims)
+        frame = pair_similarities(self.table.descriptors, [entry], rows[:, None])[:, 0]
 
         reason = ""
         if len(rows) == 0:
@@ -295,9 +298,14 @@ class SequenceMatcher:
                 out[nxt] = (table.positions[nxt], table.rotations[nxt])
         return out
 
-    def _confidence(self, rows: np.ndarray, seq_score: np.ndarray, rival: float = -np.inf) -> np.ndarray:
-        """Per hypothesis: its score minus the best score of hypotheses outside its neighbourhood
-        (-inf scores are unsupported; a hypothesis with nothing elsewhere gets NaN: undecidable)."""
+    def _confidence(self, rows: np.ndarray, seq_score: np.ndarray, sims: np.ndarray,
+                    rival_sims: np.ndarray | None = None) -> np.ndarray:
+        """Per hypothesis *i*: its score minus the best score of the hypotheses outside its
+        neighbourhood and of the rivals, each scored over the sequence queries *i* found a pair for
+        (``sims``: (H, L) pair similarities, NaN: none; ``rival_sims``: (R, L) of the supported
+        rivals). Another hypothesis counts when it has at least ``min(sequence_min_support, |i's
+        pairs|)`` pairs there, so with full support this is each one's own sequence score.
+        -inf scores are unsupported; a hypothesis with nothing elsewhere gets NaN: undecidable."""
         h = len(rows)
         if h == 0:
             return np.zeros(0)
@@ -309,11 +317,32 @@ class SequenceMatcher:
         if both.any():
             dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
             far = np.where(both, dist > cfg.confidence_radius_m, far)
-        others = np.maximum(np.where(far, seq_score[None, :], -np.inf).max(axis=1), rival)
+        others = _restricted_best(sims, np.where(far & np.isfinite(seq_score)[None, :], 0.0, -np.inf),
+                                  cfg.sequence_min_support)
+        if rival_sims is not None and len(rival_sims):
+            others = np.maximum(others, _restricted_best(sims, np.zeros((h, len(rival_sims))), cfg.sequence_min_support,
+                                                         rival_sims))
         with np.errstate(invalid="ignore"):
             conf = seq_score - others
         conf[~np.isfinite(others) | ~np.isfinite(seq_score)] = np.nan
         return conf
+
+
+def _restricted_best(sims: np.ndarray, allowed: np.ndarray, min_support: int,
+                     other_sims: np.ndarray | None = None) -> np.ndarray:
+    """(H,) for each hypothesis *i*: the best mean similarity of another sequence (rows of
+    ``other_sims``, default ``sims`` itself) over the columns where ``sims[i]`` has a pair, among
+    those with ``allowed[i, j]`` == 0 (-inf: not allowed) and at least ``min(min_support, |i's
+    pairs|)`` pairs there; -inf when none."""
+    other = sims if other_sims is None else other_sims
+    mine = ~np.isnan(sims)  # (H, L)
+    theirs = ~np.isnan(other)  # (O, L)
+    count = mine.astype(np.float64) @ theirs.T.astype(np.float64)  # (H, O): j's pairs among i's columns
+    total = mine.astype(np.float64) @ np.nan_to_num(other, nan=0.0).T  # (H, O)
+    need = np.minimum(mine.sum(axis=1), min_support)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where((count >= need) & (count > 0), total / np.maximum(count, 1.0), -np.inf) + allowed
+    return mean.max(axis=1) if mean.shape[1] else np.full(len(sims), -np.inf)
 
 
 def covariance_from_confidence(confidence: float, min_confidence: float, base_diagonal: Sequence[float]) -> list[float]:

@@ -77,6 +77,9 @@ class Localizer:
         self._prior_keyframes = prior_map.keyframes if prior_map is not None else []
         self._prior_row_of_id = {int(i): r for r, i in enumerate(prior_map.ids)} if prior_map is not None else {}
         prior_table = KeyframeTable.from_map(prior_map) if prior_map is not None else KeyframeTable(dim)
+        # An exact map is searched by the decision's own product (see _prior_search).
+        self._prior_exact = (prior_map is not None and prior_map.index_type == "flat"
+                             and "pca_dim" not in prior_map.index_params)
         self.map_matcher = SequenceMatcher(self.config, prior_table)
         self.online_thinned = 0  # online keyframes dropped by the online_max_keyframes cap, in total
         self._blas = ThreadpoolController()
@@ -117,11 +120,19 @@ class Localizer:
         self.online_map.save(folder)
         return len(self.online_map)
 
-    def _prior_hits(self, descriptors: np.ndarray) -> np.ndarray:
-        """(N, k) prior-map rows of each query's search hits (-1: none)."""
+    def _prior_search(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(hits, sims)``: (N, k) prior-map rows of each query's search hits (-1: none) and, for an
+        exact (flat) map, (N, M) each query's similarity to every map row (else None).
+
+        A flat map is searched here as one product with the decision's own float32 copy of the
+        descriptors (the values the faiss index holds, the same work as its exact search): the
+        sequence evidence then reads the query's similarities from it instead of recomputing them."""
         k = min(SEARCH_DEPTH * self.config.top_k, len(self.prior_map))
+        if self._prior_exact:
+            sims = descriptors @ self.map_matcher.table.descriptors.T  # (N, M)
+            return np.stack([_top_rows(s, k) for s in sims]), sims
         ids = self.prior_map.search(descriptors, k).ids
-        return np.vectorize(lambda i: self._prior_row_of_id.get(int(i), -1), otypes=[np.int64])(ids)
+        return np.vectorize(lambda i: self._prior_row_of_id.get(int(i), -1), otypes=[np.int64])(ids), None
 
     def _online_hits(self, sims: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Rows of the ``SEARCH_DEPTH * top_k`` most similar online keyframes among those in ``mask``
@@ -129,10 +140,7 @@ class Localizer:
         rows = np.flatnonzero(mask)
         if len(rows) == 0:
             return rows
-        sims = sims[rows]
-        k = min(SEARCH_DEPTH * self.config.top_k, len(rows))
-        best = np.argpartition(-sims, k - 1)[:k]
-        return rows[best[np.argsort(-sims[best], kind="stable")]]
+        return rows[_top_rows(sims[rows], SEARCH_DEPTH * self.config.top_k)]
 
     def _recent_rivals(self, q: Query, path_m: float) -> np.ndarray:
         """Online rows too recent to be loop closures but not the immediate past (further back than
@@ -190,14 +198,15 @@ class Localizer:
         cfg = self.config
         order = sorted(range(len(queries)), key=lambda i: queries[i].stamp)
         prior = self.prior_map is not None and len(self.prior_map) > 0
-        prior_hits = self._prior_hits(descriptors) if prior else None
+        prior_hits, prior_sims = self._prior_search(descriptors) if prior else (None, None)
         for i in order:
             q, d = queries[i], descriptors[i]
             path_m = self._advance_path(q)
             if q.stamp != self._step_stamp:
                 self._step, self._step_stamp = self._step + 1, q.stamp
             if prior:
-                hyp = self.map_matcher.decide(q.camera, d, q.pose, path_m, prior_hits[i], step=self._step)
+                hyp = self.map_matcher.decide(q.camera, d, q.pose, path_m, prior_hits[i], step=self._step,
+                                              table_sims=None if prior_sims is None else prior_sims[i])
                 results[i].map = ChannelResult("map", self.prior_map.map_frame,
                                                self._candidates(hyp, self._prior_keyframes))
             elif self.prior_map is not None:
@@ -213,7 +222,7 @@ class Localizer:
                 rivals = self._online_hits(sims, self._recent_rivals(q, path_m))
                 online_hits = self._online_hits(sims, mask)
                 hyp = self.online_matcher.decide(q.camera, d, q.pose, path_m, online_hits, mask, rivals,
-                                                 step=self._step)
+                                                 step=self._step, table_sims=sims)
                 results[i].online = ChannelResult("online", self.online_frame,
                                                   self._candidates(hyp, self._online_keyframes))
                 results[i].keyframe = self._add_online(q, d, path_m)
@@ -263,3 +272,12 @@ class Localizer:
         table = self.online_matcher.table
         return self.online_map.memory_bytes + sum(
             a.nbytes for a in (table._desc, table._pos, table._rot, table._stamp, table._path, table._posed))
+
+
+def _top_rows(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest of ``sims`` (1-D), largest first (ties: lower index first)."""
+    k = min(k, len(sims))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    best = np.sort(np.argpartition(-sims, k - 1)[:k])
+    return best[np.argsort(-sims[best], kind="stable")]

@@ -18,8 +18,10 @@ metres until ``sequence_length_m`` are covered (or ``sequence_keyframes`` querie
 same defaults therefore cover keyframes 1 m or 10 m apart at any speed.
 
 A hypothesis's *sequence score* is the mean similarity of its aligned pairs; its *support* the
-number of sequence queries that found a keyframe within the radius. Similarities are memoised per
-(query, keyframe) pair, so a step costs about one dot product per new pair.
+number of sequence queries that found a keyframe within the radius. Each query keeps its
+similarity to every table row when the search computed it anyway (an exact search is one product
+with the whole table; the newest queries only, :data:`TABLE_SIMS_BUDGET`); other pairs are
+memoised per (query, keyframe), so a step costs at most one dot product per new pair.
 """
 from __future__ import annotations
 
@@ -32,9 +34,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["KeyframeTable", "QueryTrack", "SequenceScores", "TrackEntry", "pair_similarities", "quaternion_matrices"]
+__all__ = ["TABLE_SIMS_BUDGET", "KeyframeTable", "QueryTrack", "SequenceScores", "TrackEntry", "pair_similarities",
+           "quaternion_matrices"]
 
 _uid = itertools.count()
+
+TABLE_SIMS_BUDGET = 2_000_000
+"""Similarities per camera track kept as whole-table rows (:attr:`TrackEntry.table_sims`; 8 MB of
+float32): the newest entries keep theirs, older ones fall back to per-pair memoisation. A
+1000-keyframe map keeps them for 2000 queries, a 100,000-keyframe one for the newest 20."""
 
 
 def quaternion_matrices(quaternions: np.ndarray) -> np.ndarray:
@@ -200,6 +208,9 @@ class TrackEntry:
     step: int = 0  # time step (distinct stamps processed so far, all cameras): the order without odometry
     uid: int = field(default_factory=lambda: next(_uid))
     sims: dict[int, float] = field(default_factory=dict)  # table row -> similarity
+    # (N,) float32 similarity to table rows 0..N-1 (the table's size when the query was searched),
+    # or None: from the search's own product with the whole table, so looking a pair up is free.
+    table_sims: np.ndarray | None = None
 
 
 @dataclass
@@ -210,6 +221,7 @@ class SequenceScores:
     score: np.ndarray  # (H,) mean similarity over the aligned pairs (-inf: no support)
     support: np.ndarray  # (H,) number of sequence queries with a keyframe within the radius
     length: int  # queries in the sequence (the current one included)
+    sims: np.ndarray | None = None  # (H, length) similarity of each aligned pair (NaN: none)
 
 
 class QueryTrack:
@@ -222,6 +234,13 @@ class QueryTrack:
         """Append ``entry``; forget entries further back than ``keep_path_m`` of travel (when the
         track has odometry) beyond the newest ``keep_entries``."""
         self.entries.append(entry)
+        if entry.table_sims is not None:
+            # Only the newest entries keep whole-table rows (TABLE_SIMS_BUDGET).
+            keep = TABLE_SIMS_BUDGET // max(len(entry.table_sims), 1)
+            for older in itertools.islice(reversed(self.entries), keep, None):
+                if older.table_sims is None:
+                    break
+                older.table_sims = None
         if entry.position is not None and math.isfinite(entry.path_m):
             while (len(self.entries) > keep_entries and math.isfinite(self.entries[0].path_m)
                    and entry.path_m - self.entries[0].path_m > keep_path_m):
@@ -305,16 +324,28 @@ def predict_rows(table: KeyframeTable, hypotheses: np.ndarray, sequence: Sequenc
 
 def pair_similarities(descriptors: np.ndarray, entries: Sequence[TrackEntry], rows: np.ndarray) -> np.ndarray:
     """Similarity of ``entries[c]`` with table row ``rows[..., c]`` for every element of the
-    (..., L) int array ``rows`` (NaN where it is -1), float64. Each distinct (entry, row) pair is
-    computed once and memoised in the entry's ``sims``; new pairs are computed per entry as one
-    product of the table rows (sorted) with its descriptor."""
+    (..., L) int array ``rows`` (NaN where it is -1), float64. A pair is read from the entry's
+    ``table_sims`` when it covers the row; otherwise each distinct (entry, row) pair is computed
+    once and memoised in the entry's ``sims``, new pairs per entry as one product of the table rows
+    (sorted) with its descriptor."""
     out = np.full(rows.shape, np.nan, np.float64)
     found = rows >= 0
     if not found.any():
         return out
+    columns = np.broadcast_to(np.arange(rows.shape[-1], dtype=np.int64), rows.shape)
+    looked_up = np.zeros(rows.shape, bool)
+    for c, entry in enumerate(entries):
+        row_sims = entry.table_sims
+        if row_sims is not None:
+            column = rows[..., c]
+            hit = found[..., c] & (column < len(row_sims))
+            out[..., c][hit] = row_sims[column[hit]]
+            looked_up[..., c] = hit
+    rest = found & ~looked_up
+    if not rest.any():
+        return out
     n = len(descriptors)
-    columns = np.broadcast_to(np.arange(rows.shape[-1], dtype=np.int64), rows.shape)[found]
-    distinct, inverse = np.unique(columns * n + rows[found], return_inverse=True)
+    distinct, inverse = np.unique(columns[rest] * n + rows[rest], return_inverse=True)
     cols, table_rows = np.divmod(distinct, n)
     caches = [e.sims for e in entries]
     values = np.array([caches[c].get(r, math.nan) for c, r in zip(cols.tolist(), table_rows.tolist(), strict=True)],
@@ -327,7 +358,7 @@ def pair_similarities(descriptors: np.ndarray, entries: Sequence[TrackEntry], ro
             computed = (descriptors[new_rows] @ entries[c].descriptor).tolist()
             caches[c].update(zip(new_rows.tolist(), computed, strict=True))
             values[run] = computed
-    out[found] = values[inverse.reshape(-1)]
+    out[rest] = values[inverse.reshape(-1)]
     return out
 
 
@@ -341,4 +372,4 @@ def score_sequence(table: KeyframeTable, hypotheses: np.ndarray, sequence: Seque
     support = np.sum(~np.isnan(sims), axis=1)
     with np.errstate(invalid="ignore"):
         score = np.where(support > 0, np.nansum(sims, axis=1) / np.maximum(support, 1), -np.inf)
-    return SequenceScores(hypotheses, score, support, len(sequence))
+    return SequenceScores(hypotheses, score, support, len(sequence), sims)
