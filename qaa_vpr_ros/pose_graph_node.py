@@ -17,6 +17,7 @@ arrived):
 """
 from __future__ import annotations
 
+import array
 import functools
 import sys
 import threading
@@ -79,7 +80,7 @@ def records_cloud(header: Header, records: list[LoopClosureRecord]) -> PointClou
     table = records_to_table(records)
     return PointCloud2(header=header, height=1, width=len(records), fields=list(_cloud_fields()), is_bigendian=False,
                        point_step=RECORD_DTYPE.itemsize, row_step=RECORD_DTYPE.itemsize * len(records),
-                       data=table.tobytes(), is_dense=True)
+                       data=array.array("B", table.tobytes()), is_dense=True)  # bytes: checked byte by byte
 
 
 def records_from_cloud(msg: PointCloud2) -> list[LoopClosureRecord]:

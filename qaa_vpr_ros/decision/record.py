@@ -268,19 +268,17 @@ RECORD_DTYPE = _record_dtype()
 
 def records_to_table(records: Iterable[LoopClosureRecord]) -> np.ndarray:
     """Records -> structured array of :data:`RECORD_DTYPE` (one row each, same order)."""
-    records = list(records)
-    table = np.zeros(len(records), dtype=RECORD_DTYPE)
-    for i, r in enumerate(records):
-        row = table[i]
-        for f in fields(LoopClosureRecord):
-            value = getattr(r, f.name)
-            if f.name in _STRING_FIELDS:
-                row[f.name] = value.encode("utf-8")
-            elif f.name == "transform_source":
-                row[f.name] = TRANSFORM_SOURCES.index(value)
-            else:
-                row[f.name] = value
-    return table
+    names = [f.name for f in fields(LoopClosureRecord)]
+    source = names.index("transform_source")
+    strings = [names.index(n) for n in _STRING_FIELDS]
+    rows = []
+    for r in records:
+        row = [getattr(r, n) for n in names]
+        for i in strings:
+            row[i] = row[i].encode("utf-8")
+        row[source] = TRANSFORM_SOURCES.index(row[source])
+        rows.append(tuple(row))
+    return np.array(rows, dtype=RECORD_DTYPE)
 
 
 def records_from_table(table: np.ndarray) -> list[LoopClosureRecord]:
@@ -464,23 +462,28 @@ def channel_records(query: Any, channel: Any, session: str, covariance: Callable
     """
     query_pose = getattr(query, "pose", None)
     q_position, q_orientation = query_pose if query_pose is not None else (_NAN3, _IDENTITY_Q)
-    e_query = extrinsics(query.camera) if extrinsics is not None else np.eye(4)
+    e_query_inv = np.linalg.inv(extrinsics(query.camera)) if extrinsics is not None else np.eye(4)
+    by_camera: dict[str, tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]] = {}  # one per camera
     out = []
     for c in channel.candidates:
         kf = c.keyframe
-        e_match = extrinsics(kf.camera) if extrinsics is not None else np.eye(4)
-        relative = e_match @ np.linalg.inv(e_query)
+        camera = str(kf.camera)
+        if camera not in by_camera:
+            between = (extrinsics(camera) if extrinsics is not None else np.eye(4)) @ e_query_inv
+            by_camera[camera] = (between, tuple(between[:3, 3]), matrix_quaternion(between[:3, :3]))
+        relative, translation, rotation = by_camera[camera]
         offset = getattr(c, "offset", None)
         if offset is not None:
             relative = np.asarray(offset, dtype=np.float64) @ relative
+            translation, rotation = tuple(relative[:3, 3]), matrix_quaternion(relative[:3, :3])
         out.append(LoopClosureRecord(
             query_stamp_sec=int(query.stamp_sec), query_stamp_nanosec=int(query.stamp_nanosec), camera=query.camera,
             match_keyframe_id=int(kf.id), match_stamp_sec=int(kf.stamp_sec), match_stamp_nanosec=int(kf.stamp_nanosec),
             match_session=session, match_frame=channel.map_frame, query_keyframe_id=int(query_keyframe_id),
             match_camera=str(kf.camera), match_position=tuple(kf.position), match_orientation=tuple(kf.orientation),
             query_frame=getattr(query, "pose_frame", ""), query_position=tuple(q_position),
-            query_orientation=tuple(q_orientation), relative_translation=tuple(relative[:3, 3]),
-            relative_rotation=matrix_quaternion(relative[:3, :3]), covariance=tuple(covariance(c)),
+            query_orientation=tuple(q_orientation), relative_translation=translation,
+            relative_rotation=rotation, covariance=tuple(covariance(c)),
             transform_source="none" if offset is None else "sequence", score=float(c.score),
             confidence=float(getattr(c, "confidence", math.nan)),
             sequence_score=float(getattr(c, "sequence_score", math.nan)),
