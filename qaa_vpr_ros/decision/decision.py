@@ -153,7 +153,7 @@ class SequenceMatcher:
         self._previous[camera] = (entry, rows[: len(keep)], positions[keep], rotations[keep])
         valid = support >= cfg.sequence_min_support
         rival_sims = np.zeros((0, len(sequence)))
-        if len(rival_rows):
+        if len(rival_rows) and len(rows):  # rivals only lower the confidence of some hypothesis
             rivals = score_sequence(table, np.asarray(list(dict.fromkeys(int(r) for r in rival_rows)), np.int64),
                                     sequence, cfg.sequence_radius_m)
             rival_sims = rivals.sims[rivals.support >= cfg.sequence_min_support]
