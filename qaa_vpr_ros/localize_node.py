@@ -950,6 +950,11 @@ def main(args: list[str] | None = None, stop: threading.Event | None = None) -> 
         stop = stop_on_signals() if on_main else threading.Event()
     if stop.is_set():  # stopped while this module was being imported: nothing started yet
         return 0
+    # Fast DDS publishes asynchronously by default: publish() queues the sample and a flow
+    # controller thread sends it, which on a busy CPU held each ~/loop_candidates table back by
+    # about 1 ms (up to 4 ms). Our messages are small (a table of <= top_k rows of 826 bytes), so
+    # send them from the publishing thread. Only rmw_fastrtps reads this; the user's own setting wins.
+    os.environ.setdefault("RMW_FASTRTPS_PUBLICATION_MODE", "SYNCHRONOUS")
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = LocalizeNode()
