@@ -428,6 +428,9 @@ def test_whole_table_similarities_give_the_memoised_values_and_only_the_newest_k
     whole = [TrackEntry(e.descriptor, None, None, math.nan, table_sims=descriptors[:40] @ e.descriptor)
              for e in entries]
     assert np.allclose(sequence.pair_similarities(descriptors, whole, rows), memoised, atol=1e-6, equal_nan=True)
+    monkeypatch.setattr(sequence, "_STACKED_MAX", 0)  # a large table: read entry by entry, no stacked copy
+    assert np.allclose(sequence.pair_similarities(descriptors, whole, rows), memoised, atol=1e-6, equal_nan=True)
+    monkeypatch.undo()
     assert not whole[0].sims or max(whole[0].sims) >= 40  # nothing below row 40 was recomputed
     assert np.isnan(memoised[rows < 0]).all() and not np.isnan(memoised[rows >= 0]).any()
 
@@ -437,6 +440,17 @@ def test_whole_table_similarities_give_the_memoised_values_and_only_the_newest_k
                       for e in entries]:
         track.add(e, keep_path_m=0.0, keep_entries=20)
     assert [e.table_sims is not None for e in track.entries] == [False, False, False, True, True, True]
+
+
+def test_one_quaternion_gives_the_same_matrix_as_many() -> None:
+    from qaa_vpr_ros.decision.sequence import quaternion_matrices
+
+    q = np.random.default_rng(6).standard_normal((5, 4)) * 3.0
+    q[4] = 0.0  # no rotation: the identity
+    many = quaternion_matrices(q)
+    assert np.allclose(many[4], np.eye(3))
+    for i in range(5):
+        assert np.allclose(quaternion_matrices(q[i]), many[i : i + 1], atol=1e-12)
 
 
 def test_an_exact_map_is_searched_as_faiss_would() -> None:

@@ -48,6 +48,13 @@ float32): the newest entries keep theirs, older ones fall back to per-pair memoi
 def quaternion_matrices(quaternions: np.ndarray) -> np.ndarray:
     """(N, 4) quaternions (qx, qy, qz, qw) -> (N, 3, 3) rotation matrices (normalised first)."""
     q = np.asarray(quaternions, np.float64).reshape(-1, 4)
+    if len(q) == 1:  # one pose per query: plain floats are ~10x cheaper than the array ops below
+        x, y, z, w = (float(v) for v in q[0])
+        n = math.sqrt(x * x + y * y + z * z + w * w)
+        x, y, z, w = (x / n, y / n, z / n, w / n) if n > 1e-12 else (0.0, 0.0, 0.0, 1.0)
+        return np.array([[[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                          [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                          [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]])
     norm = np.linalg.norm(q, axis=1, keepdims=True)
     q = np.where(norm > 1e-12, q / np.maximum(norm, 1e-12), np.array([0.0, 0.0, 0.0, 1.0]))
     x, y, z, w = q.T
@@ -76,7 +83,7 @@ class KeyframeTable:
         self._path = np.zeros(0, np.float64)
         self._posed = np.zeros(0, bool)
         # One KD-tree per kind of lookup (all rows / a mask), each reused while it stays valid.
-        self._trees: dict[bool, tuple[cKDTree, np.ndarray, int]] = {}
+        self._trees: dict[bool, tuple[cKDTree, np.ndarray, int]] = {}  # (tree, its rows, table size then)
 
     @classmethod
     def from_map(cls, place_map) -> KeyframeTable:
@@ -178,7 +185,9 @@ class KeyframeTable:
         longer usable or lacks more than max(64, 10 %) of them, so most steps reuse it."""
         cached = self._trees.get(masked)
         if cached is not None:
-            tree, rows, _ = cached
+            tree, rows, built_at = cached
+            if not masked and built_at == self._n:  # all rows with a pose, none added since: as built
+                return tree, rows, np.zeros(0, np.int64)
             if rows[-1] < self._n and usable[rows].all():
                 inside = np.zeros(self._n, bool)
                 inside[rows] = True
@@ -187,7 +196,7 @@ class KeyframeTable:
                     return tree, rows, extra
         rows = np.flatnonzero(usable)
         tree = cKDTree(self.positions[rows])
-        self._trees[masked] = (tree, rows, len(rows))
+        self._trees[masked] = (tree, rows, self._n)
         return tree, rows, np.zeros(0, np.int64)
 
 
@@ -322,6 +331,10 @@ def predict_rows(table: KeyframeTable, hypotheses: np.ndarray, sequence: Sequenc
     return rows
 
 
+_STACKED_MAX = 1 << 18
+"""pair_similarities stacks the entries' whole-table rows (a copy) up to this many floats (1 MB)."""
+
+
 def pair_similarities(descriptors: np.ndarray, entries: Sequence[TrackEntry], rows: np.ndarray) -> np.ndarray:
     """Similarity of ``entries[c]`` with table row ``rows[..., c]`` for every element of the
     (..., L) int array ``rows`` (NaN where it is -1), float64. A pair is read from the entry's
@@ -333,15 +346,22 @@ def pair_similarities(descriptors: np.ndarray, entries: Sequence[TrackEntry], ro
     if not found.any():
         return out
     columns = np.broadcast_to(np.arange(rows.shape[-1], dtype=np.int64), rows.shape)
-    looked_up = np.zeros(rows.shape, bool)
-    for c, entry in enumerate(entries):
-        row_sims = entry.table_sims
-        if row_sims is not None:
-            column = rows[..., c]
-            hit = found[..., c] & (column < len(row_sims))
-            out[..., c][hit] = row_sims[column[hit]]
-            looked_up[..., c] = hit
-    rest = found & ~looked_up
+    lengths = np.array([0 if e.table_sims is None else len(e.table_sims) for e in entries], np.int64)
+    rest = found
+    if lengths.any():
+        looked_up = found & (rows < lengths)
+        if len(entries) * int(lengths.max()) <= _STACKED_MAX:  # one gather from the stacked rows
+            stacked = np.empty((len(entries), int(lengths.max())), np.float32)
+            for c, entry in enumerate(entries):
+                if lengths[c]:
+                    stacked[c, : lengths[c]] = entry.table_sims
+            out[looked_up] = stacked[columns[looked_up], rows[looked_up]]
+        else:  # a large table: no copy of its rows, one gather per entry
+            for c, entry in enumerate(entries):
+                if lengths[c]:
+                    hit = looked_up[..., c]
+                    out[..., c][hit] = entry.table_sims[rows[..., c][hit]]
+        rest = found & ~looked_up
     if not rest.any():
         return out
     n = len(descriptors)
