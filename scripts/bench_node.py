@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
     parser.add_argument("--camera-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"),
                         help="published image size (rgb8)")
-    parser.add_argument("--frames", type=int, default=20, help="frames timed in part 1")
+    parser.add_argument("--frames", type=int, default=40,
+                        help="frames timed in part 1 (the node accepts matches from about the 10th, when its "
+                             "sequences have sequence_min_support queries)")
     parser.add_argument("--map-size", type=int, default=1000, help="keyframes in the map (frames + random)")
     parser.add_argument("--spacing", type=float, default=10.0, help="metres between map keyframes and frames")
     parser.add_argument("--odometry", action=argparse.BooleanOptionalAction, default=True,
