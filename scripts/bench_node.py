@@ -233,11 +233,10 @@ def main(argv: list[str] | None = None) -> int:
                 diag[s.name] = {kv.key: kv.value for kv in s.values} | {"message": s.message}
 
     client.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
+    # The node's defaults (image QoS and decision included; every frame answers on ~/loop_candidates)
+    # but for the files it needs, the device and the thread count under test.
     base_params = {"model": str(model_dir), "map": str(workdir / "map"), "device": args.device,
-                   "transport": "raw", "reliable": True, "min_score": -1.0, "top_k": 5,
-                   # Default decision (sequences, confidence); every frame answers on ~/place_match.
-                   "publish_unmatched": True,
-                   "diagnostics_period_s": 1.0, "torch_threads": args.torch_threads}
+                   "torch_threads": args.torch_threads}
 
     def wait_ready(name: str, node: NodeProcess) -> None:
         deadline = time.monotonic() + 300
@@ -265,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     cams = args.overhead_cameras
     overhead_topics = [f"/bench/overhead{c}" for c in range(cams)]
     overhead_params = {"image_topics": overhead_topics, "online_loop_closure": args.online}
+    if cams > 1:
+        # Several 230 kB images published at once by one process lose fragments in Fast DDS's
+        # default transports: with the default best-effort QoS those frames never arrive and the
+        # step would wait forever; reliable QoS repairs them, at its 3 s heartbeat (a stall).
+        overhead_params["reliable"] = True
     if args.odometry:
         overhead_params["odom_topic"] = "/bench/odom"
     node = NodeProcess(name, base_params | overhead_params, workdir)
