@@ -15,8 +15,8 @@ median/p90 of each and the
 ratio node / bare (target: overhead <= 10 %, i.e. ratio <= 1.10).
 
 Part 2, load: 4 cameras x 30 Hz into a fresh node (prebuilt map + online loop closure) for
-``--duration`` seconds: processed rate, dropped frames, p50/p99 latency (image stamp -> place
-match received), and the node's RSS over time.
+``--duration`` seconds: processed rate, dropped frames, p50/p99 latency (image stamp -> its
+``~/loop_candidates`` received), and the node's RSS over time.
 
     .venv/bin/python -m scripts.bench_node                       # ViT-S/14 at 224 x 224, 120 s load
     .venv/bin/python -m scripts.bench_node --arch tiny --duration 30   # a quick smoke run
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(published {published}, {published / publish_s:.1f} msg/s achieved)")
         print(f"  processed {processed} ({processed / publish_s:.2f} frames/s), dropped by the node {dropped} "
               f"(one-slot buffers), not delivered/unaccounted {published - processed - dropped}")
-        print(f"  latency stamp->place_match  p50 {percentile(latencies, 50):.0f} ms  "
+        print(f"  latency stamp->loop_candidates  p50 {percentile(latencies, 50):.0f} ms  "
               f"p99 {percentile(latencies, 99):.0f} ms  max {max(latencies, default=float('nan')):.0f} ms")
         print(f"  node: inference {loc.get('inference_ms')} ms/batch (batch {loc.get('batch_size')}), "
               f"search {loc.get('search_ms')} ms, online keyframes {loc.get('online_keyframes')}")
