@@ -490,3 +490,17 @@ def test_a_sequence_that_runs_off_the_database_is_compared_on_its_own_queries() 
     rival = np.r_[np.full(10, 0.45), np.full(10, 0.0)][None]
     assert matcher._confidence(rows, np.array([0.5, 0.3]), full, rival)[0] == pytest.approx(0.2)
     assert matcher._confidence(rows[:1], np.array([0.5]), a[None], rival)[0] == pytest.approx(0.05)
+
+
+def test_a_batch_keeps_each_query_s_own_similarity_row() -> None:
+    """Each track entry of a batch holds its own row, not a view that keeps the batch's whole
+    (cameras x keyframes) product alive for as long as the entry lives."""
+    rng = np.random.default_rng(7)
+    places = unit(rng, 100)
+    loc = Localizer(config(online_loop_closure=False), 32, "fp", prior_map=synthetic_map(places, 5.0))
+    queries = [Query(f"cam{c}", 1000, c, f"cam{c}", pose=odometry_frame(*curve(5.0 * c))) for c in range(3)]
+    loc.process(queries, places[:3])
+    entries = [track.entries[-1] for track in loc.map_matcher._tracks.values()]
+    assert len(entries) == 3
+    for entry in entries:
+        assert entry.table_sims is not None and entry.table_sims.shape == (100,) and entry.table_sims.base is None

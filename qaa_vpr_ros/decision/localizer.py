@@ -205,8 +205,10 @@ class Localizer:
             if q.stamp != self._step_stamp:
                 self._step, self._step_stamp = self._step + 1, q.stamp
             if prior:
+                # A row of a batch's product is a view that would keep the whole batch alive in the track.
+                row_sims = None if prior_sims is None else prior_sims[i] if len(queries) == 1 else prior_sims[i].copy()
                 hyp = self.map_matcher.decide(q.camera, d, q.pose, path_m, prior_hits[i], step=self._step,
-                                              table_sims=None if prior_sims is None else prior_sims[i])
+                                              table_sims=row_sims)
                 results[i].map = ChannelResult("map", self.prior_map.map_frame,
                                                self._candidates(hyp, self._prior_keyframes))
             elif self.prior_map is not None:
