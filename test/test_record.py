@@ -36,6 +36,25 @@ def _record(**overrides) -> LoopClosureRecord:
     return LoopClosureRecord(**values)
 
 
+def _covariance(nan_at: int = -1, skew_at: tuple[int, int] = (0, 0), skew: float = 0.0) -> tuple[float, ...]:
+    """A valid 6x6 covariance with off-diagonal terms, optionally one NaN or one asymmetric pair."""
+    cov = np.diag([0.5, 0.5, 0.5, 0.1, 0.1, 0.1])
+    cov[0, 1] = cov[1, 0] = cov[2, 5] = cov[5, 2] = 0.01
+    cov[skew_at] += skew
+    flat = cov.ravel()
+    if nan_at >= 0:
+        flat[nan_at] = math.nan
+    return tuple(float(v) for v in flat)
+
+
+def test_valid_edge_cases_are_accepted():
+    # Asymmetric within the tolerance (1e-9 relative: float rounding of a rotated covariance),
+    # 16 four-byte characters (64 UTF-8 bytes, the limit) and an exactly symmetric covariance.
+    assert _record(covariance=_covariance(skew_at=(1, 4), skew=1e-12)).covariance[10] == pytest.approx(1e-12)
+    assert _record(camera="\U0001f697" * 16).camera == "\U0001f697" * 16
+    assert _record(covariance=_covariance()).covariance[1] == 0.01
+
+
 def test_table_round_trip_is_lossless():
     records = [_record(), _record(match_session="online", match_frame="odom", transform_source="geometry",
                                   inliers=87, accepted=False, camera="/ü/unicode")]
@@ -57,7 +76,12 @@ def test_truncated_table_bytes_are_rejected_with_the_reason():
     ({"transform_source": "magic"}, "transform_source"),
     ({"relative_rotation": (0.0, 0.0, 0.0, 2.0)}, "relative_rotation"),
     ({"camera": "x" * 65}, "camera"),
+    ({"match_frame": "\u00e9" * 33}, "match_frame"),  # 33 characters, 66 UTF-8 bytes
+    ({"match_camera": 7}, "match_camera"),
     ({"match_position": (1.0, 2.0)}, "match_position"),
+    ({"query_orientation": (0.0, 0.0, "w", 1.0)}, "query_orientation"),
+    ({"covariance": _covariance(nan_at=8)}, "non-finite"),
+    ({"covariance": _covariance(skew_at=(1, 4), skew=1e-6)}, "not symmetric"),
 ])
 def test_bad_fields_raise_naming_the_field(bad, culprit):
     with pytest.raises(ValueError, match=culprit):

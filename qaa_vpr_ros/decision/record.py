@@ -27,6 +27,7 @@ variances calibrated against ground truth (:meth:`CovarianceModel.calibrate`).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -133,27 +134,29 @@ class LoopClosureRecord:
     accepted: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("match_position", "query_position", "relative_translation"):
-            _set(self, name, _floats(name, getattr(self, name), 3))
-        for name in ("match_orientation", "query_orientation", "relative_rotation"):
-            _set(self, name, _floats(name, getattr(self, name), 4))
-        cov = _floats("covariance", self.covariance, 36)
-        _set(self, "covariance", cov)
-        if not all(math.isfinite(v) for v in cov):
+        # Built for every candidate of every query (the node's hot path): the checks below use
+        # C-level iteration (map, itemgetter) rather than Python loops; same checks, same errors.
+        for name, length in _VECTOR_LENGTHS:
+            _set(self, name, _floats(name, getattr(self, name), length))
+        cov = self.covariance
+        if not all(map(math.isfinite, cov)):
             raise ValueError(f"LoopClosureRecord.covariance holds non-finite values: {cov}")
-        tolerance = 1e-9 * max(1.0, max(abs(v) for v in cov))
-        if any(abs(cov[6 * i + j] - cov[6 * j + i]) > tolerance for i in range(6) for j in range(i)):
-            raise ValueError("LoopClosureRecord.covariance is not symmetric")
-        if any(cov[7 * i] <= 0.0 for i in range(6)):
+        upper, lower = _UPPER(cov), _LOWER(cov)
+        if upper != lower:  # exactly symmetric (the usual case) needs no tolerance
+            tolerance = 1e-9 * max(1.0, max(map(abs, cov)))
+            if any(abs(a - b) > tolerance for a, b in zip(upper, lower, strict=True)):
+                raise ValueError("LoopClosureRecord.covariance is not symmetric")
+        if min(cov[::7]) <= 0.0:
             raise ValueError(f"LoopClosureRecord.covariance diagonal must be > 0, got {list(cov[::7])}")
         if self.transform_source not in TRANSFORM_SOURCES:
             raise ValueError(f"LoopClosureRecord.transform_source {self.transform_source!r} is not one of "
                              f"{list(TRANSFORM_SOURCES)}")
-        if not abs(math.sqrt(sum(v * v for v in self.relative_rotation)) - 1.0) <= 1e-3:
+        if not abs(math.hypot(*self.relative_rotation) - 1.0) <= 1e-3:
             raise ValueError(f"LoopClosureRecord.relative_rotation {self.relative_rotation} is not a unit quaternion")
-        for name in ("camera", "match_session", "match_frame", "match_camera", "query_frame"):
+        for name in _STRING_FIELDS:
             value = getattr(self, name)
-            if not isinstance(value, str) or len(value.encode("utf-8")) > NAME_BYTES:
+            # A str of at most NAME_BYTES characters may still encode to more bytes (UTF-8).
+            if not isinstance(value, str) or (len(value) > NAME_BYTES // 4 and len(value.encode("utf-8")) > NAME_BYTES):
                 raise ValueError(f"LoopClosureRecord.{name} must be a string of at most {NAME_BYTES} "
                                  f"UTF-8 bytes, got {value!r}")
 
@@ -228,7 +231,7 @@ def _set(record: LoopClosureRecord, name: str, value: object) -> None:
 
 def _floats(name: str, values: Sequence[float], length: int) -> tuple[float, ...]:
     try:
-        out = tuple(float(v) for v in values)
+        out = tuple(map(float, values))
     except (TypeError, ValueError) as err:
         raise ValueError(f"LoopClosureRecord.{name} must be {length} numbers, got {values!r}") from err
     if len(out) != length:
@@ -237,6 +240,11 @@ def _floats(name: str, values: Sequence[float], length: int) -> tuple[float, ...
 
 
 _STRING_FIELDS = ("camera", "match_session", "match_frame", "match_camera", "query_frame")
+_VECTOR_LENGTHS = (("match_position", 3), ("query_position", 3), ("relative_translation", 3),
+                   ("match_orientation", 4), ("query_orientation", 4), ("relative_rotation", 4), ("covariance", 36))
+# The covariance's strictly upper and lower triangles, element (i, j) of one facing (j, i) of the other.
+_UPPER = operator.itemgetter(*(6 * i + j for i in range(6) for j in range(i + 1, 6)))
+_LOWER = operator.itemgetter(*(6 * j + i for i in range(6) for j in range(i + 1, 6)))
 _VECTOR_FIELDS = {"match_position": 3, "match_orientation": 4, "query_position": 3, "query_orientation": 4,
                   "relative_translation": 3, "relative_rotation": 4, "covariance": 36}
 _INT_FIELDS = {"query_stamp_sec": "<i4", "query_stamp_nanosec": "<u4", "match_keyframe_id": "<i4",
