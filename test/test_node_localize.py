@@ -392,3 +392,24 @@ def test_comma_separated_image_topics_give_one_camera_each(ros) -> None:
         assert node.cameras["/b/image/compressed"].compressed is True
     finally:
         node.destroy_node()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_gc_exempts_what_was_loaded_from_the_garbage_collector(ros, model_dir, freeze: bool) -> None:
+    """main() runs the node with freeze_gc: the model and everything else loaded before ``ready``
+    leave the generations a full collection traverses (~170 ms for a ViT-S node); without it,
+    nothing is frozen (the process's owner decides)."""
+    import gc
+
+    gc.unfreeze()
+    node = LocalizeNode("loc_gc", freeze_gc=freeze, parameter_overrides=[Parameter("model", value=str(model_dir))])
+    try:
+        wait_for(lambda: node.state != "loading", 60.0, "loc_gc loaded")
+        assert node.state == "ready", node.state_message
+        tracked = {id(o) for o in gc.get_objects()}  # generations 0-2: not the frozen ones
+        loaded = [node.extractor, node.localizer, node.localizer.online_matcher]
+        assert all((id(o) in tracked) != freeze for o in loaded)
+        assert (gc.get_freeze_count() > 10_000) == freeze
+    finally:
+        node.destroy_node()
+        gc.unfreeze()
