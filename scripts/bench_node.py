@@ -2,10 +2,13 @@
 
 Part 1, overhead: for each frame, the bare pipeline (``DescriptorExtractor.extract`` +
 ``PlaceMap.search`` on the decoded frame, plus the brute-force search of the earlier frames that
-the node's online database does, in a helper process without ROS, timed there) and then the node
+the node's online database does, in a helper process without ROS, timed there) and the node
 (publish a nav_msgs/Odometry and a sensor_msgs/Image, wait for its ``~/loop_candidates``, which it
 publishes for every query whatever the decision) run back to back, so both see the same machine
-load; both are separate processes started the same way, both idle between frames. The node runs
+load; both are separate processes started the same way, both idle between frames. Whichever runs
+second finds the CPU as the other left it (caches, memory): on a 2-core VM the node's extra time
+per frame was 3-9 ms larger in the steps where it ran second than where it ran first, so by
+default the order alternates (``--order``) and the extra time is also printed for each order. The node runs
 its default decision: sequences aligned by odometry (the drive follows the map's keyframes,
 ``--spacing`` m apart, so after ``sequence_keyframes`` frames the matches are accepted and the
 along-track offset is computed) and online loop closure (``--no-online``, ``--no-odometry``: without).
@@ -169,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--torch-threads", type=int, default=0, help="the node's torch_threads (0: default)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--order", choices=("alternate", "bare-first", "node-first"), default="alternate",
+                        help="part 1: which of the two runs first in each step (alternate: bare on even steps, "
+                             "the node on odd ones; whichever runs second finds the CPU after the other)")
     parser.add_argument("--verbose", action="store_true", help="print each frame of part 1")
     parser.add_argument("--bare-worker", type=Path, help=argparse.SUPPRESS)  # internal: part 1's baseline
     args = parser.parse_args(argv)
@@ -288,11 +294,16 @@ def main(argv: list[str] | None = None) -> int:
         if bare_proc.poll() is not None:
             raise SystemExit("the bare-pipeline helper process failed to start")
     bare_ms, node_ms, first_ms = [], [], []
+    node_first_steps: list[bool] = []  # per timed step: whether the node ran before the bare pipeline
     per_frame_tables = 2 if args.online else 1  # ~/loop_candidates: the map's, then the online database's
-    for i in range(len(frames) + 1):  # the first pair warms both up
-        step = [(max(i - 1, 0) + 5 * c) % len(frames) for c in range(cams)]
+
+    def run_bare(step: list[int]) -> float:
+        """The bare pipeline on the step's frames: its own timing, in seconds."""
         bare_proc.stdin.write(",".join(map(str, step)) + "\n")
-        bare = float(bare_proc.stdout.readline()) / 1000.0
+        return float(bare_proc.stdout.readline()) / 1000.0
+
+    def run_node(i: int, step: list[int]) -> tuple[float, list[list[float]]]:
+        """Publish the step's odometry and frames; wait for every table. (publish time, arrivals per camera)"""
         step_msgs = [image_msg(frames[k]) for k in step]
         for c, msg in enumerate(step_msgs):
             msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + i, c
@@ -312,16 +323,25 @@ def main(argv: list[str] | None = None) -> int:
             arrived.clear()  # before the check: a table arriving after it still wakes the wait below
             with lock:
                 arrivals = [received.get((2000 + i, c), []) for c in range(cams)]
-            done = all(len(a) >= per_frame_tables for a in arrivals)
-            if done:
-                break
+            if all(len(a) >= per_frame_tables for a in arrivals):
+                return t0, arrivals
             arrived.wait(timeout=1.0)
-        if not done:
-            raise SystemExit(f"no loop_candidates for step {i} within 120 s; log in {node.log.name}")
+        raise SystemExit(f"no loop_candidates for step {i} within 120 s; log in {node.log.name}")
+
+    for i in range(len(frames) + 1):  # the first pair warms both up
+        step = [(max(i - 1, 0) + 5 * c) % len(frames) for c in range(cams)]
+        node_first = args.order == "node-first" or (args.order == "alternate" and i % 2 == 1)
+        if node_first:
+            t0, arrivals = run_node(i, step)
+            bare = run_bare(step)
+        else:
+            bare = run_bare(step)
+            t0, arrivals = run_node(i, step)
         got = max(a[-1] for a in arrivals)
         if i > 0:
             bare_ms.append(1000 * bare)
             node_ms.append(1000 * (got - t0))
+            node_first_steps.append(node_first)
             first_ms.append(1000 * (max(a[0] for a in arrivals) - t0))
             if args.verbose:
                 with lock:
@@ -348,12 +368,16 @@ def main(argv: list[str] | None = None) -> int:
           f"  (overhead {100 * (ratio - 1):+.1f} %, target <= +10 %)")
     extra = statistics.median([n - b for n, b in zip(node_ms, bare_ms, strict=True)])
     print(f"  median per-frame node - bare: {extra:+.2f} ms (DDS transport, decoding, deciding, publishing)")
+    for label, first in (("ran first", True), ("ran second", False)):
+        diffs = [n - b for n, b, f in zip(node_ms, bare_ms, node_first_steps, strict=True) if f == first]
+        if diffs:
+            print(f"    steps where the node {label}: {len(diffs)}, median node - bare {statistics.median(diffs):+.2f} ms")
     results["overhead"] = {"frames": len(bare_ms), "cameras": cams, "bare_ms_median": statistics.median(bare_ms),
                            "node_ms_median": statistics.median(node_ms), "ratio": ratio,
                            "node_first_ms_median": statistics.median(first_ms),
                            "ratio_per_frame_median": statistics.median(pair_ratios),
                            "node_minus_bare_ms_median": extra, "accepted_matches": accepted,
-                           "odometry": args.odometry, "online_loop_closure": args.online}
+                           "odometry": args.odometry, "online_loop_closure": args.online, "order": args.order}
 
     # --- part 2: N cameras at R Hz ---------------------------------------------------------------
     if args.duration > 0:
