@@ -212,13 +212,18 @@ def _ros_image(msg: object):
 def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_params: dict | None,
          timeout_s: float = 120.0) -> Playback:
     """Start localize_node and (unless ``graph_params`` is None) pose_graph_node, play ``bag``
-    (odometry + images) into them, wait for the final corrected path, stop them."""
+    (odometry + images) into them, wait for the final corrected path, stop them.
+
+    Like ``ros2 bag play --clock`` with ``use_sim_time:=true``: the nodes run on the recording's
+    time, published on /clock with each message, so the stamps are not years behind their clock."""
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(150, 220)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
+    from builtin_interfaces.msg import Time
     from nav_msgs.msg import Odometry
     from nav_msgs.msg import Path as PathMsg
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image, PointCloud2
 
     from qaa_vpr_ros.pose_graph_node import records_from_cloud
@@ -231,9 +236,10 @@ def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_par
 
     localize = {"model": str(model_dir), "map": str(map_dir), "image_topics": [CAMERA_TOPIC],
                 "transport": "raw", "reliable": True, "odom_topic": ODOM_TOPIC, "online_loop_closure": False,
-                "qos_depth": 50, **node_params}
+                "qos_depth": 50, "use_sim_time": True, **node_params}
     graph = {"odom_topic": ODOM_TOPIC, "loop_topic": "/localize_node/loop_candidates", "map_frame": "map",
-             "optimize_period_s": 2.0, "node_spacing_m": NODE_SPACING_M, **(graph_params or {})}
+             "optimize_period_s": 2.0, "node_spacing_m": NODE_SPACING_M, "use_sim_time": True,
+             **(graph_params or {})}
     procs = [subprocess.Popen([sys.executable, "-m", "qaa_vpr_ros.localize_node", *ros_args(localize)], cwd=REPO)]
     if graph_params is not None:
         procs.append(subprocess.Popen([sys.executable, "-m", "qaa_vpr_ros.pose_graph_node", *ros_args(graph)],
@@ -260,17 +266,25 @@ def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_par
     image_pub = client.create_publisher(Image, CAMERA_TOPIC, reliable)
     odom_pub = client.create_publisher(Odometry, ODOM_TOPIC,
                                        QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    clock_pub = client.create_publisher(Clock, "/clock", 10)
     messages = _read_bag(bag)
     images = sum(topic == CAMERA_TOPIC for _, topic, _ in messages)
+
+    def clock_at(stamp_ns: int) -> None:
+        sec, nanosec = divmod(int(stamp_ns), 10**9)
+        clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
+
     try:
         deadline = time.monotonic() + timeout_s
         while (image_pub.get_subscription_count() == 0 or odom_pub.get_subscription_count() < len(procs)
+               or clock_pub.get_subscription_count() < len(procs)
                or client.count_publishers("/localize_node/loop_candidates") == 0):
             if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
                 raise SystemExit(f"demo_slam: the nodes did not come up (exit codes {[p.poll() for p in procs]})")
             rclpy.spin_once(client, timeout_sec=0.1)
         time.sleep(1.0)  # let discovery settle both ways
-        for _, topic, msg in messages:
+        for stamp_ns, topic, msg in messages:
+            clock_at(stamp_ns)  # the recording's time, before its message (ros2 bag play --clock)
             if topic == ODOM_TOPIC:
                 odom_pub.publish(_ros_odometry(msg))
             elif topic == CAMERA_TOPIC:
