@@ -68,3 +68,6 @@ def test_online_database_stays_under_its_cap_and_memory_is_flat(with_pose):
     third = len(memory) // 3
     assert max(memory[-third:]) <= max(memory[third:2 * third]) * 1.01
     assert len(loc.online_matcher.table) == len(loc.online_map)
+    # Thinning (PlaceMap.subset) leaves the online map without a faiss copy: the decision searches
+    # its own table. Stored: float16 (2 bytes a value) in a buffer of at most twice its rows.
+    assert loc.online_map.memory_bytes <= 2 * len(loc.online_map) * DIM * 2

@@ -109,6 +109,25 @@ def test_save_and_load_round_trip(tmp_path):
     assert set(manifest["files"]) == {"index.faiss", "keyframes.sqlite", "descriptors.npy"}
 
 
+@pytest.mark.parametrize("mmap", [True, False])
+def test_an_exact_map_makes_its_float32_copy_at_the_first_search_not_at_load(tmp_path, mmap):
+    # The node searches an exact map with its own product and never calls search(): the
+    # index's float32 copy (4 bytes per value, twice the stored float16) would be dead weight.
+    m, descriptors = small_map(n=40, dim=32)
+    m.save(tmp_path / "map")
+    loaded = PlaceMap.load(tmp_path / "map", FINGERPRINT, mmap=mmap)
+    subset = loaded.subset(range(0, 40, 2))
+    assert loaded.is_exact and subset.is_exact
+    before, subset_before = loaded.memory_bytes, subset.memory_bytes
+    assert before == (0 if mmap else 40 * 32 * 2) and subset_before == 20 * 32 * 2
+    np.testing.assert_array_equal(loaded.search(descriptors, 3).ids, m.search(descriptors, 3).ids)
+    assert loaded.memory_bytes == before + 40 * 32 * 4  # built now, from the stored values
+    assert subset.search(descriptors[2], 1).ids[0, 0] == 2
+    assert subset.memory_bytes == subset_before + 20 * 32 * 4
+    subset.add(unit_rows(1, 32, seed=9), keyframes(1, start_id=500))  # kept in step once built
+    assert subset.search(unit_rows(1, 32, seed=9), 1).ids[0, 0] == 500
+
+
 def test_keyframes_are_a_plain_sqlite_table(tmp_path):
     m, _ = small_map(n=4)
     m.save(tmp_path / "map")

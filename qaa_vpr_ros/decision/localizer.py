@@ -78,8 +78,7 @@ class Localizer:
         self._prior_row_of_id = {int(i): r for r, i in enumerate(prior_map.ids)} if prior_map is not None else {}
         prior_table = KeyframeTable.from_map(prior_map) if prior_map is not None else KeyframeTable(dim)
         # An exact map is searched by the decision's own product (see _prior_search).
-        self._prior_exact = (prior_map is not None and prior_map.index_type == "flat"
-                             and "pca_dim" not in prior_map.index_params)
+        self._prior_exact = prior_map is not None and prior_map.is_exact
         self.map_matcher = SequenceMatcher(self.config, prior_table)
         self.online_thinned = 0  # online keyframes dropped by the online_max_keyframes cap, in total
         self._blas = ThreadpoolController()

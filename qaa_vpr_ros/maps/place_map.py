@@ -336,6 +336,13 @@ class PlaceMap:
             return self._ids.copy()
 
     @property
+    def is_exact(self) -> bool:
+        """Whether the index is a flat (exact) one. Its float32 copy of the descriptors is made at
+        the first :meth:`search`, not at :meth:`load` or :meth:`subset`: a caller that searches
+        the descriptors itself (the node's decision does, with one product) never holds it."""
+        return self.index_type == "flat" and "pca_dim" not in self.index_params
+
+    @property
     def index_nbytes(self) -> int:
         """Size of the serialised faiss index in bytes (about what it occupies in memory)."""
         with self._lock:
@@ -348,7 +355,7 @@ class PlaceMap:
         with self._lock:
             data = self._desc._data
             held = 0 if isinstance(data, np.memmap) else data.nbytes  # a loaded map stays on disk
-            if self._index is not None and self.index_type == "flat" and "pca_dim" not in self.index_params:
+            if self._index is not None and self.is_exact:
                 held += self._index.ntotal * self.dim * 4
             return int(held)
 
@@ -363,7 +370,7 @@ class PlaceMap:
                             _descriptors=np.array(self._desc.view()[rows]),
                             _keyframes=[self._keyframes[r] for r in rows])
             kept.sources, kept.info = list(self.sources), dict(self.info)
-        if len(kept):
+        if len(kept) and not kept.is_exact:  # a trained index is trained now; a flat one at first search
             with kept._lock:
                 kept._ensure_index()
         return kept
@@ -618,9 +625,9 @@ class PlaceMap:
             raise MapError(f"{folder / MANIFEST}: {err}") from err
         if index is not None:
             _apply_runtime_params(index, place_map.index_type, place_map.index_params)
-        else:
+        elif not place_map.is_exact:
             with place_map._lock:
-                place_map._ensure_index()  # rebuilt from the descriptors just checked
+                place_map._ensure_index()  # rebuilt (retrained) from the descriptors just checked
         place_map.sources = list(manifest.get("sources", []))
         place_map.info = dict(manifest.get("info", {}))
         place_map.created = manifest.get("created")
