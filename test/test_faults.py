@@ -250,7 +250,20 @@ def test_node_survives_publisher_restart_silence_and_clock_jumps(tmp_path):
         wait_for(lambda: h.diag("camera /loc_faults/cam").get("level") == 1, 10.0, "WARN while silent")
         FAULTS["node_clock_jump"] = FAULTS.get("node_clock_jump", 0) + 1
         feed(h.client, [5_000_000, 12, 1_900_000_000, 1_900_000_000, 3])  # jumps forward, back, repeats
-        wait_for(lambda: h.diag("camera /loc_faults/cam").get("level") == 0, 10.0, "OK once images are back")
+        # The camera's level follows the receipt of images (WARN after silent_warn_s = 0.5 s without
+        # one), not their processing: keep images coming while waiting for OK. (Waiting after the
+        # last one missed the 0.5 s window in a CI run where each frame took 1-2 s to process.)
+        pub = h.client.create_publisher(Image, "/loc_faults/cam", 10)
+        wait_for(lambda: pub.get_subscription_count(), 10.0, "the node subscribed")
+        stamps = iter(range(4, 10_000))
+
+        def ok_while_receiving() -> bool:
+            pub.publish(raw_msg(rng.integers(0, 255, (56, 56, 3), np.uint8), next(stamps)))
+            time.sleep(0.05)
+            return h.diag("camera /loc_faults/cam").get("level") == 0
+
+        wait_for(ok_while_receiving, 10.0, "OK once images are back")
+        h.client.destroy_publisher(pub)
         assert h.diag("localizer")["level"] == 0 and h.node._worker.is_alive()
     finally:
         if h is not None:
