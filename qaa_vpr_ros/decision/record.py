@@ -136,7 +136,7 @@ class LoopClosureRecord:
     def __post_init__(self) -> None:
         # Built for every candidate of every query (the node's hot path): the checks below use
         # C-level iteration (map, itemgetter) rather than Python loops; same checks, same errors.
-        for name, length in _VECTOR_LENGTHS:
+        for name, length in _VECTOR_FIELDS.items():
             _set(self, name, _floats(name, getattr(self, name), length))
         cov = self.covariance
         if not all(map(math.isfinite, cov)):
@@ -240,8 +240,6 @@ def _floats(name: str, values: Sequence[float], length: int) -> tuple[float, ...
 
 
 _STRING_FIELDS = ("camera", "match_session", "match_frame", "match_camera", "query_frame")
-_VECTOR_LENGTHS = (("match_position", 3), ("query_position", 3), ("relative_translation", 3),
-                   ("match_orientation", 4), ("query_orientation", 4), ("relative_rotation", 4), ("covariance", 36))
 # The covariance's strictly upper and lower triangles, element (i, j) of one facing (j, i) of the other.
 _UPPER = operator.itemgetter(*(6 * i + j for i in range(6) for j in range(i + 1, 6)))
 _LOWER = operator.itemgetter(*(6 * j + i for i in range(6) for j in range(i + 1, 6)))

@@ -421,7 +421,7 @@ class PlaceMap:
         """Create/train the index when missing and add rows not yet indexed (under the lock)."""
         n = len(self._desc)
         if self._index is None:
-            if self.index_type == "flat" and "pca_dim" not in self.index_params:
+            if self.is_exact:
                 self._index = faiss.IndexFlatIP(self.dim)
             else:
                 if n == 0:
