@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from qaa_vpr_ros.decision.record import pose_matrix
+
 __all__ = ["TABLE_SIMS_BUDGET", "KeyframeTable", "QueryTrack", "SequenceScores", "TrackEntry", "pair_similarities",
            "quaternion_matrices"]
 
@@ -50,11 +52,9 @@ def quaternion_matrices(quaternions: np.ndarray) -> np.ndarray:
     q = np.asarray(quaternions, np.float64).reshape(-1, 4)
     if len(q) == 1:  # one pose per query: plain floats are ~10x cheaper than the array ops below
         x, y, z, w = (float(v) for v in q[0])
-        n = math.sqrt(x * x + y * y + z * z + w * w)
-        x, y, z, w = (x / n, y / n, z / n, w / n) if n > 1e-12 else (0.0, 0.0, 0.0, 1.0)
-        return np.array([[[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                          [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                          [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]])
+        if math.sqrt(x * x + y * y + z * z + w * w) > 1e-12:  # NaN or ~0: identity, as below
+            return pose_matrix((0.0, 0.0, 0.0), (x, y, z, w))[None, :3, :3]
+        return np.eye(3)[None]
     norm = np.linalg.norm(q, axis=1, keepdims=True)
     q = np.where(norm > 1e-12, q / np.maximum(norm, 1e-12), np.array([0.0, 0.0, 0.0, 1.0]))
     x, y, z, w = q.T
