@@ -2,17 +2,18 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt requirements-lock.txt | sha1sum | cut -c1-12)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
 .PHONY: setup ros2-launch lint test test-fast demo bench fuzz reliability clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements-dev.txt
+# pip first, at its pinned version; then the exact pins, the lock holding every transitive version.
+$(STAMP): requirements-dev.txt requirements-lock.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet "$$(grep -E '^pip==' requirements-dev.txt)"
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c requirements-lock.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
