@@ -376,6 +376,32 @@ def test_online_loop_closure_needs_a_revisit_not_continuous_travel(tmp_path) -> 
         loc.save_online(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("exclude_recent_s, closes", [(5.0, True), (200.0, False)])
+def test_online_loop_closure_ignores_the_robots_own_recent_past(exclude_recent_s: float, closes: bool) -> None:
+    """The own-past guard: keyframes newer than ``exclude_recent_s`` are never loop-closure targets,
+    even when the robot has travelled far beyond ``loop_min_travel_m`` since (a fast lap)."""
+    rng = np.random.default_rng(11)
+    spacing = 5.0
+    places = unit(rng, 60)
+    loc = Localizer(config(exclude_recent_s=exclude_recent_s, loop_min_travel_m=100.0, **SHORT_ROUTE), 32, "fp",
+                    online_frame="odom")
+    lap1 = drive(loc, places, [spacing * i for i in range(60)], spacing)  # stamps 1000..1059
+    noisy = places + 0.6 * unit(rng, 60)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    lap2 = []  # the same route again at once (stamps 1060..1119, 300 m and more travelled since)
+    for i in range(60):
+        q = Query("cam", 1060 + i, 0, "cam", pose=odometry_frame(*curve(spacing * i)))
+        lap2.extend(loc.process([q], noisy[i:i + 1]))
+    assert not [r for r in lap1 if r.online.best is not None]
+    for r in lap1 + lap2:  # no candidate at all, accepted or not, from the last exclude_recent_s
+        assert all(c.keyframe.stamp_sec <= r.query.stamp_sec - exclude_recent_s for c in r.online.candidates)
+    closures = [r.online.best.keyframe for r in lap2 if r.online.best is not None]
+    if closes:
+        assert len(closures) >= 20 and all(kf.stamp_sec < 1060 for kf in closures)
+    else:  # every lap-1 keyframe is younger than 200 s at lap 2: nothing to even consider
+        assert closures == [] and not any(r.online.candidates for r in lap2)
+
+
 def test_online_database_takes_the_odometry_frame() -> None:
     loc = Localizer(config(), 32, "fp", online_frame="odom")
     (r,) = loc.process([Query("cam", 1, 0, pose=((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)), pose_frame="world")],
