@@ -905,7 +905,7 @@ class LocalizeNode(Node):
         elif self.extrinsics.base_frame_missing():  # every TF lookup fails until the parameter is fixed
             status.level = DiagnosticStatus.WARN
             status.message = (f"{self.state_message}; base_frame '{cfg.base_frame}' is not in the TF tree: "
-                              "set the parameter base_frame (extrinsics come from camera_extrinsics meanwhile)")
+                              "set the parameter base_frame (extrinsics: camera_extrinsics or identity meanwhile)")
         else:
             status.level = DiagnosticStatus.OK
         last = stats["last_match"]
