@@ -68,9 +68,9 @@ from qaa_vpr_ros.decision.record import (
     channel_records,
     covariance_in_match_frame,
     parse_extrinsics,
-    pose_matrix,
     with_geometry,
 )
+from qaa_vpr_ros.extrinsics import CameraTfStatus, ExtrinsicsSource, TransformBuffer
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
 from qaa_vpr_ros.localize_entry import stop_on_signals
 from qaa_vpr_ros.paths import PathError, expand_path
@@ -97,6 +97,7 @@ _INPUT_TYPES = {"image": ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedIm
                 "odometry": ("nav_msgs/msg/Odometry",)}
 _SHUTDOWN_WORKER_S = 1.0  # an in-flight batch may finish within this, else it is dropped
 _SHUTDOWN_EXECUTOR_S = 0.3
+_NO_TF_FAILURE = CameraTfStatus()
 
 
 def descriptor_of(spec: ParamSpec) -> ParameterDescriptor:
@@ -211,11 +212,14 @@ def _check_path(name: str, path: str, expected: str) -> None:
 class LocalizeNode(Node):
     """The ROS edge of the localizer. Raises :class:`ConfigError` on invalid start-up parameters."""
 
-    def __init__(self, node_name: str = "localize_node", *, freeze_gc: bool = False, **kwargs: Any) -> None:
+    def __init__(self, node_name: str = "localize_node", *, freeze_gc: bool = False,
+                 tf_buffer: TransformBuffer | None = None, **kwargs: Any) -> None:
         """``freeze_gc``: once loaded, exempt everything loaded so far (model, map, ROS) from Python's
         cyclic garbage collector (:func:`gc.freeze`): a full collection traversed its ~400,000
         objects for ~170 ms, a stall of one or two frames whenever one came due. For a process
-        of its own (main() sets it); other owners of the process decide for themselves."""
+        of its own (main() sets it); other owners of the process decide for themselves.
+        ``tf_buffer``: where camera extrinsics are looked up; None: a ``tf2_ros.Buffer`` fed by a
+        ``TransformListener`` when tf2_ros is importable, else none (``camera_extrinsics`` only)."""
         super().__init__(node_name, **kwargs)
         self._freeze_gc = freeze_gc
         self._specs = {spec.name: spec for spec in parameter_table()}
@@ -268,15 +272,16 @@ class LocalizeNode(Node):
                             if self.config.lio_sam_topic else None)
         self.initialpose_pub = (self.create_publisher(PoseWithCovarianceStamped, self.config.initialpose_topic, 10)
                                 if self.config.initialpose_topic else None)
-        self._extrinsics = parse_extrinsics(self.config.camera_extrinsics)
-        self._tf_buffer = None
-        try:
-            from tf2_ros import Buffer, TransformListener
-        except ImportError:  # pip-installed rclpy: no TF; camera_extrinsics (or identity) is used
-            pass
-        else:
-            self._tf_buffer = Buffer()
-            self._tf_listener = TransformListener(self._tf_buffer, self)
+        if tf_buffer is None:
+            try:
+                from tf2_ros import Buffer, TransformListener
+            except ImportError:  # pip-installed rclpy: no TF; camera_extrinsics (or identity) is used
+                pass
+            else:
+                tf_buffer = Buffer()
+                self._tf_listener = TransformListener(tf_buffer, self)
+        self.extrinsics = ExtrinsicsSource(self.config.base_frame, parse_extrinsics(self.config.camera_extrinsics),
+                                           tf_buffer, latest=rclpy.time.Time())
         self._verifier: KeyframeVerifier | None = None
         if self.config.verify_geometry:
             self._verifier = KeyframeVerifier(self.config.verify_max_images)
@@ -698,16 +703,12 @@ class LocalizeNode(Node):
 
     def _extrinsic(self, camera: str, frame_id: str, default: np.ndarray | None = None) -> np.ndarray:
         """T_base_camera of a camera: TF (base_frame -> the image's frame_id) when available, else
-        the camera_extrinsics parameter, else ``default`` (identity)."""
-        if self._tf_buffer is not None and frame_id:
-            try:
-                t = self._tf_buffer.lookup_transform(self.config.base_frame, frame_id, rclpy.time.Time())
-            except Exception:  # not (yet) in TF: fall back to the parameter
-                pass
-            else:
-                r, v = t.transform.rotation, t.transform.translation
-                return pose_matrix((v.x, v.y, v.z), (r.x, r.y, r.z, r.w))
-        return self._extrinsics.get(camera, np.eye(4) if default is None else default)
+        the camera_extrinsics parameter, else ``default`` (identity). A failed lookup is counted
+        (/diagnostics) and logged, at most once a minute per camera (qaa_vpr_ros.extrinsics)."""
+        matrix, warning = self.extrinsics.lookup(camera, frame_id, default)
+        if warning:
+            self.get_logger().warning(warning)
+        return matrix
 
     def _records(self, result: QueryResult, channel: ChannelResult) -> list[LoopClosureRecord]:
         """The ~/loop_candidates rows of one query against one database (docs/NODE.md)."""
@@ -865,6 +866,7 @@ class LocalizeNode(Node):
         name = self.get_fully_qualified_name()
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
+        tf_failures = self.extrinsics.failures()  # camera -> CameraTfStatus, cameras that failed
         with self._lock:
             stats = dict(self._stats)
             for cam in self.cameras.values():
@@ -886,6 +888,8 @@ class LocalizeNode(Node):
                     "gated": cam.gated, "bad_messages": cam.bad, "last_bad_message": cam.last_bad,
                     "frame_age_ms": f"{cam.frame_age_ms:.1f}", "clock": self._clock_name(),
                     "silent_s": f"{silent:.1f}",
+                    "tf_lookup_failures": tf_failures.get(cam.topic, _NO_TF_FAILURE).failures,
+                    "tf_last_error": tf_failures.get(cam.topic, _NO_TF_FAILURE).last_error,
                 }
                 status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
                 array.status.append(status)
@@ -898,6 +902,10 @@ class LocalizeNode(Node):
             status.level = DiagnosticStatus.WARN
         elif self._batch_error:
             status.level, status.message = DiagnosticStatus.ERROR, self._batch_error
+        elif self.extrinsics.base_frame_missing():  # every TF lookup fails until the parameter is fixed
+            status.level = DiagnosticStatus.WARN
+            status.message = (f"{self.state_message}; base_frame '{cfg.base_frame}' is not in the TF tree: "
+                              "set the parameter base_frame (extrinsics: camera_extrinsics or identity meanwhile)")
         else:
             status.level = DiagnosticStatus.OK
         last = stats["last_match"]
@@ -917,6 +925,9 @@ class LocalizeNode(Node):
             "bad_messages_total": sum(c.bad for c in self.cameras.values()),
             "failed_batches": self._failed_batches_total,
             "time_jumps_back": stats["time_jumps_back"], "time_jumps_forward": stats["time_jumps_forward"],
+            "tf_lookup_failures": sum(f.failures for f in tf_failures.values()),
+            # every camera's count, map keyframes' cameras included (they have no status of their own)
+            "tf_lookup_failures_by_camera": "; ".join(f"{c}: {f.failures}" for c, f in sorted(tf_failures.items())),
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array.status.append(status)

@@ -101,10 +101,10 @@ def map_dir(tmp_path_factory: pytest.TempPathFactory, extractor: DescriptorExtra
 class Harness:
     """The node under test + a client node, spun by one MultiThreadedExecutor thread."""
 
-    def __init__(self, name: str, params: dict[str, Any]) -> None:
+    def __init__(self, name: str, params: dict[str, Any], **node_kwargs: Any) -> None:
         self.name = name
         overrides = [Parameter(k, value=v) for k, v in params.items()]
-        self.node = LocalizeNode(name, parameter_overrides=overrides)
+        self.node = LocalizeNode(name, parameter_overrides=overrides, **node_kwargs)
         self.client = rclpy.create_node(f"{name}_client")
         self.rec = Recorder()
         sub = self.client.create_subscription
@@ -148,8 +148,8 @@ class Harness:
 def harness(ros):
     made: list[Harness] = []
 
-    def make(name: str, params: dict[str, Any]) -> Harness:
-        made.append(Harness(name, params))
+    def make(name: str, params: dict[str, Any], **node_kwargs: Any) -> Harness:
+        made.append(Harness(name, params, **node_kwargs))
         return made[-1]
 
     yield make
