@@ -11,8 +11,10 @@ query poses, confidence, thresholds) on the queries, in stamp order, and prints 
 precision-recall curve of *accepted* place matches over ``min_confidence`` and of online loop
 closures (the map's run driven first, the queries second, as one route driven twice) over
 ``loop_min_confidence``, for a few sequence lengths. ``--target-precision P --write-params FILE``
-picks the thresholds (and sequence length) with the most recall at precision >= P and writes a
-ROS 2 parameter file for ``localize.launch.py params_file:=FILE``.
+picks the thresholds (and sequence length) with the most recall whose 95 % lower confidence bound
+of precision is >= P, raised by a margin learnt from stretches of the route and never below the
+node's defaults (:mod:`qaa_vpr_ros.decision.calibration`), and writes a ROS 2 parameter file for
+``localize.launch.py params_file:=FILE`` with the expected precision and its bound in its header.
 
 Example::
 
@@ -25,7 +27,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -141,67 +142,80 @@ def evaluate_queries(
     )
 
 
-CALIBRATION_MARGIN = 0.005
-"""Added to each chosen threshold: descriptors the node computes from images differ from a map's
-float16 ones by ~1e-3, so a threshold right at the edge of the evaluation data could flip."""
-
-
 @dataclass
 class Calibration:
-    """The decision replayed with one sequence length: curves and thresholds for the target."""
+    """The decision replayed with one sequence length: curves and the thresholds chosen for the
+    target (:func:`qaa_vpr_ros.decision.calibration.choose_threshold`)."""
 
     sequence_length_m: float
     matches: Any  # qaa_vpr_ros.decision.replay.PRCurve of accepted place matches (min_confidence)
     loops: Any  # ... of loop closures in the second lap (loop_min_confidence)
-    min_confidence: float | None  # chosen for the target precision (margin included); None: unreachable
-    loop_min_confidence: float | None
+    match_choice: Any  # qaa_vpr_ros.decision.calibration.ThresholdChoice for min_confidence
+    loop_choice: Any  # ... for loop_min_confidence
+
+    @property
+    def min_confidence(self) -> float:
+        return self.match_choice.threshold
+
+    @property
+    def loop_min_confidence(self) -> float:
+        return self.loop_choice.threshold
 
     def promised(self) -> dict[str, Any]:
-        """Precision/recall/accepted count at the chosen thresholds."""
+        """Precision (with its lower bound), recall and accepted count at the chosen thresholds."""
         out: dict[str, Any] = {"sequence_length_m": self.sequence_length_m}
-        for name, curve, t in (("matches", self.matches, self.min_confidence),
-                               ("loop_closures", self.loops, self.loop_min_confidence)):
-            p, r, n = curve.at(t) if t is not None else (math.nan, 0.0, 0)
-            out[name] = {"threshold": t, "precision": p, "recall": r, "accepted": n, "queries": curve.queries}
+        for name, curve, c in (("matches", self.matches, self.match_choice),
+                               ("loop_closures", self.loops, self.loop_choice)):
+            out[name] = {"threshold": c.threshold, "precision": c.precision, "lower_bound": c.lower_bound,
+                         "recall": c.recall, "accepted": c.accepted, "queries": curve.queries,
+                         "certified": c.certified, "reachable": c.reachable, "margin": c.margin}
         return out
 
 
 def calibrate(reference: PlaceMap, query: PlaceMap, radius_m: float, target_precision: float = 0.99,
-              config: Any = None, lengths: Sequence[float] = (100.0, 200.0, 400.0)) -> list[Calibration]:
+              config: Any = None, lengths: Sequence[float] = (100.0, 200.0, 400.0), *, level: float = 0.95,
+              folds: int = 2, allow_below_default: bool = False) -> list[Calibration]:
     """Replay the node's decision (``config``, default: the node's defaults) for each sequence
-    length; thresholds for ``target_precision`` (None where no threshold reaches it)."""
+    length; thresholds for ``target_precision`` chosen conservatively (bound at ``level``, margin
+    from ``folds`` stretches of the route, not below the defaults unless ``allow_below_default``;
+    see :mod:`qaa_vpr_ros.decision.calibration`)."""
     from dataclasses import replace
 
     from qaa_vpr_ros.decision import LocalizeConfig
+    from qaa_vpr_ros.decision.calibration import choose_threshold
     from qaa_vpr_ros.decision.replay import pr_curve, replay_loop_closures, replay_place_matches
 
     config = config or LocalizeConfig()
+    options = {"level": level, "folds": folds, "allow_below_default": allow_below_default}
     out = []
     for length in lengths:
         cfg = replace(config, sequence_length_m=float(length)).validate()
-        matches = pr_curve(replay_place_matches(cfg, reference, query, radius_m))
+        decisions = replay_place_matches(cfg, reference, query, radius_m)
+        matches = pr_curve(decisions)
         first, second = replay_loop_closures(cfg, [reference, query], radius_m)
         loops = pr_curve(first + second)
         loops.recall = loops.recall * (len(first) + len(second)) / max(len(second), 1)
         loops.queries = len(second)
-        t_match, t_loop = matches.threshold_for(target_precision), loops.threshold_for(target_precision)
         out.append(Calibration(
             float(length), matches, loops,
-            None if t_match is None else t_match + CALIBRATION_MARGIN,
-            None if t_loop is None else t_loop + CALIBRATION_MARGIN))
+            choose_threshold(decisions, target_precision, "min_confidence", **options),
+            choose_threshold(first + second, target_precision, "loop_min_confidence",
+                             recall_queries=len(second), **options)))
     return out
 
 
 def format_calibration(results: list[Calibration], target_precision: float) -> str:
-    lines = [f"decision replay (the node's code; thresholds for precision >= {target_precision:g}):",
-             "  sequence_length_m  min_confidence  precision  recall  |  loop_min_confidence  precision  recall"]
+    pct = f"{100 * results[0].match_choice.level:g}%" if results else "95%"
+    lines = [f"decision replay (the node's code; thresholds for precision >= {target_precision:g} at the "
+             f"{pct} lower bound, plus a margin from route folds):",
+             "  sequence_length_m  min_confidence  precision  bound  recall  |  loop_min_confidence  precision  "
+             "bound  recall"]
     for c in results:
-        m, lo = c.promised()["matches"], c.promised()["loop_closures"]
-
-        def cell(t: float | None, d: dict) -> str:
-            return (f"{t:14.4f}  {d['precision']:9.3f}  {d['recall']:6.3f}" if t is not None
-                    else f"{'unreachable':>14}  {'-':>9}  {0.0:6.3f}")
-        lines.append(f"  {c.sequence_length_m:17g}  {cell(c.min_confidence, m)}  |  {cell(c.loop_min_confidence, lo)}")
+        def cell(ch: Any) -> str:
+            mark = "" if ch.certified else ("?" if ch.reachable else "!")
+            return f"{ch.threshold:13.4f}{mark or ' '}  {ch.precision:9.3f}  {ch.lower_bound:5.3f}  {ch.recall:6.3f}"
+        lines.append(f"  {c.sequence_length_m:17g}  {cell(c.match_choice)}  |  {cell(c.loop_choice)}")
+    lines.append("  (? target not certified by the bound on this much data; ! unreachable: top of the range)")
     best = results[[c.sequence_length_m for c in results].index(200.0)] if any(
         c.sequence_length_m == 200.0 for c in results) else results[0]
     lines.append(f"  accepted place matches as min_confidence falls (sequence_length_m {best.sequence_length_m:g}):")
@@ -214,29 +228,35 @@ def format_calibration(results: list[Calibration], target_precision: float) -> s
 
 
 def choose(results: list[Calibration]) -> Calibration:
-    """The sequence length with the most place-match recall at the target (ties: shorter)."""
-    def recall(c: Calibration) -> float:
-        return c.promised()["matches"]["recall"] if c.min_confidence is not None else -1.0
+    """The sequence length with the most place-match recall at the target, certified ones first
+    (ties: shorter)."""
+    def key(c: Calibration) -> tuple:
+        m = c.match_choice
+        return (m.certified, m.reachable, m.recall if m.reachable else -1.0, -c.sequence_length_m)
 
-    return max(results, key=lambda c: (recall(c), -c.sequence_length_m))
+    return max(results, key=key)
+
+
+def describe_choice(chosen: Calibration) -> list[str]:
+    """One line per tuned threshold: its value and the expected precision with its bound."""
+    return [f"{label} {c.parameter} {c.threshold:.4f} (margin {c.margin:.4f}): {c.describe()}"
+            for label, c in (("place matches:", chosen.match_choice), ("loop closures:", chosen.loop_choice))]
 
 
 def write_params(path: Path, chosen: Calibration, target_precision: float, source: str) -> dict[str, Any]:
-    """Write the tuned parameters as a ROS 2 params file (atomically); returns them."""
+    """Write the tuned parameters as a ROS 2 params file (atomically); returns them. The header
+    holds the expected precision, its lower bound and recall on ``source``."""
     from qaa_vpr_ros.atomic import atomic_write_text
-    from qaa_vpr_ros.decision.parameters import parameter_table, params_yaml
+    from qaa_vpr_ros.decision.parameters import params_yaml
 
-    limit = {s.name: s.range for s in parameter_table()}
-    values: dict[str, Any] = {"sequence_length_m": chosen.sequence_length_m}
-    promised = chosen.promised()
-    for name, t in (("min_confidence", chosen.min_confidence), ("loop_min_confidence", chosen.loop_min_confidence)):
-        # Unreachable target: the highest threshold, i.e. (almost) nothing is ever accepted.
-        values[name] = float(min(t, limit[name][1])) if t is not None else float(limit[name][1])
-    header = (f"localize_node parameters tuned by eval_map for precision >= {target_precision:g} on {source}\n"
-              f"promised: place matches precision {promised['matches']['precision']:.3f} recall "
-              f"{promised['matches']['recall']:.3f}; loop closures precision "
-              f"{promised['loop_closures']['precision']:.3f} recall {promised['loop_closures']['recall']:.3f}\n"
-              "use: ros2 launch qaa_vpr_ros localize.launch.py params_file:=THIS_FILE map:=... model:=...")
+    values: dict[str, Any] = {"sequence_length_m": chosen.sequence_length_m,
+                              "min_confidence": float(chosen.min_confidence),
+                              "loop_min_confidence": float(chosen.loop_min_confidence)}
+    header = "\n".join(
+        [f"localize_node parameters tuned by eval_map for precision >= {target_precision:g} on {source}",
+         f"expected (on {source}, sequence_length_m {chosen.sequence_length_m:g}):"]
+        + [f"  {line}" for line in describe_choice(chosen)]
+        + ["use: ros2 launch qaa_vpr_ros localize.launch.py params_file:=THIS_FILE map:=... model:=..."])
     full = params_yaml(values, header=header)
     # Only the tuned values (the rest keep the node's defaults; launch arguments still apply).
     keep = [line for line in full.splitlines() if line.startswith("#") or line.startswith(("/**", "  ros__"))
@@ -330,10 +350,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="precision the decision thresholds are chosen for (default 0.99)")
     parser.add_argument("--write-params", type=path_argument,
                         help="write the tuned decision parameters to this ROS 2 params file")
+    parser.add_argument("--confidence-level", type=float, default=0.95,
+                        help="the thresholds must reach --target-precision at this one-sided Clopper-Pearson "
+                             "lower bound of precision (default 0.95)")
+    parser.add_argument("--folds", type=int, default=2,
+                        help="contiguous stretches of the query route the threshold margin is learnt from "
+                             "(default 2; 1: no fold margin)")
+    parser.add_argument("--allow-below-default", action="store_true",
+                        help="let the thresholds go below the node's defaults (still inside their ranges)")
     parser.add_argument("--no-decision", action="store_true", help="skip the decision replay (retrieval only)")
     args = parser.parse_args(argv)
     if not 0.0 < args.target_precision <= 1.0:
         parser.error(f"--target-precision must be in (0, 1], got {args.target_precision}")
+    if not 0.0 < args.confidence_level < 1.0:
+        parser.error(f"--confidence-level must be in (0, 1), got {args.confidence_level}")
+    if args.folds < 1:
+        parser.error(f"--folds must be >= 1, got {args.folds}")
     if args.write_params and args.no_decision:
         parser.error("--write-params needs the decision replay (drop --no-decision)")
     if args.query_bags and not (args.model and args.pose_topic):
@@ -350,8 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate_queries(
                 reference, np.asarray(query.descriptors, np.float32), positions, args.k, args.radius
             )
-            calibration = None if args.no_decision else calibrate(reference, query, args.radius,
-                                                                  args.target_precision)
+            calibration = None if args.no_decision else calibrate(
+                reference, query, args.radius, args.target_precision, level=args.confidence_level,
+                folds=args.folds, allow_below_default=args.allow_below_default)
     except (MapError, BagError, ValueError, OSError) as err:
         print(f"eval_map: error: {err}", file=sys.stderr)
         return 1
@@ -359,19 +392,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if calibration is not None:
         print(format_calibration(calibration, args.target_precision))
         chosen = choose(calibration)
-        promised = chosen.promised()
-        print(f"  chosen: sequence_length_m {chosen.sequence_length_m:g}, min_confidence "
-              f"{chosen.min_confidence if chosen.min_confidence is not None else 'unreachable'}: "
-              f"place matches precision {promised['matches']['precision']:.3f} recall "
-              f"{promised['matches']['recall']:.3f}; loop_min_confidence "
-              f"{chosen.loop_min_confidence if chosen.loop_min_confidence is not None else 'unreachable'}: "
-              f"loop closures precision {promised['loop_closures']['precision']:.3f} recall "
-              f"{promised['loop_closures']['recall']:.3f}")
+        print(f"  chosen: sequence_length_m {chosen.sequence_length_m:g}")
+        for line in describe_choice(chosen):
+            print(f"    {line}")
+        for c in (chosen.match_choice, chosen.loop_choice):
+            if not c.certified:
+                print(f"eval_map: warning: {c.parameter}: {c.describe()}", file=sys.stderr)
         if args.write_params:
             try:
                 values = write_params(Path(args.write_params), chosen, args.target_precision,
                                       Path(args.query_map or args.query_bags[0]).name)
-            except OSError as err:
+            except (OSError, ValueError) as err:  # ValueError: ConfigError of a value the node would refuse
                 print(f"eval_map: error: cannot write {args.write_params}: {err}", file=sys.stderr)
                 return 1
             print(f"  wrote {args.write_params}: {values}")
