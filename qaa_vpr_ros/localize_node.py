@@ -838,10 +838,11 @@ class LocalizeNode(Node):
             try:
                 Path(folder).parent.mkdir(parents=True, exist_ok=True)
                 count = self.localizer.save_online(folder)
+                map_id = self.localizer.online_map.map_id  # records name the saved session by it
             except Exception as err:
                 response.success, response.message = False, f"save_map to {folder} failed: {err}"
                 return response
-        response.success, response.message = True, f"saved {count} keyframes to {folder}"
+        response.success, response.message = True, f"saved {count} keyframes to {folder} (map_id {map_id!r})"
         self.get_logger().info(response.message)
         return response
 

@@ -312,7 +312,7 @@ def test_online_loop_closure_when_the_route_comes_back_to_its_start(harness, mod
     assert hit.keyframes[0][0].stamp_sec == T0 + 4  # first pass of place 4 (revisit 4 is a later twin)
     # The saved session has an id of its own (never "online", which names own-session matches),
     # the same at every save of this session.
-    assert online_map.map_id.startswith("online_map-")
+    assert online_map.map_id.startswith("online_map-") and f"(map_id {online_map.map_id!r})" in saved.message
     assert h.call(Trigger, "/loc_online/save_map", Trigger.Request()).success
     assert PlaceMap.load(tmp_path / "online_map").map_id == online_map.map_id
     reset = h.call(Trigger, "/loc_online/reset", Trigger.Request())
