@@ -242,6 +242,7 @@ class LocalizeNode(Node):
         self.gate = KeyframeGate(self.config)
         self.poses = PoseHistory()
         self.extractor: Any = None
+        self._map_session = "map"  # match_session of records against the prior map (set by _load)
         self.localizer: Localizer | None = None
         self.state = "loading"
         self.state_message = "loading model"
@@ -525,7 +526,7 @@ class LocalizeNode(Node):
             raise StartupError(f"device {cfg.device!r} requested but CUDA is not available here: set device:=cpu, "
                                "or device:=auto to take CUDA only when present")
         from qaa_vpr_ros.extractor import DescriptorExtractor
-        from qaa_vpr_ros.maps import PlaceMap
+        from qaa_vpr_ros.maps import PlaceMap, map_session
         from qaa_vpr_ros.model import load_model
 
         if cfg.torch_threads > 0:
@@ -551,6 +552,7 @@ class LocalizeNode(Node):
                 raise StartupError(f"map {cfg.map!r} failed to load with model {cfg.model!r}: {err}") from err
             if cfg.map_frame:
                 prior_map.map_frame = cfg.map_frame
+            self._map_session = map_session(prior_map.map_id, cfg.map)  # a format-1 map: its folder name
         with self._db_lock:
             self.localizer = Localizer(self.config, extractor.dim, extractor.fingerprint, prior_map,
                                        online_frame=cfg.odom_frame)
@@ -714,7 +716,7 @@ class LocalizeNode(Node):
         """The ~/loop_candidates rows of one query against one database (docs/NODE.md)."""
         cfg = self.config
         floor = cfg.loop_min_confidence if channel.source == "online" else cfg.min_confidence
-        session = "online" if channel.source == "online" else (Path(cfg.map).name or "map")
+        session = "online" if channel.source == "online" else self._map_session
         frames = {result.query.camera: result.query.frame_id}
         frames.update({c.keyframe.camera: c.keyframe.frame_id for c in channel.candidates})
         keyframe = result.keyframe
@@ -837,10 +839,11 @@ class LocalizeNode(Node):
             try:
                 Path(folder).parent.mkdir(parents=True, exist_ok=True)
                 count = self.localizer.save_online(folder)
+                map_id = self.localizer.online_map.map_id  # records name the saved session by it
             except Exception as err:
                 response.success, response.message = False, f"save_map to {folder} failed: {err}"
                 return response
-        response.success, response.message = True, f"saved {count} keyframes to {folder}"
+        response.success, response.message = True, f"saved {count} keyframes to {folder} (map_id {map_id!r})"
         self.get_logger().info(response.message)
         return response
 

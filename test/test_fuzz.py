@@ -222,8 +222,8 @@ def _reseal(folder: Path) -> None:
         pass  # the manifest itself was the target
 
 
-MANIFEST_KEYS = ["format", "format_version", "model_fingerprint", "descriptor_dim", "index", "counts", "map_frame",
-                 "files", "sources", "info", "utm_zones", "created"]
+MANIFEST_KEYS = ["format", "format_version", "map_id", "model_fingerprint", "descriptor_dim", "index", "counts",
+                 "map_frame", "files", "sources", "info", "utm_zones", "created"]
 
 
 @FUZZ

@@ -114,6 +114,9 @@ def test_a_descriptor_header_claiming_more_rows_than_the_file_holds_is_refused(t
     (lambda m: m.update(sources="evil"), "sources"),
     (lambda m: m["index"].update(type="hnsw", params={"M": 10**9}), "M"),
     (lambda m: m["index"].update(params={"pca_dim": "8"}), "pca_dim"),
+    (lambda m: m.update(map_id="online"), "field 'map_id' 'online' is reserved"),
+    (lambda m: m.update(map_id=["a"]), "field 'map_id' must be a non-empty string"),
+    (lambda m: m.update(map_id="x" * 65), "field 'map_id' .* has 65 UTF-8 bytes"),
 ])
 def test_manifest_fields_are_checked_for_type_and_range(tmp_path, edit, match):
     folder = tmp_path / "map"

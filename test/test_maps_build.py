@@ -17,7 +17,7 @@ from bag_writer import START_NS, Camera, Drive, distinct_places, pose_at, storag
 
 from qaa_vpr_ros.bags import iter_image_messages, open_bag
 from qaa_vpr_ros.image_conversion import image_from_msg
-from qaa_vpr_ros.maps import MapError, PlaceMap
+from qaa_vpr_ros.maps import MapError, PlaceMap, read_manifest
 from qaa_vpr_ros.maps.build import CRASH_AFTER_CHUNKS_ENV
 from qaa_vpr_ros.maps.build import main as build_main
 from qaa_vpr_ros.maps.merge import main as merge_main
@@ -248,6 +248,33 @@ def test_shards_merge_into_the_unsharded_map(tmp_path, reference_map, bags, mode
     assert merge_main([str(shards[2]), str(shards[0]), str(shards[1]), "-o", str(merged)]) == 0
     for name in ("descriptors.npy", "keyframes.sqlite", "index.faiss"):
         assert (merged / name).read_bytes() == (reference_map / name).read_bytes(), name
+    # Every shard carries the build's map_id, and so does the merged map: it is that build.
+    build_map_id = PlaceMap.load(reference_map).map_id
+    assert [PlaceMap.load(s).map_id for s in shards] == [build_map_id] * 3
+    assert PlaceMap.load(merged).map_id == build_map_id
+    # Shards that disagree on the id are not merged under one by guess; --map-id decides.
+    renamed = tmp_path / "shard0_renamed"
+    shutil.copytree(shards[0], renamed)
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    (renamed / "manifest.json").write_text(json.dumps({**manifest, "map_id": "elsewhere"}))
+    parts = [str(renamed), str(shards[1]), str(shards[2])]
+    assert merge_main([*parts, "-o", str(tmp_path / "disagree")]) == 1
+    assert "different map_ids ['elsewhere', " in capsys.readouterr().err
+    assert merge_main([*parts, "-o", str(tmp_path / "chosen"), "--map-id", "campus"]) == 0
+    assert PlaceMap.load(tmp_path / "chosen").map_id == "campus"
+
+
+def test_a_build_names_its_map_after_its_first_bag_and_its_build_id(tmp_path, reference_map, bags, model_dir,
+                                                                    capsys):
+    manifest = read_manifest(reference_map)
+    assert manifest["format_version"] == 2
+    assert manifest["map_id"] == f"run_sqlite-{manifest['info']['build']['build_id'][:8]}"
+    out = tmp_path / "named"
+    assert build(bags["zstd"], "--model", model_dir, "--pose-topic", "/odom", "-o", out, "--map-id", "north loop") == 0
+    assert PlaceMap.load(out).map_id == "north loop"
+    with pytest.raises(SystemExit):  # refused before any bag is read
+        build(bags["zstd"], "--model", model_dir, "-o", tmp_path / "reserved", "--map-id", "online")
+    assert "'online' is reserved" in capsys.readouterr().err and not (tmp_path / "reserved.work").exists()
 
 
 def test_build_with_an_approximate_index(tmp_path, bags, model_dir):

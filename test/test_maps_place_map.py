@@ -105,7 +105,7 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.search(descriptors, 3).ids, m.search(descriptors, 3).ids)
     manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
     assert manifest["counts"]["keyframes"] == 52 and manifest["descriptor_dim"] == 16
-    assert manifest["model_fingerprint"] == FINGERPRINT and manifest["format_version"] == 1
+    assert manifest["model_fingerprint"] == FINGERPRINT and manifest["format_version"] == 2
     assert set(manifest["files"]) == {"index.faiss", "keyframes.sqlite", "descriptors.npy"}
 
 
@@ -272,3 +272,92 @@ def test_keyframe_stamp_properties():
     assert kf.stamp == pytest.approx(1_700_000_001.000001)
     assert kf.stamp_ns == 1_700_000_001_000_001_000
     assert kf.has_pose and not keyframes(1, with_pose=False)[0].has_pose
+
+
+# --- map_id (format 2): the session loop-closure records name a map by ------------------------
+def test_a_saved_map_gets_a_map_id_and_keeps_it_through_reloads_resaves_and_subsets(tmp_path):
+    m, _ = small_map(n=6)
+    assert m.map_id is None
+    m.save(tmp_path / "campus")
+    manifest = json.loads((tmp_path / "campus" / "manifest.json").read_text())
+    base, suffix = manifest["map_id"].rsplit("-", 1)
+    assert base == "campus" and len(suffix) == 8 and int(suffix, 16) >= 0
+    assert m.map_id == manifest["map_id"] == PlaceMap.load(tmp_path / "campus").map_id
+    m.save(tmp_path / "copy")  # a second save of the same map: the same session
+    assert PlaceMap.load(tmp_path / "copy").map_id == manifest["map_id"]
+    assert m.subset([0, 2]).map_id == manifest["map_id"]  # thinning keeps the session
+    other, _ = small_map(n=6)
+    other.save(tmp_path / "campus2")
+    assert other.map_id != m.map_id  # two maps, two ids, even from equal folder names' prefixes
+
+    named = PlaceMap.create(16, FINGERPRINT, map_id="summer route ☀")
+    named.add(unit_rows(3, 16), keyframes(3))
+    named.save(tmp_path / "named")
+    assert PlaceMap.load(tmp_path / "named").map_id == "summer route ☀"
+
+
+@pytest.mark.parametrize(("map_id", "match"), [
+    ("online", "reserved"), ("", "non-empty"), (7, "non-empty string"), ("é" * 33, "66 UTF-8 bytes"),
+    ("a\x00", "control characters"), (" padded", "surrounding blanks"), ("\ud800", "UTF-8"),
+])
+def test_an_invalid_map_id_is_refused_naming_it(map_id, match):
+    with pytest.raises(MapError, match=match):
+        PlaceMap.create(16, FINGERPRINT, map_id=map_id)
+
+
+def test_a_new_map_id_fits_a_record_whatever_the_folder_name():
+    from qaa_vpr_ros.decision.record import NAME_BYTES
+
+    assert place_map_module.MAP_ID_MAX_BYTES == NAME_BYTES
+    for name in ("online", "", "ü" * 100, "tab\there", "  "):
+        map_id = place_map_module.new_map_id(name)
+        assert place_map_module.check_map_id(map_id) == map_id and len(map_id.encode()) <= NAME_BYTES
+
+
+def downgrade_to_format_1(folder) -> None:
+    """Make ``folder`` a map as format 1 wrote it: no map_id."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("map_id", None)
+    manifest["format_version"] = 1
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_format_1_map_loads_and_records_name_it_by_its_folder(tmp_path):
+    small_map(n=4)[0].save(tmp_path / "route_2019")
+    downgrade_to_format_1(tmp_path / "route_2019")
+    loaded = PlaceMap.load(tmp_path / "route_2019")
+    assert len(loaded) == 4 and loaded.map_id is None
+    assert place_map_module.map_session(loaded.map_id, tmp_path / "route_2019") == "route_2019"
+    assert place_map_module.map_session(loaded.map_id, f"{tmp_path}/route_2019/") == "route_2019"
+
+
+def test_a_format_2_manifest_without_map_id_is_refused(tmp_path):
+    small_map(n=4)[0].save(tmp_path / "map")
+    path = tmp_path / "map" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["map_id"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(MapError, match="lacks the field 'map_id'"):
+        PlaceMap.load(tmp_path / "map")
+
+
+def test_a_map_folder_called_online_never_makes_map_matches_own_session_closures(tmp_path):
+    from qaa_vpr_ros.decision.record import LoopClosureRecord
+
+    small_map(n=4)[0].save(tmp_path / "online")
+    downgrade_to_format_1(tmp_path / "online")
+    old = PlaceMap.load(tmp_path / "online")
+    sessions = {
+        "format-1 map in a folder 'online'": place_map_module.map_session(old.map_id, tmp_path / "online"),
+        "the same, a trailing slash": place_map_module.map_session(None, f"{tmp_path}/online/"),
+        "no folder name": place_map_module.map_session(None, ""),
+        "a folder name longer than a record holds": place_map_module.map_session(None, tmp_path / ("ø" * 60)),
+    }
+    assert sessions["format-1 map in a folder 'online'"] == sessions["the same, a trailing slash"] == "map:online"
+    assert sessions["no folder name"] == "map"
+    for what, session in sessions.items():
+        record = LoopClosureRecord(query_stamp_sec=1, query_stamp_nanosec=0, camera="/cam", match_keyframe_id=0,
+                                   match_stamp_sec=0, match_stamp_nanosec=0, match_session=session,
+                                   match_frame="map")
+        assert not record.is_online, what

@@ -68,6 +68,26 @@ def test_merging_two_sessions_renumbers_and_keeps_everything(tmp_path, sessions,
     assert result.keyframes[0][0].stamp_ns == b.keyframes[row].stamp_ns
 
 
+def test_a_merge_of_sessions_gets_its_own_map_id(tmp_path, sessions, capsys):
+    a, b = PlaceMap.load(sessions["map_a"]), PlaceMap.load(sessions["map_b"])
+    assert a.map_id.startswith("session_a-") and b.map_id.startswith("session_b-")
+    ids = []
+    for name in ("m1", "m2"):
+        assert merge_main([str(sessions["map_a"]), str(sessions["map_b"]), "-o", str(tmp_path / name)]) == 0
+        merged = PlaceMap.load(tmp_path / name)
+        ids.append(merged.map_id)
+        assert [m["map_id"] for m in merged.info["merged_from"]] == [a.map_id, b.map_id]
+    assert ids[0] == ids[1] and ids[0].startswith("merged-") and ids[0] not in (a.map_id, b.map_id)
+    assert merge_main([str(sessions["map_b"]), str(sessions["map_a"]), "-o", str(tmp_path / "m3")]) == 0
+    assert PlaceMap.load(tmp_path / "m3").map_id not in ids  # other order, other keyframe ids: other map
+    assert merge_main([str(sessions["map_a"]), str(sessions["map_b"]), "-o", str(tmp_path / "m4"),
+                       "--map-id", "campus"]) == 0
+    assert PlaceMap.load(tmp_path / "m4").map_id == "campus"
+    assert merge_main([str(sessions["map_a"]), str(sessions["map_b"]), "-o", str(tmp_path / "m5"),
+                       "--map-id", "online"]) == 1
+    assert "'online' is reserved" in capsys.readouterr().err and not (tmp_path / "m5").exists()
+
+
 def test_merge_refuses_other_models_and_other_frames(tmp_path, sessions, model_dir, capsys):
     from conftest import TINY_CONFIG
 
@@ -95,6 +115,7 @@ def test_map_info_prints_a_summary_and_plots_keyframes(tmp_path, sessions, capsy
     assert f"{2 * FRAMES} keyframes" in out and "frame 'odom'" in out
     assert "camera /cam_front: 12 keyframes (12 with pose), path 16.6 m" in out
     assert "index flat" in out and "source session_a: 24 keyframes" in out
+    assert f"map_id {PlaceMap.load(sessions['map_a']).map_id!r}" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cv2.imread(str(plot)).shape[0] > 200
     assert info_main([str(sessions["map_a"]), "--json", "--no-plot"]) == 0

@@ -6,6 +6,8 @@ second node publishes images/odometry and records the outputs.
 """
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -201,11 +203,13 @@ def test_place_matches_against_a_map_from_two_cameras_raw_and_compressed(harness
              "transport auto to find the raw camera's type in the graph")
     assert h.diag("camera /loc_map/cam_b/image_raw/compressed")["transport"] == "compressed"
     wait_for(lambda: raw_pub.get_subscription_count() and png_pub.get_subscription_count(), 10.0, "matching")
+    map_id = json.loads((map_dir / "manifest.json").read_text())["map_id"]
 
     for i in range(ROUTE_LEN):
         sec = T0 + 1000 + i
         msg = raw_msg(route.images[i], sec) if i % 2 == 0 else png_msg(route.images[i], sec)
         (rows,) = publish_and_wait(h, raw_pub if i % 2 == 0 else png_pub, msg, sec)
+        assert set(rows["match_session"]) == {map_id.encode()}  # the map's id, not its folder's name
         assert rows["match_keyframe_id"][0] == i, \
             f"query {route.names[i]} matched map keyframe {rows['match_keyframe_id'][0]}"
         assert rows["score"][0] >= MIN_SCORE and np.all(rows["score"][1:] < MIN_SCORE)
@@ -306,9 +310,33 @@ def test_online_loop_closure_when_the_route_comes_back_to_its_start(harness, mod
     assert len(online_map) == len(drive) and online_map.map_frame == "odom"
     hit = online_map.search(route.descriptors[4:5], 1)
     assert hit.keyframes[0][0].stamp_sec == T0 + 4  # first pass of place 4 (revisit 4 is a later twin)
+    # The saved session has an id of its own (never "online", which names own-session matches),
+    # the same at every save of this session.
+    assert online_map.map_id.startswith("online_map-") and f"(map_id {online_map.map_id!r})" in saved.message
+    assert h.call(Trigger, "/loc_online/save_map", Trigger.Request()).success
+    assert PlaceMap.load(tmp_path / "online_map").map_id == online_map.map_id
     reset = h.call(Trigger, "/loc_online/reset", Trigger.Request())
     assert reset.success, reset.message
     wait_for(lambda: h.diag("localizer").get("online_keyframes") == "0", 5.0, "online database cleared")
+
+
+def test_an_old_map_in_a_folder_called_online_gives_map_records_not_own_session_ones(harness, model_dir, map_dir,
+                                                                                    route, tmp_path: Path) -> None:
+    folder = tmp_path / "online"  # a format-1 map (no map_id) in a folder whose name records reserve
+    shutil.copytree(map_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("map_id", None)
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    h = harness("loc_old", {
+        "image_topics": ["/loc_old/image"], "transport": "raw", "model": str(model_dir), "map": str(folder),
+        "min_score": MIN_SCORE, **SHORT_SEQUENCES, "online_loop_closure": False, "reliable": True,
+        "diagnostics_period_s": 0.2})
+    image_pub = h.client.create_publisher(Image, "/loc_old/image", 10)
+    h.wait_ready()
+    wait_for(lambda: image_pub.get_subscription_count(), 10.0, "matching")
+    (rows,) = publish_and_wait(h, image_pub, raw_msg(route.images[2], T0 + 2000), T0 + 2000)
+    assert rows["match_keyframe_id"][0] == 2 and set(rows["match_frame"]) == {b"map"}
+    assert set(rows["match_session"]) == {b"map:online"}
 
 
 def test_bad_messages_are_counted_and_the_node_keeps_running(harness, model_dir, route) -> None:

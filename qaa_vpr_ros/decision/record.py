@@ -83,7 +83,8 @@ class LoopClosureRecord:
     - ``match_keyframe_id``: id of the matched keyframe in its session.
     - ``match_stamp_sec``, ``match_stamp_nanosec``: stamp of the matched keyframe's image.
     - ``match_session``: ``"online"`` for the robot's own past keyframes, else the prebuilt map's
-      id (its manifest's ``map_id``, or its folder name).
+      id (its manifest's ``map_id``; a format-1 map: its folder name, ``map:online`` for a folder
+      called ``online``; see :func:`qaa_vpr_ros.maps.map_session`).
     - ``match_frame``: frame of ``match_position``/``match_orientation`` (the map's frame, or the
       odometry frame for online matches).
     - ``match_camera``: the matched keyframe's camera (its image topic when it was recorded).

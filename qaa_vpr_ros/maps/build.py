@@ -52,7 +52,7 @@ from qaa_vpr_ros.bags import (
 )
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
 from qaa_vpr_ros.keyframes import KeyframeSelector, PoseSkip, PoseTrack, SelectionConfig
-from qaa_vpr_ros.maps.place_map import INDEX_TYPES, Keyframe, MapError, PlaceMap
+from qaa_vpr_ros.maps.place_map import INDEX_TYPES, Keyframe, MapError, PlaceMap, check_map_id, new_map_id
 from qaa_vpr_ros.paths import expand_path, path_argument
 
 __all__ = ["BuildOptions", "BuildResult", "build_map", "main"]
@@ -64,8 +64,8 @@ CRASH_AFTER_CHUNKS_ENV = "QAA_VPR_ROS_CRASH_AFTER_CHUNKS"
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """What to read and how to pick keyframes. Everything except ``index_*``/``map_frame`` is part
-    of the build identity that ``--resume`` checks."""
+    """What to read and how to pick keyframes. Everything except ``index_*``/``map_frame``/``map_id``
+    is part of the build identity that ``--resume`` checks."""
 
     image_topics: tuple[str, ...] = ()  # empty: every Image/CompressedImage topic of the first bag
     pose_topic: str | None = None
@@ -75,6 +75,9 @@ class BuildOptions:
     shard: tuple[int, int] = (0, 1)  # (index, count)
     allow_truncated: bool = False  # keep what a damaged bag yields up to the damage, and go on
     map_frame: str | None = None  # default: the pose topic's frame ("utm" for NavSatFix), else "map"
+    # The map's id, which loop-closure records name it by (docs/MAPS.md). Default: the first bag's
+    # name + the first 8 hex digits of the build id, the same for every shard of one build.
+    map_id: str | None = None
     index_type: str = "flat"
     index_params: dict[str, Any] = field(default_factory=dict)
     prefetch: int = 64  # decoded keyframes waiting for the extractor (bounds memory)
@@ -91,6 +94,11 @@ class BuildOptions:
             raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
         if self.index_type not in INDEX_TYPES:
             raise ValueError(f"index type {self.index_type!r} not one of {INDEX_TYPES}")
+        if self.map_id is not None:
+            try:
+                check_map_id(self.map_id)
+            except MapError as err:
+                raise ValueError(str(err)) from err
 
 
 @dataclass
@@ -484,7 +492,8 @@ def _assemble(work: Path, reader: _KeyframeReader, options: BuildOptions, extrac
               plans: Sequence[_BagPlan], build_id: str, identity: dict[str, Any]) -> PlaceMap:
     """The map from this shard's chunk files, in keyframe order."""
     map_frame = options.map_frame or reader.map_frame or "map"
-    place_map = PlaceMap.create(extractor.dim, extractor.fingerprint, options.index_type, map_frame,
+    map_id = options.map_id or new_map_id(plans[0].name, build_id[:8])
+    place_map = PlaceMap.create(extractor.dim, extractor.fingerprint, options.index_type, map_frame, map_id,
                                 **options.index_params)
     shard_index, shard_count = options.shard
     n_chunks = -(-reader.keyframes_total // options.chunk_size)
@@ -575,6 +584,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "without it keyframes carry stamps only")
     parser.add_argument("--map-frame", help="frame of the keyframe poses (default: the pose topic's frame_id, "
                         "'utm' for NavSatFix)")
+    parser.add_argument("--map-id",
+                        help="id that loop-closure records name this map by (at most 64 UTF-8 bytes, not 'online'); "
+                             "default: the first bag's name + 8 hex digits of the build id")
     parser.add_argument("--min-interval", type=float, default=0.0,
                         help="seconds between keyframes of a camera (default 0)")
     parser.add_argument("--min-distance", type=float, default=1.0,
@@ -617,6 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shard=args.shard,
             allow_truncated=args.allow_truncated,
             map_frame=args.map_frame,
+            map_id=args.map_id,
             index_type=args.index,
             index_params=index_params_from_args(args),
             prefetch=args.prefetch,

@@ -43,6 +43,7 @@ def map_summary(place_map: PlaceMap, folder: str | Path | None = None) -> dict[s
     stamps = [kf.stamp for kf in keyframes]
     summary: dict[str, Any] = {
         "folder": str(folder) if folder is not None else None,
+        "map_id": place_map.map_id,  # None: a format-1 map (records name it by its folder)
         "keyframes": len(place_map),
         "cameras": cameras,
         "sources": [
@@ -106,6 +107,8 @@ def plot_keyframes(place_map: PlaceMap, path: str | Path, title: str | None = No
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"map {summary['folder']}: {summary['keyframes']} keyframes, frame {summary['map_frame']!r}"]
+    lines.append(f"  map_id {summary['map_id']!r}" if summary.get("map_id") is not None
+                 else "  no map_id (format 1): loop-closure records name it by its folder")
     if summary.get("created"):
         lines.append(f"  created {summary['created']} with qaa_vpr_ros {summary.get('tool_version')}, "
                      f"format {summary.get('format_version')}")

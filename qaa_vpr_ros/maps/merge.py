@@ -5,6 +5,11 @@ map an unsharded build would have produced (same ids, descriptors and records). 
 sessions (multi-session mapping) are concatenated and their keyframes renumbered; they must share
 the model and the map frame (or ``--map-frame`` asserts they are aligned) and the UTM zone.
 
+The merged map's ``map_id`` (the session loop-closure records name): ``--map-id`` when given; else
+a merge of one build's shards keeps the build's id (the shards must agree on it), and a merge of
+several sessions gets its own, "merged-" + 8 hex digits of the sha256 of the inputs' ids in order
+(the same inputs give the same id). ``info.merged_from`` keeps each input's id.
+
 Example::
 
     merge_maps run1_map run2_map -o campus_map
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from qaa_vpr_ros.maps.build import add_index_arguments, index_params_from_args
-from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
+from qaa_vpr_ros.maps.place_map import MapError, PlaceMap, check_map_id, map_session, new_map_id
 from qaa_vpr_ros.paths import path_argument
 
 __all__ = ["main", "merge_maps"]
@@ -40,8 +46,10 @@ def merge_maps(
     index_type: str | None = None,
     index_params: dict[str, Any] | None = None,
     map_frame: str | None = None,
+    map_id: str | None = None,
 ) -> PlaceMap:
-    """One map from ``maps`` (``names`` label them in errors). See the module docstring for rules."""
+    """One map from ``maps`` (``names`` label them in errors, and stand for the ids of format-1
+    inputs). See the module docstring for the rules, ``map_id`` included."""
     if not maps:
         raise MapError("no maps to merge")
     names = list(names) if names is not None else [f"map #{i}" for i in range(len(maps))]
@@ -88,9 +96,20 @@ def merge_maps(
                 )
 
     keep_ids = len(groups) == 1
+    sessions = [map_session(m.map_id, name) for name, m in zip(names, maps, strict=True)]
+    if map_id is not None:
+        merged_id: str | None = check_map_id(map_id, "merged map_id")
+    elif keep_ids:  # one build (all its shards, or one map alone): it stays that build
+        ids = {m.map_id for m in maps}
+        if len(ids) > 1:
+            raise MapError(f"the shards of one build carry different map_ids {sorted(map(str, ids))}; "
+                           "pass --map-id to choose the merged map's")
+        merged_id = first.map_id  # None (format-1 shards): a fresh id at save
+    else:
+        merged_id = new_map_id("merged", hashlib.sha256("\n".join(sessions).encode("utf-8")).hexdigest()[:8])
     out = PlaceMap.create(
         first.dim, first.model_fingerprint, index_type or first.index_type, map_frame or first.map_frame,
-        **(index_params or {}),
+        merged_id, **(index_params or {}),
     )
     next_id = 0
     for members in groups:
@@ -115,9 +134,9 @@ def merge_maps(
                 out.sources.append(source)
     out.info = {
         "merged_from": [
-            {"name": name, "keyframes": len(m), "build_id": _shard_info(m)[0],
+            {"name": name, "map_id": session, "keyframes": len(m), "build_id": _shard_info(m)[0],
              "shard": {"index": _shard_info(m)[1], "count": _shard_info(m)[2]}}
-            for name, m in zip(names, maps, strict=True)
+            for name, m, session in zip(names, maps, sessions, strict=True)
         ]
     }
     if keep_ids and "build" in first.info:
@@ -132,6 +151,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="map folders (shards of one build and/or other sessions)")
     parser.add_argument("-o", "--output", required=True, type=path_argument, help="merged map folder to write")
     parser.add_argument("--map-frame", help="frame of the merged map; required when the inputs' frames differ")
+    parser.add_argument("--map-id", help="id of the merged map (at most 64 UTF-8 bytes, not 'online'); default: "
+                        "the build's for its shards, else 'merged-' + 8 hex digits of the inputs' ids")
     parser.add_argument("--model-fingerprint", help="refuse inputs built with another model")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output map")
     add_index_arguments(parser)
@@ -148,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         maps = [PlaceMap.load(path, args.model_fingerprint) for path in args.maps]
         params = index_params_from_args(argparse.Namespace(**{**vars(args), "index": args.index or "flat"})) \
             if args.index else {}
-        merged = merge_maps(maps, args.maps, index_type=args.index, index_params=params, map_frame=args.map_frame)
+        merged = merge_maps(maps, args.maps, index_type=args.index, index_params=params, map_frame=args.map_frame,
+                            map_id=args.map_id)
         merged.save(args.output)
     except MapError as err:
         print(f"merge_maps: error: {err}", file=sys.stderr)

@@ -1,12 +1,16 @@
 """The place map: keyframe records, their descriptors and a faiss index, saved as one folder.
 
-Folder layout (format version 1)::
+Folder layout (format version 2)::
 
-    manifest.json      format, versions, model fingerprint, dim, index type+params, counts,
+    manifest.json      format, versions, map_id, model fingerprint, dim, index type+params, counts,
                        source bags (sha256, topics), map frame, sha256 of every other file
     index.faiss        faiss index over the descriptors (inner product = cosine)
     keyframes.sqlite   one row per keyframe (id, stamp, camera, frame_id, pose, UTM zone, source)
     descriptors.npy    (N, D) float16, row i belongs to keyframe row i; lets the index be rebuilt
+
+Format versions: 1, the first; 2: ``map_id`` (and the local features of the metric loop
+closure, to come under the same number). A format-1 map still loads: it has no ``map_id``, and
+:func:`map_session` falls back to its folder name.
 
 Nothing is unpickled when loading; every file is checked against the manifest first.
 """
@@ -19,6 +23,7 @@ import json
 import math
 import os
 import re
+import secrets
 import sqlite3
 import stat
 import threading
@@ -36,15 +41,24 @@ from qaa_vpr_ros.paths import expand_path
 __all__ = [
     "FORMAT_VERSION",
     "INDEX_TYPES",
+    "MAP_ID_MAX_BYTES",
+    "RESERVED_MAP_ID",
     "Keyframe",
     "MapError",
     "MapSaveError",
     "PlaceMap",
     "SearchResult",
+    "check_map_id",
+    "map_session",
+    "new_map_id",
     "tool_version",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: map_id (and the local features of the metric loop closure, to come)
+# A map_id is what a loop-closure record names as its match_session: at most that field's width
+# (decision.record.NAME_BYTES), and never the name records give the robot's own keyframes.
+MAP_ID_MAX_BYTES = 64
+RESERVED_MAP_ID = "online"
 FORMAT_NAME = "qaa_vpr_ros.place_map"
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
@@ -84,6 +98,57 @@ def tool_version() -> str:
         from qaa_vpr_ros import __version__
 
         return __version__
+
+
+def check_map_id(value: Any, what: str = "map_id") -> str:
+    """``value`` if it is a valid map id, else a :class:`MapError` naming ``what``.
+
+    Valid: a non-empty string of printable characters without surrounding blanks, at most
+    :data:`MAP_ID_MAX_BYTES` UTF-8 bytes, and not :data:`RESERVED_MAP_ID` ("online", which loop-
+    closure records give the robot's own keyframes)."""
+    if not isinstance(value, str) or not value:
+        raise MapError(f"{what} must be a non-empty string, got {value!r}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as err:
+        raise MapError(f"{what} {value!r} is not encodable as UTF-8 ({err})") from err
+    if size > MAP_ID_MAX_BYTES:
+        raise MapError(f"{what} {value!r} has {size} UTF-8 bytes, more than the {MAP_ID_MAX_BYTES} a "
+                       "loop-closure record's match_session holds; choose a shorter id")
+    if not value.isprintable() or value != value.strip():
+        raise MapError(f"{what} {value!r} holds control characters or surrounding blanks")
+    if value == RESERVED_MAP_ID:
+        raise MapError(f"{what} {value!r} is reserved: loop-closure records name the robot's own keyframes "
+                       f"{RESERVED_MAP_ID!r}; choose another id")
+    return value
+
+
+def _cut_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes at a character boundary."""
+    return text.encode("utf-8", "ignore")[:max_bytes].decode("utf-8", "ignore")
+
+
+def new_map_id(name: str, suffix: str | None = None) -> str:
+    """A map id: ``name`` (its printable characters, cut to fit) + "-" + ``suffix`` (default: 8
+    random hex digits; at most 16 characters)."""
+    suffix = secrets.token_hex(4) if suffix is None else suffix
+    if not 0 < len(suffix.encode("utf-8")) <= 16:
+        raise MapError(f"map id suffix {suffix!r} must have 1..16 UTF-8 bytes")
+    room = MAP_ID_MAX_BYTES - 1 - len(suffix.encode("utf-8"))
+    base = _cut_utf8("".join(c for c in name if c.isprintable()).strip(), room).strip()
+    return check_map_id(f"{base or 'map'}-{suffix}")
+
+
+def map_session(map_id: str | None, folder: str | os.PathLike[str] | None) -> str:
+    """The ``match_session`` of loop-closure records that match a prebuilt map.
+
+    The map's ``map_id``; a format-1 map (``map_id`` None) falls back to its ``folder``'s name,
+    cut to :data:`MAP_ID_MAX_BYTES`, "map" when it has none, and "map:online" for a folder named
+    "online": records name only the robot's own keyframes "online"."""
+    if map_id is not None:
+        return check_map_id(map_id)
+    name = _cut_utf8(Path(folder).name if folder else "", MAP_ID_MAX_BYTES) or "map"
+    return f"map:{name}" if name == RESERVED_MAP_ID else name
 
 
 @dataclass(frozen=True)
@@ -269,6 +334,7 @@ class PlaceMap:
         index_params: dict[str, Any],
         map_frame: str,
         *,
+        map_id: str | None = None,
         _descriptors: np.ndarray | None = None,
         _keyframes: list[Keyframe] | None = None,
         _index: faiss.Index | None = None,
@@ -280,6 +346,9 @@ class PlaceMap:
         self.map_frame = str(map_frame)
         self.index_type = index_type
         self.index_params = _check_index_params(index_type, index_params)
+        # The id loop-closure records name this map by (see map_session); None until the first
+        # save gives one to a map created without it, and for a loaded format-1 map.
+        self.map_id = None if map_id is None else check_map_id(map_id)
         self.sources: list[dict[str, Any]] = []  # source bags: {path, sha256, topics, ...}
         self.info: dict[str, Any] = {}  # free-form build details stored in the manifest
         self.created: str | None = None
@@ -301,14 +370,17 @@ class PlaceMap:
         model_fingerprint: str,
         index_type: str = "flat",
         map_frame: str = "map",
+        map_id: str | None = None,
         **index_params: Any,
     ) -> PlaceMap:
         """An empty map for ``dim``-dimensional descriptors of the model with ``model_fingerprint``.
 
         ``index_type``: "flat" (exact inner product), "ivfpq" (params nlist, m, nbits, nprobe) or
         "hnsw" (params M, ef_construction, ef_search); any of them takes ``pca_dim``.
+        ``map_id`` (see :func:`check_map_id`): None gives the map a fresh one at its first
+        :meth:`save` (:func:`new_map_id` of the folder name).
         """
-        return cls(dim, model_fingerprint, index_type, index_params, map_frame)
+        return cls(dim, model_fingerprint, index_type, index_params, map_frame, map_id=map_id)
 
     # --- properties ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -361,13 +433,13 @@ class PlaceMap:
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> PlaceMap:
         """A new map of the keyframes at ``rows`` (kept in row order, ids unchanged) with its index
-        rebuilt from their descriptors; sources and info are copied."""
+        rebuilt from their descriptors; map_id, sources and info are copied."""
         with self._lock:
             rows = np.unique(np.asarray(rows, np.int64))
             if len(rows) and (rows[0] < 0 or rows[-1] >= len(self._keyframes)):
                 raise MapError(f"rows must lie in 0..{len(self._keyframes) - 1}")
             kept = PlaceMap(self.dim, self.model_fingerprint, self.index_type, dict(self.index_params), self.map_frame,
-                            _descriptors=np.array(self._desc.view()[rows]),
+                            map_id=self.map_id, _descriptors=np.array(self._desc.view()[rows]),
                             _keyframes=[self._keyframes[r] for r in rows])
             kept.sources, kept.info = list(self.sources), dict(self.info)
         if len(kept) and not kept.is_exact:  # a trained index is trained now; a flat one at first search
@@ -473,7 +545,8 @@ class PlaceMap:
 
     # --- persistence --------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
-        """The manifest describing this map (without file checksums)."""
+        """The manifest describing this map (without file checksums; without ``map_id`` until the
+        map has one, which :meth:`save` gives it first)."""
         cameras: dict[str, int] = {}
         zones = set()
         for kf in self._keyframes:
@@ -485,6 +558,7 @@ class PlaceMap:
             "format_version": FORMAT_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "tool_version": tool_version(),
+            **({"map_id": self.map_id} if self.map_id is not None else {}),
             "model_fingerprint": self.model_fingerprint,
             "descriptor_dim": self.dim,
             "descriptor_dtype": "float16",
@@ -497,9 +571,13 @@ class PlaceMap:
         }
 
     def save(self, folder: str | os.PathLike[str]) -> None:
-        """Write the map folder atomically; an existing map there is replaced only on success."""
+        """Write the map folder atomically; an existing map there is replaced only on success.
+        A map without a ``map_id`` gets one first (:func:`new_map_id` of the folder's name) and keeps
+        it for later saves."""
         folder = expand_path(folder)
         with self._lock:
+            if self.map_id is None:
+                self.map_id = new_map_id(folder.name)
             index = self._ensure_index()
             manifest = self.manifest()
             try:
@@ -631,6 +709,7 @@ class PlaceMap:
         place_map.sources = list(manifest.get("sources", []))
         place_map.info = dict(manifest.get("info", {}))
         place_map.created = manifest.get("created")
+        place_map.map_id = manifest.get("map_id")  # checked by read_manifest; None in a format-1 map
         return place_map
 
 
@@ -686,6 +765,10 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} has format_version {manifest['format_version']}, newer than this tool's "
             f"{FORMAT_VERSION}; update qaa_vpr_ros"
         )
+    if manifest["format_version"] >= 2 and "map_id" not in manifest:
+        raise MapError(f"{path} lacks the field 'map_id' (format {manifest['format_version']} requires it)")
+    if "map_id" in manifest:
+        check_map_id(manifest["map_id"], f"{path} field 'map_id'")
     if "type" not in manifest["index"]:
         raise MapError(f"{path} field 'index' lacks 'type'")
     params = manifest["index"].get("params", {})
