@@ -18,8 +18,10 @@ table that quotes the figure.
     A Python snippet that lives inside a user's program (a subscriber callback) runs after the
     named prelude of ``PRELUDES`` (a real rclpy node, the message types it uses).
 ``figure "TEXT" from: COMMAND``
-    TEXT, quoted in the next lines, must be what COMMAND prints (its numbers compared at the
-    quoted precision; ``19.4 %`` also matches a printed ``0.194``). COMMAND runs in under a minute.
+    TEXT, quoted in the next lines, must be what COMMAND prints (its number compared at the
+    quoted precision; ``19.4 %`` also matches a printed ``0.194``; a TEXT with several numbers,
+    such as ``precision 1.000, recall 0.680``, must be printed as written). COMMAND runs in under a
+    minute; figures from one command share one run of it.
 ``figure "TEXT" unchecked (REASON) from: COMMAND`` and ``figures unchecked (REASON) from: COMMAND``
     Figures (one, or every number of the next paragraph or table) that COMMAND produced but that
     take too long to recompute here; counted and listed, not run.
@@ -371,11 +373,16 @@ def figure_matches(quoted: str, output: str) -> bool:
     """Is the number quoted (``19.4 %``, ``5,072,833``, ``0.33``) printed by the command?
 
     Printed numbers are rounded to the quoted number of decimals; a quoted percentage also matches
-    a printed fraction (``19.4 %`` ~ ``0.1944``).
+    a printed fraction (``19.4 %`` ~ ``0.1944``). A quote with several numbers (``precision 1.000,
+    recall 0.680``) must occur in the output as written (runs of white space count as one), so each
+    number stands beside its name.
     """
     found = _NUMBER.search(quoted)
     if not found:
         raise MarkerError(f"figure {quoted!r} holds no number")
+    if len(_NUMBER.findall(quoted)) > 1:
+        written = r"(?<![\w.])" + re.escape(" ".join(quoted.split())) + r"(?!\.?\d)"
+        return re.search(written, " ".join(output.split())) is not None
     text = found.group(0).replace(",", "")
     decimals = len(text.split(".")[1]) if "." in text else 0
     value = float(text)
@@ -391,12 +398,26 @@ def figure_matches(quoted: str, output: str) -> bool:
     return False
 
 
+_FIGURE_RUNS: dict[tuple[str, str], subprocess.CompletedProcess | None] = {}  # (command, cwd) -> its run
+
+
+def _figure_run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess | None:
+    """The command's run (None: it timed out), once per command and workspace: several figures
+    quoted from one command (a script that prints a table) share it."""
+    key = (command, str(cwd))
+    if key not in _FIGURE_RUNS:
+        try:
+            _FIGURE_RUNS[key] = subprocess.run(["bash", "-c", "set -eo pipefail\n" + command], cwd=cwd, env=env,
+                                               capture_output=True, text=True, timeout=FIGURE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _FIGURE_RUNS[key] = None
+    return _FIGURE_RUNS[key]
+
+
 def check_figure(figure: Figure, cwd: Path, env: dict[str, str]) -> str | None:
     """Run the figure's command; None when its output shows the quoted figure, else why not."""
-    try:
-        proc = subprocess.run(["bash", "-c", "set -eo pipefail\n" + figure.command], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=FIGURE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+    proc = _figure_run(figure.command, cwd, env)
+    if proc is None:
         return f"{figure.id}: {figure.command!r} takes over {FIGURE_TIMEOUT_S} s; mark the figure unchecked"
     if proc.returncode != 0:
         return f"{figure.id}: {figure.command!r} failed ({proc.returncode}):\n{_tail(proc.stderr)}"
