@@ -9,12 +9,17 @@
    (accepted matches within +-2 frames of the true place) and recall (correct accepted matches
    per winter frame) and writes a PNG of the matches.
 
+``--replay`` replaces step 3's live node by its decision code run offline on the same map and
+winter frames (:func:`qaa_vpr_ros.decision.replay.replay_map_queries`, the node's parameters, one
+frame at a time with its odometry pose): the same figures in seconds, no DDS. The doc test checks
+the README's figures with it (see :func:`replay_localize` for when the live run can differ).
+
 Default: held-out Nordland places shipped in ``data/nordland_heldout`` (places 1920-2399, which the
 bundled model never saw) and the model bundled in ``models/nordland_tiny`` (trained with
 ``training/configs/nordland_cpu.yaml`` on places 0-1919); a random tiny model is used, and said
 so, when that folder is missing. Nothing outside the repository is read unless ``--data`` says so.
 
-    python -m scripts.demo --out demo_out [--model DIR] [--places 120] [--data DIR]
+    python -m scripts.demo --out demo_out [--model DIR] [--places 120] [--data DIR] [--replay]
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ ODOM_TOPIC = "/odom"
 FRAME_SPACING_M = 10.0  # one Nordland frame every 10 video frames, ~10 m apart
 START_NS = 1_700_000_000 * 10**9
 TOLERANCE_FRAMES = 2
+# localize_node's parameters in the demo (besides model and map): its defaults plus these.
+NODE_PARAMETERS = {"image_topics": [CAMERA_TOPIC], "transport": "raw", "reliable": True,
+                   "online_loop_closure": False, "odom_topic": ODOM_TOPIC, "device": "auto"}
 
 
 def route_images(data: Path, season: str, places: int, first: int) -> list[np.ndarray]:
@@ -135,12 +143,9 @@ def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarra
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, PointCloud2
 
-    node_cmd = [
-        sys.executable, "-m", "qaa_vpr_ros.localize_node", "--ros-args",
-        "-p", f"model:={model_dir}", "-p", f"map:={map_dir}", "-p", f"image_topics:=['{CAMERA_TOPIC}']",
-        "-p", "transport:=raw", "-p", "reliable:=true", "-p", "online_loop_closure:=false",
-        "-p", f"odom_topic:={ODOM_TOPIC}", "-p", "device:=auto",
-    ]
+    node_cmd = [sys.executable, "-m", "qaa_vpr_ros.localize_node", "--ros-args"]
+    for name, value in {"model": str(model_dir), "map": str(map_dir), **NODE_PARAMETERS}.items():
+        node_cmd += ["-p", f"{name}:={_ros_value(value)}"]
     node_proc = subprocess.Popen(node_cmd, cwd=REPO)
     rclpy.init()
     client = rclpy.create_node("qaa_vpr_demo")
@@ -204,6 +209,47 @@ def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarra
     return matches
 
 
+def _ros_value(value: object) -> str:
+    """A parameter value as ``--ros-args -p NAME:=VALUE`` reads it (YAML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"'{v}'" for v in value) + "]"
+    return str(value)
+
+
+def replay_localize(map_dir: Path, model_dir: Path, images: list[np.ndarray]) -> dict[int, float]:
+    """What :func:`run_node_and_localize` returns, decided offline by the node's own code.
+
+    The node's steps for each frame, without DDS: its parameters (``NODE_PARAMETERS``, the
+    defaults otherwise), the map loaded as the node loads it, the descriptor of one frame at a
+    time (the demo waits for each answer, so every batch holds one frame), its odometry pose
+    (published at the image's stamp, so the node's lookup gives it exactly), and
+    :class:`~qaa_vpr_ros.decision.Localizer` through
+    :func:`~qaa_vpr_ros.decision.replay.replay_map_queries`. The live run can only differ when a
+    frame goes unanswered (no answer within 5 s, a frame dropped by DDS, its odometry later than
+    ``odom_max_age_s``: fewer or unaligned queries) or when ``device: auto`` takes a GPU (other
+    float rounding of the descriptors)."""
+    from qaa_vpr_ros.decision import LocalizeConfig, Query
+    from qaa_vpr_ros.decision.replay import replay_map_queries
+    from qaa_vpr_ros.extractor import DescriptorExtractor
+    from qaa_vpr_ros.maps import PlaceMap
+    from qaa_vpr_ros.model import load_model
+
+    config = LocalizeConfig.from_dict({"model": str(model_dir), "map": str(map_dir), **NODE_PARAMETERS}).validate()
+    extractor = DescriptorExtractor(load_model(config.model, device="cpu"), device=config.device)
+    reference = PlaceMap.load(config.map, expected_fingerprint=extractor.fingerprint)
+    queries = []
+    for index in range(len(images)):
+        sec, nanosec = divmod(START_NS + index * 500_000_000, 10**9)
+        pose = ((index * FRAME_SPACING_M, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
+        queries.append(Query(CAMERA_TOPIC, sec, nanosec, "camera", pose, "odom"))
+    descriptors = np.concatenate([extractor.extract([image], "rgb") for image in images])
+    channels = replay_map_queries(config, reference, queries, descriptors, extractor.dim)
+    return {index: float(channel.best.keyframe.position[0]) for index, channel in enumerate(channels)
+            if channel.best is not None and channel.best.keyframe.has_pose}
+
+
 def plot(path: Path, matches: dict[int, float], places: int) -> None:
     import matplotlib
 
@@ -237,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node")
     parser.add_argument("--no-slam", action="store_true",
                         help="skip the SLAM part (scripts/demo_slam.py: loop closures into a pose graph)")
+    parser.add_argument("--replay", action="store_true",
+                        help="decide offline with the node's decision code instead of the live node "
+                             "(the same figures in seconds; implies --no-slam)")
     parser.add_argument("--data", type=expand_path, default=DEFAULT_DATA,
                         help="Nordland folder with summer/ and winter/ images-XXXXX.png "
                              "(default: the held-out places shipped in data/nordland_heldout)")
@@ -268,16 +317,21 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         raise SystemExit(f"demo: build_map failed with exit code {code}")
     print(f"[3/4] built map {map_dir}")
-    print("[4/4] localizing the winter drive with localize_node ...")
-    matches = run_node_and_localize(map_dir, model_dir, winter, args.timeout)
+    if args.replay:
+        print("[4/4] localizing the winter drive with localize_node's decision, replayed offline ...")
+        matches = replay_localize(map_dir, model_dir, winter)
+    else:
+        print("[4/4] localizing the winter drive with localize_node ...")
+        matches = run_node_and_localize(map_dir, model_dir, winter, args.timeout)
     correct = sum(abs(x / FRAME_SPACING_M - q) <= TOLERANCE_FRAMES for q, x in matches.items())
     plot(out / "matches.png", matches, len(winter))
     print(f"\naccepted place matches: {len(matches)}/{len(winter)} winter frames (default parameters)")
-    print(f"precision {correct / max(len(matches), 1):.3f} (accepted matches within +-{TOLERANCE_FRAMES} frames), "
-          f"recall {correct / len(winter):.3f} (correct accepted matches per frame)")
+    print(f"precision {correct / max(len(matches), 1):.3f}, recall {correct / len(winter):.3f} "
+          f"(precision: accepted matches within +-{TOLERANCE_FRAMES} frames of the true place; "
+          f"recall: correct accepted matches per winter frame)")
     print(f"(a random match would be right with probability ~{(2 * TOLERANCE_FRAMES + 1) / len(winter):.3f})")
     print(f"plot: {out / 'matches.png'}")
-    if args.no_slam:
+    if args.no_slam or args.replay:
         return 0 if matches else 1
     from scripts.demo_slam import main as slam_main
 

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     plt.close(fig)
     print(f"wrote {args.out}: precision {precision:.3f}, recall {(accepted & correct).mean():.3f} on places "
           f"{FIRST}-{FIRST + PLACES - 1}")
+    print(f"confidence of the best hypothesis (right panel): wrong ones at most "
+          f"{np.max(confidence[ok & ~correct]):.3f}, right ones up to {np.max(confidence[ok & correct]):.3f}")
     return 0
 
 

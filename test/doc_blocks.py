@@ -18,8 +18,10 @@ table that quotes the figure.
     A Python snippet that lives inside a user's program (a subscriber callback) runs after the
     named prelude of ``PRELUDES`` (a real rclpy node, the message types it uses).
 ``figure "TEXT" from: COMMAND``
-    TEXT, quoted in the next lines, must be what COMMAND prints (its numbers compared at the
-    quoted precision; ``19.4 %`` also matches a printed ``0.194``). COMMAND runs in under a minute.
+    TEXT, quoted in the next lines, must be what COMMAND prints (its number compared at the
+    quoted precision; ``19.4 %`` also matches a printed ``0.194``; a TEXT with several numbers,
+    such as ``precision 1.000, recall 0.680``, must be printed as written). COMMAND runs in under a
+    minute; figures from one command share one run of it.
 ``figure "TEXT" unchecked (REASON) from: COMMAND`` and ``figures unchecked (REASON) from: COMMAND``
     Figures (one, or every number of the next paragraph or table) that COMMAND produced but that
     take too long to recompute here; counted and listed, not run.
@@ -70,6 +72,45 @@ class _PoseGraph:
 
 graph = _PoseGraph()
 ''',
+    "hydra": '''\
+# doc test: pose_graph_tools_msgs is not on PyPI; its two messages with the fields of their .msg
+# definitions (MIT-SPARK/pose_graph_tools, pose_graph_tools_msgs/msg/PoseGraph{,Edge}.msg).
+import sys
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+from geometry_msgs.msg import Pose
+from std_msgs.msg import Header
+
+
+@dataclass
+class PoseGraphEdge:
+    LOOPCLOSE = 1
+    header: Header = field(default_factory=Header)
+    key_from: int = 0
+    key_to: int = 0
+    robot_from: int = 0
+    robot_to: int = 0
+    type: int = 0
+    pose: Pose = field(default_factory=Pose)
+    covariance: list = field(default_factory=lambda: [0.0] * 36)
+
+
+@dataclass
+class PoseGraph:
+    header: Header = field(default_factory=Header)
+    nodes: list = field(default_factory=list)
+    edges: list = field(default_factory=list)
+
+
+_msg = types.ModuleType("pose_graph_tools_msgs.msg")
+_msg.PoseGraph, _msg.PoseGraphEdge = PoseGraph, PoseGraphEdge
+sys.modules["pose_graph_tools_msgs"] = types.ModuleType("pose_graph_tools_msgs")
+sys.modules["pose_graph_tools_msgs.msg"] = _msg
+hydra_published = []
+hydra_pub = types.SimpleNamespace(publish=hydra_published.append)
+''',
 }
 PRELUDE_EPILOGUES = {
     "rclpy_node": '''
@@ -93,6 +134,33 @@ if "on_loop" in globals():
     assert len(graph.edges) == 1, graph.edges
 node.destroy_node()
 rclpy.shutdown()
+''',
+    "hydra": '''
+# doc test: Hydra's contract (MIT-SPARK/Hydra, src/backend/external_loop_closure_receiver.cpp): an
+# edge's key_from / key_to are nanosecond stamps (Hydra takes its agent nodes nearest them, robot_from /
+# robot_to name the robot), and its pose is to_T_from. One accepted online loop closure in, checked.
+from qaa_vpr_ros.decision.record import LoopClosureRecord as _Record
+from qaa_vpr_ros.decision.record import matrix_quaternion as _quaternion
+from qaa_vpr_ros.decision.record import pose_matrix as _pose_matrix
+
+_match = _pose_matrix((10.0, 2.0, 0.0), (0.0, 0.0, 0.3826834, 0.9238795))  # odometry poses of the two
+_query = _pose_matrix((13.0, 1.0, 0.5), (0.0, 0.0, 0.5, 0.8660254))
+_relative = np.linalg.inv(_match) @ _query  # T_match_query, as the node computes it
+_record = _Record(query_stamp_sec=1_700_000_100, query_stamp_nanosec=123_456_789, camera="/cam",
+                  match_keyframe_id=3, match_stamp_sec=1_700_000_000, match_stamp_nanosec=987_654_321,
+                  match_session="online", match_frame="odom",
+                  relative_translation=tuple(float(v) for v in _relative[:3, 3]),
+                  relative_rotation=_quaternion(_relative[:3, :3]), accepted=True)
+to_hydra(_record)
+((_edge,),) = [g.edges for g in hydra_published]
+_nodes = {1_700_000_100_123_456_789: _query, 1_700_000_000_987_654_321: _match}  # Hydra's nodes by stamp (ns)
+assert _edge.type == PoseGraphEdge.LOOPCLOSE, _edge.type
+assert {_edge.key_from, _edge.key_to} == set(_nodes), (_edge.key_from, _edge.key_to)
+assert _edge.robot_from == _edge.robot_to, (_edge.robot_from, _edge.robot_to)
+_p, _q = _edge.pose.position, _edge.pose.orientation
+_to_T_from = np.linalg.inv(_nodes[_edge.key_to]) @ _nodes[_edge.key_from]
+assert np.allclose(_pose_matrix((_p.x, _p.y, _p.z), (_q.x, _q.y, _q.z, _q.w)), _to_T_from, atol=1e-6), \\
+    "the edge's pose is not to_T_from"
 ''',
 }
 
@@ -371,11 +439,16 @@ def figure_matches(quoted: str, output: str) -> bool:
     """Is the number quoted (``19.4 %``, ``5,072,833``, ``0.33``) printed by the command?
 
     Printed numbers are rounded to the quoted number of decimals; a quoted percentage also matches
-    a printed fraction (``19.4 %`` ~ ``0.1944``).
+    a printed fraction (``19.4 %`` ~ ``0.1944``). A quote with several numbers (``precision 1.000,
+    recall 0.680``) must occur in the output as written (runs of white space count as one), so each
+    number stands beside its name.
     """
     found = _NUMBER.search(quoted)
     if not found:
         raise MarkerError(f"figure {quoted!r} holds no number")
+    if len(_NUMBER.findall(quoted)) > 1:
+        written = r"(?<![\w.])" + re.escape(" ".join(quoted.split())) + r"(?!\.?\d)"
+        return re.search(written, " ".join(output.split())) is not None
     text = found.group(0).replace(",", "")
     decimals = len(text.split(".")[1]) if "." in text else 0
     value = float(text)
@@ -391,12 +464,26 @@ def figure_matches(quoted: str, output: str) -> bool:
     return False
 
 
+_FIGURE_RUNS: dict[tuple[str, str], subprocess.CompletedProcess | None] = {}  # (command, cwd) -> its run
+
+
+def _figure_run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess | None:
+    """The command's run (None: it timed out), once per command and workspace: several figures
+    quoted from one command (a script that prints a table) share it."""
+    key = (command, str(cwd))
+    if key not in _FIGURE_RUNS:
+        try:
+            _FIGURE_RUNS[key] = subprocess.run(["bash", "-c", "set -eo pipefail\n" + command], cwd=cwd, env=env,
+                                               capture_output=True, text=True, timeout=FIGURE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _FIGURE_RUNS[key] = None
+    return _FIGURE_RUNS[key]
+
+
 def check_figure(figure: Figure, cwd: Path, env: dict[str, str]) -> str | None:
     """Run the figure's command; None when its output shows the quoted figure, else why not."""
-    try:
-        proc = subprocess.run(["bash", "-c", "set -eo pipefail\n" + figure.command], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=FIGURE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+    proc = _figure_run(figure.command, cwd, env)
+    if proc is None:
         return f"{figure.id}: {figure.command!r} takes over {FIGURE_TIMEOUT_S} s; mark the figure unchecked"
     if proc.returncode != 0:
         return f"{figure.id}: {figure.command!r} failed ({proc.returncode}):\n{_tail(proc.stderr)}"

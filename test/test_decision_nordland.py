@@ -8,65 +8,37 @@ keyframes per place and a 20 m/s drive queries every other place.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from qaa_vpr_ros.decision import LocalizeConfig
 from qaa_vpr_ros.decision.replay import pr_curve, replay_loop_closures, replay_place_matches
-from qaa_vpr_ros.maps import Keyframe, PlaceMap
+from scripts.along_track_offset import (
+    FIRST,
+    PLACE_M,
+    PLACES,
+    accepted_matches,
+    offset_figures,
+    route_map,
+    segment_descriptors,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "nordland_tiny"
 SOURCES = [REPO / "data" / "nordland_heldout", REPO.parent / "shared" / "data" / "nordland64x32"]
-FIRST, PLACES, PLACE_M = 2200, 160, 10.0
 TOLERANCE_M = 2 * PLACE_M + 1e-6  # +-2 frames
 
 
 @pytest.fixture(scope="module")
 def seasons() -> dict[str, np.ndarray]:
     """{"summer", "winter"}: (PLACES, D) descriptors of the segment."""
-    def path(root: Path, season: str, place: int) -> Path:
-        return root / season / f"images-{(place + 1) * 10:05d}.png"
-
-    root = next((r for r in SOURCES if path(r, "winter", FIRST + PLACES - 1).is_file()), None)
+    last = f"winter/images-{(FIRST + PLACES) * 10:05d}.png"
+    root = next((r for r in SOURCES if (r / last).is_file()), None)
     if root is None or not (MODEL / "model.safetensors").is_file():
         pytest.skip(f"held-out Nordland images ({' or '.join(map(str, SOURCES))}) or {MODEL} absent")
-    from qaa_vpr_ros.extractor import DescriptorExtractor
-    from qaa_vpr_ros.model import load_model
-
-    extractor = DescriptorExtractor(load_model(MODEL), device="cpu", batch_size=64)
-    out = {}
-    for season in ("summer", "winter"):
-        images = [cv2.cvtColor(cv2.imread(str(path(root, season, p))), cv2.COLOR_BGR2RGB)
-                  for p in range(FIRST, FIRST + PLACES)]
-        out[season] = extractor.extract(images, "rgb")
-    return out
-
-
-def route_map(descriptors: np.ndarray, spacing_m: float, frame: str = "map", *, closed: bool = False,
-              t0: int = 0, speed_mps: float = 10.0) -> PlaceMap:
-    """Keyframes every ``spacing_m`` along the route (a straight line, or a circle when ``closed``),
-    each with the descriptor of the place it is at, stamped as driven at ``speed_mps``."""
-    length = PLACES * PLACE_M
-    xs = np.arange(0.0, length, spacing_m)
-    place_map = PlaceMap.create(descriptors.shape[1], "fp", index_type="flat", map_frame=frame)
-    keyframes = []
-    for k, x in enumerate(xs):
-        if closed:
-            a, r = 2 * math.pi * x / length, length / (2 * math.pi)
-            position = (r * math.sin(a), r - r * math.cos(a), 0.0)
-            orientation = (0.0, 0.0, math.sin(a / 2), math.cos(a / 2))
-        else:
-            position, orientation = (x, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)
-        stamp_ns = t0 * 10**9 + round(x / speed_mps * 1e9)
-        keyframes.append(Keyframe(id=k, stamp_sec=stamp_ns // 10**9, stamp_nanosec=stamp_ns % 10**9, camera="cam",
-                                  frame_id="cam", position=position, orientation=orientation))
-    place_map.add(descriptors[np.minimum((xs // PLACE_M).astype(int), PLACES - 1)], keyframes)
-    return place_map
+    return segment_descriptors(root, MODEL)
 
 
 @pytest.mark.parametrize("map_spacing_m, query_spacing_m",
@@ -122,54 +94,29 @@ def test_a_route_driven_twice_closes_the_loop_on_the_second_lap_only(seasons, fi
 def test_the_sequence_alignment_places_the_query_between_keyframes(seasons, closed) -> None:
     # Map keyframes every 20 m (every other place), queries every 10 m (every place): half the
     # queries lie halfway between two keyframes, so the true offset is 0 or +-10 m along the track.
-    from qaa_vpr_ros.decision import Localizer
-    from qaa_vpr_ros.decision.record import (
-        CovarianceModel,
-        channel_records,
-        pose_matrix,
-        records_from_table,
-        records_to_table,
-        transform_error,
-    )
-    from qaa_vpr_ros.decision.replay import _queries
+    # scripts/along_track_offset.py prints the figures docs/NODE.md quotes from this measurement.
+    from qaa_vpr_ros.decision.record import pose_matrix
 
     reference = route_map(seasons["summer"], 20.0, closed=closed)
     query = route_map(seasons["winter"], 10.0, closed=closed)
-    loc = Localizer(LocalizeConfig(online_loop_closure=False), reference.dim, "fp", prior_map=reference)
-    queries, descriptors, _ = _queries(query)
-    errors: dict[str, list[np.ndarray]] = {"sequence": [], "none": []}
-    accepted = 0
-    for q, d in zip(queries, descriptors, strict=True):
-        (result,) = loc.process([q], d[None])
-        best = result.map.best
-        if best is None:
+    accepted, matches = accepted_matches(reference, query)
+    for m in matches:
+        if m.best.offset is None:
+            assert m.record.transform_source == "none"
             continue
-        accepted += 1
-        kf = best.keyframe
-        truth = np.linalg.inv(pose_matrix(kf.position, kf.orientation)) @ pose_matrix(*q.pose)
-        if np.linalg.norm(truth[:3, 3]) > PLACE_M + 1e-6:
-            continue  # a wrong match (beyond the neighbouring keyframe): no offset to judge
-        (record,) = [r for r in channel_records(q, result.map, "map", lambda c: [1.0 if i % 7 == 0 else 0.0
-                                                                                  for i in range(36)])
-                     if r.accepted]
-        (record,) = records_from_table(records_to_table([record]))  # what a subscriber gets
-        if best.offset is None:
-            assert record.transform_source == "none"
-            continue
-        assert record.transform_source == "sequence"
-        assert np.allclose(record.relative_matrix, best.offset, atol=1e-6)
+        assert m.record.transform_source == "sequence"
+        assert np.allclose(m.record.relative_matrix, m.best.offset, atol=1e-6)
         # The query in the map frame (what initialpose publishes) is the keyframe moved by the offset.
-        position, _ = record.query_pose_in_match_frame()
-        assert np.allclose(position, (pose_matrix(kf.position, kf.orientation) @ best.offset)[:3, 3])
-        errors["sequence"].append(transform_error(record.relative_matrix, truth))
-        errors["none"].append(transform_error(np.eye(4), truth))
-    with_offset = len(errors["sequence"])
-    assert accepted >= 25 and with_offset >= 0.6 * accepted, (accepted, with_offset)  # 20 m: beyond the defaults' 10 m
-    rms = {k: float(np.sqrt(np.mean(np.sum(np.array(v)[:, :3] ** 2, axis=1)))) for k, v in errors.items()}
-    # Identity is 10 m off for every other query (about 7 m RMS); the alignment must do clearly better
-    # (measured: 4.0 m vs 7.5 m on the straight route).
+        kf = m.best.keyframe
+        position, _ = m.record.query_pose_in_match_frame()
+        assert np.allclose(position, (pose_matrix(kf.position, kf.orientation) @ m.best.offset)[:3, 3])
+    figures = offset_figures(accepted, matches)
+    # 20 m: beyond the defaults' 10 m
+    assert accepted >= 25 and figures.with_offset >= 0.6 * accepted, (accepted, figures.with_offset)
+    rms = figures.rms_m
+    # Identity is 10 m off for every other query (about 7 m RMS); the alignment must do clearly better.
     assert rms["none"] > 5.0 and rms["sequence"] < 0.7 * rms["none"], rms
-    model = CovarianceModel().calibrate({k: np.array(v) for k, v in errors.items()})
+    model = figures.calibrated
     assert model.sequence[0] < 0.5 * model.none[0], (model.sequence, model.none)  # along track (x)
 
 

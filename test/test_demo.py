@@ -30,10 +30,21 @@ def test_demo_data_is_exactly_the_held_out_places():
         assert needed in readme
 
 
+def _readme_demo_figure() -> str:
+    """The README's quote of the demo's precision and recall (its doc-test figure marker)."""
+    import doc_blocks
+
+    _, figures = doc_blocks.parse(REPO / "README.md", REPO)
+    (figure,) = [f for f in figures if "scripts.demo" in f.command and f.text and "recall" in f.text]
+    return figure.text
+
+
 @pytest.mark.slow
 @pytest.mark.ros
 def test_demo_runs_from_a_copy_with_nothing_beside_it(tmp_path):
-    """The demo on the shipped data, in a copy of the repository that has no ../shared beside it."""
+    """The demo (live node, the demo's size) on the shipped data, in a copy of the repository that
+    has no ../shared beside it, prints the README's figures (which the doc test checks against
+    ``--replay``, the node's decision replayed offline)."""
     clone = tmp_path / "clone" / "qaa_vpr_ros"
     clone.mkdir(parents=True)
     # scripts/ is copied (the demo finds the repository from its own resolved path); the rest is linked.
@@ -45,7 +56,7 @@ def test_demo_runs_from_a_copy_with_nothing_beside_it(tmp_path):
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
     out = tmp_path / "demo_out"
     proc = subprocess.run(
-        [sys.executable, "-m", "scripts.demo", "--out", str(out), "--places", "40", "--first-place", "2200",
+        [sys.executable, "-m", "scripts.demo", "--out", str(out),
          "--no-slam"],  # the SLAM part has its own test (test/test_demo_slam.py)
         cwd=clone, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -53,6 +64,9 @@ def test_demo_runs_from_a_copy_with_nothing_beside_it(tmp_path):
     assert str(REPO.parent / "shared") not in proc.stdout + proc.stderr
     assert (out / "matches.png").stat().st_size > 1000
     assert "bundled: models/nordland_tiny" in proc.stdout
+    quoted = _readme_demo_figure()
+    printed = next((line for line in proc.stdout.splitlines() if line.startswith("precision ")), "")
+    assert printed.startswith(quoted + " "), f"README quotes {quoted!r}, the live demo printed {printed!r}"
 
 
 def test_demo_names_a_missing_data_folder(tmp_path):

@@ -254,3 +254,20 @@ def test_figures_are_compared_at_the_quoted_precision(tmp_path: Path) -> None:
     assert "prints" in doc_blocks.check_figure(figure, tmp_path, dict(os.environ))
     figure.command = "echo recall 0.3301"
     assert doc_blocks.check_figure(figure, tmp_path, dict(os.environ)) is None
+
+
+def test_a_figure_with_several_numbers_must_be_printed_as_written() -> None:
+    quoted = "precision 1.000, recall 0.680"
+    assert doc_blocks.figure_matches(quoted, "accepted 102/150\nprecision 1.000, recall 0.680 (precision: ...)")
+    assert doc_blocks.figure_matches(quoted, "precision 1.000,\n  recall 0.680")  # white space runs are one
+    assert not doc_blocks.figure_matches(quoted, "precision 0.680, recall 1.000")  # each number beside its name
+    assert not doc_blocks.figure_matches(quoted, "precision 1.000, recall 0.6801")
+
+
+def test_figures_from_one_command_share_one_run(tmp_path: Path) -> None:
+    page = _markdown(tmp_path, '<!-- doc-test: figure "3.8 m" from: echo run >> runs.txt; echo 3.8 7.5 -->\n'
+                               '<!-- doc-test: figure "7.5 m" from: echo run >> runs.txt; echo 3.8 7.5 -->\n'
+                               "RMS 3.8 m vs 7.5 m.\n")
+    _, figures = doc_blocks.parse(page, tmp_path)
+    assert [doc_blocks.check_figure(f, tmp_path, dict(os.environ)) for f in figures] == [None, None]
+    assert (tmp_path / "runs.txt").read_text().splitlines() == ["run"]

@@ -5,7 +5,9 @@ A test node publishes ``rosgraph_msgs/Clock`` on /clock like ``ros2 bag play --c
 at 1x, or held while "paused") and images stamped with that clock. The node must keep running,
 keep answering images, keep publishing /diagnostics even while /clock stands still, count each
 jump in /diagnostics, and start a new session after a backward jump: the first pass's online
-keyframes (whose stamps now lie in the future) must not become loop-closure candidates.
+keyframes must not become loop-closure candidates of the second pass. The node runs with
+``exclude_recent_s: 0`` so that any keyframe stamped before a query is a candidate: without the new
+session, the second pass's candidates would include the first pass's keyframes.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
     from diagnostic_msgs.msg import DiagnosticArray
     from node_harness import use_private_domain, wait_for
     from sensor_msgs.msg import Image
-    from test_node_localize import Harness, raw_msg
+    from test_node_localize import Harness, raw_msg, table
 
     from qaa_vpr_ros.model import build_model, save_checkpoint
 
@@ -77,7 +79,10 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
         h = Harness("loc_simclock", {
             "model": str(model_dir), "image_topics": ["/loc_simclock/cam"], "transport": "raw",
             "reliable": True, "diagnostics_period_s": 0.1, "use_sim_time": True,
-            "online_loop_closure": True, "exclude_recent_s": 30.0})
+            # exclude_recent_s 0: every keyframe stamped at or before a query is a candidate (top_k 10
+            # holds them all), so a first-pass keyframe left in the database after the jump back would
+            # show among the second pass's candidates.
+            "online_loop_closure": True, "exclude_recent_s": 0.0})
         clock = SimClock(h.client, 1000.0)
         diagnostics: list[float] = []  # wall time of each /diagnostics message from the node
         h.client.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.append(
@@ -114,6 +119,7 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
             time.sleep(seconds)
             return sum(1 for t in diagnostics if t > start)
 
+        clock.set(1000.0)  # both passes start at the bag's start (setting up took a while of /clock)
         first = feed(route)  # first pass of the bag: 1002 s .. ~1012 s
         loc = h.diag("localizer")
         assert int(loc["online_keyframes"]) == len(route)
@@ -126,14 +132,23 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
         # leaves room for a loaded CI machine (2 of 5 expected were seen there in 1 s).
         held = diagnostics_while_held(2.0)
         assert held >= 3, f"only {held} /diagnostics messages in 2 s of a held /clock (period 0.1 s)"
-        clock.set(1000.0)
+        # Half a /clock tick (50 ms) off the first pass's start: no stamp of the second pass equals
+        # one of the first's, so the candidates' stamps tell the two passes' keyframes apart.
+        clock.set(1000.025)
+        answered = len(h.rec.get("loop_candidates"))
         second = feed(route)  # the same images, stamped with the same times again
         assert second[0] < first[-1]
+        assert min(first) < second[-1], (first, second)  # first-pass keyframes older than a second-pass query
         wait_for(lambda: int(h.diag("localizer").get("time_jumps_back", 0)) == 1, 5.0, "the backward jump counted")
         loc = h.diag("localizer")
-        # A new session: the first pass's keyframes are gone, so none can be a loop-closure candidate.
+        # A new session: the first pass's keyframes are gone, so none can be a loop-closure candidate:
+        # every candidate of the second pass is one of its own keyframes (stamps to the nanosecond).
         assert int(loc["online_keyframes"]) == len(route), loc
-        assert h.rec.get("loop_closure") == []
+        own = {(int(t), int((t - int(t)) * 1e9)) for t in second}
+        matched = [(int(r["match_stamp_sec"]), int(r["match_stamp_nanosec"]))
+                   for msg in h.rec.get("loop_candidates")[answered:] for r in table(msg)]
+        assert matched, "no loop candidates in the second pass: exclude_recent_s 0 should give some"
+        assert set(matched) <= own, f"first-pass keyframes among the candidates: {sorted(set(matched) - own)}"
 
         # A gap in the recording (or --start-offset): /clock jumps an hour forward.
         clock.set(1000.0 + 3600.0, held=True)

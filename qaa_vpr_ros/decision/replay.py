@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from qaa_vpr_ros.decision.decision import ChannelResult
 from qaa_vpr_ros.decision.localizer import Localizer, Query
 from qaa_vpr_ros.decision.parameters import LocalizeConfig
 
-__all__ = ["Decision", "PRCurve", "pr_curve", "replay_loop_closures", "replay_place_matches"]
+__all__ = ["Decision", "PRCurve", "pr_curve", "replay_loop_closures", "replay_map_queries", "replay_place_matches"]
 
 
 @dataclass
@@ -90,22 +91,31 @@ def _decision(channel: Any, truth: np.ndarray, radius_m: float, truth_of: Any) -
     return Decision(decidable, top.accepted, correct, top.confidence if decidable else math.nan, int(top.keyframe.id))
 
 
+def replay_map_queries(config: LocalizeConfig, reference: Any, queries: list[Query], descriptors: np.ndarray,
+                       dim: int | None = None) -> list[ChannelResult]:
+    """The decision against the prebuilt map ``reference`` for each of ``queries`` (descriptors
+    (N, D), same order), one query at a time in the given order, as the node decides a camera's
+    frames when each is answered before the next arrives; online loop closure off."""
+    loc = Localizer(replace(config, online_loop_closure=False), dim or reference.dim, reference.model_fingerprint,
+                    prior_map=reference)
+    out = []
+    for q, d in zip(queries, np.asarray(descriptors, np.float32), strict=True):
+        (result,) = loc.process([q], d[None])
+        out.append(result.map)
+    return out
+
+
 def replay_place_matches(config: LocalizeConfig, reference: Any, query: Any, radius_m: float,
                          dim: int | None = None) -> list[Decision]:
     """Decide every keyframe of ``query`` (a PlaceMap; its poses are odometry and ground truth)
     against the prebuilt map ``reference`` (same frame), in stamp order."""
-    loc = Localizer(replace(config, online_loop_closure=False), dim or reference.dim, reference.model_fingerprint,
-                    prior_map=reference)
     queries, descriptors, truth = _queries(query)
 
     def truth_of(kf: Any) -> np.ndarray:
         return np.asarray(kf.position, np.float64)
 
-    out = []
-    for q, d, t in zip(queries, descriptors, truth, strict=True):
-        (result,) = loc.process([q], d[None])
-        out.append(_decision(result.map, t, radius_m, truth_of))
-    return out
+    channels = replay_map_queries(config, reference, queries, descriptors, dim)
+    return [_decision(channel, t, radius_m, truth_of) for channel, t in zip(channels, truth, strict=True)]
 
 
 def replay_loop_closures(config: LocalizeConfig, laps: list[Any], radius_m: float) -> list[list[Decision]]:
