@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_folder
 from ..paths import expand_path
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .vpr_model import RELEASE_IMAGE_SIZE, REQUIRED_KEYS, ModelConfigError, VPRModel
 
 CONFIG_FILE = "config.json"
@@ -179,8 +180,6 @@ def is_checkpoint_folder(folder: str | Path, extra_files: tuple[str, ...] = ()) 
 
 def save_checkpoint(model: VPRModel, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` in the project layout (release-compatible), atomically. Returns the folder."""
-    from ..extractor import IMAGENET_MEAN, IMAGENET_STD
-
     project = {
         "format_version": FORMAT_VERSION,
         "image_size": list(model.image_size),
