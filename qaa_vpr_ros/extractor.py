@@ -12,10 +12,7 @@ the other; the onnxruntime backend refuses a file exported from other weights or
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +22,36 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The preprocessing contract lives with the model; these names stay importable from here.
+from .model.preprocessing import (
+    FINGERPRINT_KEY,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Preprocessing,
+    model_fingerprint,
+)
+
+__all__ = [
+    "BACKENDS",
+    "ENCODINGS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PRECISIONS",
+    "DescriptorExtractor",
+    "Preprocessing",
+    "model_fingerprint",
+    "normalize",
+    "onnx_providers",
+    "resize_uint8",
+    "resolve_device",
+    "to_rgb",
+]
+
 ENCODINGS = ("rgb", "bgr", "mono")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 BACKENDS = ("torch", "onnxruntime")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images become model input; part of the model fingerprint."""
-
-    image_size: tuple[int, int]  # (H, W), multiples of 14
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-    antialias: bool = True
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -54,17 +65,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
     return resolved
-
-
-def model_fingerprint(model: nn.Module, preprocessing: Preprocessing) -> str:
-    """sha256 over every weight (name, dtype, shape, bytes) and the preprocessing config."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps(asdict(preprocessing), sort_keys=True).encode())
-    return digest.hexdigest()
 
 
 def onnx_providers(device: str | torch.device, precision: str, cache_dir: Path) -> tuple[list[Any], str]:
@@ -204,8 +204,6 @@ class DescriptorExtractor:
         """Opens the onnxruntime session and checks the file is this model's; returns the precision."""
         import onnxruntime as ort
 
-        from .model.onnx_export import FINGERPRINT_KEY, INPUT_NAME, OUTPUT_NAME
-
         if onnx_path is None or not str(onnx_path):
             raise ValueError("backend 'onnxruntime' needs onnx_path: the .onnx file export_onnx wrote for this model")
         path = Path(onnx_path).expanduser()
@@ -309,8 +307,6 @@ class DescriptorExtractor:
         return torch.cat(outputs).numpy()
 
     def _extract_onnx(self, images: Sequence[np.ndarray], encodings: Sequence[str]) -> np.ndarray:
-        from .model.onnx_export import INPUT_NAME, OUTPUT_NAME
-
         outputs = []
         for start in range(0, len(images), self.batch_size):
             stop = start + self.batch_size

@@ -1,6 +1,7 @@
-"""Pose tracks, pose interpolation to image stamps, keyframe selection, and WGS84 -> UTM.
+"""Pose tracks interpolated to image stamps, keyframe selection, and WGS84 -> UTM.
 
-Stamps are integer nanoseconds; positions metres; orientations quaternions (qx, qy, qz, qw).
+Stamps are integer nanoseconds; positions metres; orientations quaternions (qx, qy, qz, qw). The
+pose math itself (interpolation, angles) is :mod:`qaa_vpr_ros.poses`.
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# slerp, quaternion_angle and yaw_of are re-exported from their home, qaa_vpr_ros.poses.
+from qaa_vpr_ros.poses import interpolate_pose, quaternion_angle, slerp, yaw_of
 
 __all__ = [
     "KeyframeSelector",
@@ -29,33 +33,6 @@ class PoseSkip(enum.Enum):
 
     OUTSIDE = "outside the pose range"
     GAP = "in a pose gap"
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
-    """Spherical linear interpolation between unit quaternions (x, y, z, w), shortest arc."""
-    q0 = np.asarray(q0, np.float64)
-    q1 = np.asarray(q1, np.float64)
-    dot = float(np.dot(q0, q1))
-    if dot < 0.0:  # q and -q are the same rotation; take the short way round
-        q1, dot = -q1, -dot
-    if dot > 0.9995:  # nearly parallel: normalised lerp avoids dividing by sin(~0)
-        q = q0 + t * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = math.acos(min(1.0, dot))
-    sin_theta = math.sin(theta)
-    return (math.sin((1.0 - t) * theta) * q0 + math.sin(t * theta) * q1) / sin_theta
-
-
-def quaternion_angle(q0: Sequence[float], q1: Sequence[float]) -> float:
-    """Rotation angle (rad, in [0, pi]) between two unit quaternions."""
-    dot = abs(float(np.dot(np.asarray(q0, np.float64), np.asarray(q1, np.float64))))
-    return 2.0 * math.acos(min(1.0, dot))
-
-
-def yaw_of(q: Sequence[float]) -> float:
-    """Yaw (rad, about +z, counter-clockwise from +x) of a quaternion (x, y, z, w)."""
-    x, y, z, w = q
-    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
 @dataclass
@@ -113,10 +90,8 @@ class PoseTrack:
         t0, t1 = int(self.stamps_ns[i - 1]), int(self.stamps_ns[i])
         if t1 - t0 > self.max_gap_ns:
             return PoseSkip.GAP
-        t = (stamp_ns - t0) / (t1 - t0)
-        position = self.positions[i - 1] + t * (self.positions[i] - self.positions[i - 1])
-        orientation = slerp(self.orientations[i - 1], self.orientations[i], t)
-        return _as_tuple3(position), _as_tuple4(orientation)
+        return interpolate_pose((self.positions[i - 1], self.orientations[i - 1]),
+                                (self.positions[i], self.orientations[i]), (stamp_ns - t0) / (t1 - t0))
 
 
 def _as_tuple3(v: np.ndarray) -> tuple[float, float, float]:

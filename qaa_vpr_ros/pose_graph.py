@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import gtsam
 import numpy as np
 
-from qaa_vpr_ros.decision.record import LoopClosureRecord, pose_matrix
+from qaa_vpr_ros.decision.record import LoopClosureRecord
+from qaa_vpr_ros.poses import pose_matrix, rotation_angle, rotation_vector
 
 __all__ = ["Edge", "PoseGraph", "PoseGraphConfig", "calibrate_odometry_noise"]
 
@@ -150,7 +151,7 @@ class PoseGraph:
 
     def _far_enough(self, a: np.ndarray, b: np.ndarray) -> bool:
         delta = np.linalg.inv(a) @ b
-        angle = math.acos(min(max((np.trace(delta[:3, :3]) - 1.0) / 2.0, -1.0), 1.0))
+        angle = rotation_angle(delta[:3, :3])
         return (np.linalg.norm(delta[:3, 3]) >= self.config.node_spacing_m
                 or angle >= self.config.node_rotation_rad)
 
@@ -379,12 +380,8 @@ def calibrate_odometry_noise(odom: Sequence[np.ndarray], truth: Sequence[np.ndar
         d_odom = np.linalg.inv(odom[start]) @ odom[i]
         d_true = np.linalg.inv(truth[start]) @ truth[i]
         err = np.linalg.inv(d_true) @ d_odom
-        r = err[:3, :3]
-        angle = math.acos(min(max((np.trace(r) - 1.0) / 2.0, -1.0), 1.0))
-        axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
-        rotvec = axis / np.linalg.norm(axis) * angle if np.linalg.norm(axis) > 1e-12 else np.zeros(3)
         trans.append(err[:3, 3] / travelled)
-        rots.append(rotvec / math.sqrt(travelled))
+        rots.append(rotation_vector(err[:3, :3]) / math.sqrt(travelled))
         start, travelled = i, 0.0
     if len(trans) < 2:
         raise ValueError(f"the trajectory is shorter than two spacings of {spacing_m} m")

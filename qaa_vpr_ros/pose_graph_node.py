@@ -43,13 +43,12 @@ from std_msgs.msg import Header
 from qaa_vpr_ros.decision.record import (
     RECORD_DTYPE,
     LoopClosureRecord,
-    matrix_quaternion,
     point_fields,
-    pose_matrix,
     records_from_table,
     records_to_table,
 )
 from qaa_vpr_ros.localize_entry import stop_on_signals
+from qaa_vpr_ros.poses import matrix_quaternion, pose_matrix
 
 __all__ = ["PoseGraphNode", "main", "records_cloud", "records_from_cloud"]
 

@@ -72,17 +72,10 @@ class Intrinsics:
 
 def parse_intrinsics(text: str) -> dict[str, Intrinsics]:
     """The ``camera_intrinsics`` parameter: ``;``-separated ``"TOPIC fx fy cx cy [k1 k2 p1 p2 ...]"``."""
-    out = {}
-    for entry in (e.strip() for e in str(text).split(";")):
-        if not entry:
-            continue
-        parts = entry.split()
-        try:
-            out[parts[0]] = Intrinsics.from_parameter(parts[1:])
-        except (ValueError, IndexError) as err:
-            raise ValueError(f"camera_intrinsics entry {entry!r}: expected 'TOPIC fx fy cx cy [distortion...]': "
-                             f"{err}") from err
-    return out
+    from qaa_vpr_ros.parameter_grammar import parse_topic_numbers
+
+    return parse_topic_numbers(text, "camera_intrinsics", "'TOPIC fx fy cx cy [distortion...]'", 4, more=True,
+                               convert=Intrinsics.from_parameter)
 
 
 @dataclass(frozen=True)

@@ -98,19 +98,14 @@ def drifting_odometry(truth: list[np.ndarray], seed: int, heading_walk_rad: floa
     return out
 
 
-def _interpolate(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """Pose between planar poses ``a`` and ``b`` (linear position, linear yaw)."""
-    ya, yb = math.atan2(a[1, 0], a[0, 0]), math.atan2(b[1, 0], b[0, 0])
-    dy = (yb - ya + math.pi) % (2 * math.pi) - math.pi
-    p = (1 - t) * a[:3, 3] + t * b[:3, 3]
-    return _yaw_matrix(float(p[0]), float(p[1]), ya + t * dy)
-
-
 def pose_at(poses: list[np.ndarray], start_ns: int, stamp_ns: int) -> np.ndarray:
     """Pose at ``stamp_ns`` of a drive whose place i is seen at ``start_ns + i * IMAGE_PERIOD_NS``."""
+    from qaa_vpr_ros.poses import interpolate_pose
+
     f = (stamp_ns - start_ns) / IMAGE_PERIOD_NS
     i = min(max(int(math.floor(f)), 0), len(poses) - 2)
-    return _interpolate(poses[i], poses[i + 1], min(max(f - i, 0.0), 1.0))
+    a, b = ((tuple(p[:3, 3]), matrix_quaternion(p[:3, :3])) for p in poses[i:i + 2])
+    return pose_matrix(*interpolate_pose(a, b, min(max(f - i, 0.0), 1.0)))
 
 
 def write_drive_bag(path: Path, images: list[np.ndarray], start_ns: int, odometry: list[np.ndarray],

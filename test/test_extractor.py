@@ -108,3 +108,24 @@ def test_batched_device_preprocessing_equals_per_image_path(tiny_model, device):
         extractor._resize_on_device(images[:1], ["yuv"])
     with pytest.raises(ValueError, match="uint8"):
         extractor._resize_on_device([images[0].astype(np.float32)], ["rgb"])
+
+
+def test_the_fingerprint_of_a_fixed_model_never_changes():
+    # Maps store the fingerprint and refuse any other: moving or touching its code must keep its
+    # bytes. The value was computed by the code before the preprocessing contract moved to model/.
+    from qaa_vpr_ros import extractor
+    from qaa_vpr_ros.model.preprocessing import Preprocessing, model_fingerprint
+
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+            with torch.no_grad():
+                self.lin.weight.copy_(torch.arange(6, dtype=torch.float32).reshape(2, 3) / 7)
+                self.lin.bias.copy_(torch.tensor([0.5, -0.25]))
+            self.register_buffer("steps", torch.arange(4, dtype=torch.int64))
+            self.register_buffer("halves", torch.linspace(0, 1, 5, dtype=torch.float16))
+
+    fingerprint = model_fingerprint(Fixed(), Preprocessing(image_size=(28, 56)))
+    assert fingerprint == "70d186c0c4d648eff9e7ff40fc1944352b132e3aabd21e0e2243a93ae0f53fbd"
+    assert extractor.model_fingerprint is model_fingerprint and extractor.Preprocessing is Preprocessing

@@ -123,3 +123,22 @@ def test_transform_error_of_a_known_offset():
     truth = pose_matrix((1.0, 2.0, 0.0), _yaw_q(0.4))
     estimate = truth @ pose_matrix((0.5, -0.2, 0.0), _yaw_q(0.03))
     assert transform_error(estimate, truth) == pytest.approx([0.5, -0.2, 0.0, 0.0, 0.0, 0.03], abs=1e-9)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"none": (1.0, 2.0)}, "CovarianceModel.none must be 6 numbers, got 2"),
+    ({"floor": ("a",) * 6}, "CovarianceModel.floor must be 6 numbers"),
+    ({"geometry": (1.0, 1.0, 1.0, 1.0, 1.0, 0.0)}, "CovarianceModel.geometry must hold 6 finite variances > 0"),
+])
+def test_a_bad_covariance_model_is_named_as_such(bad, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        CovarianceModel(**bad)
+
+
+def test_the_covariance_model_has_its_own_module_and_stays_importable_from_the_record():
+    from qaa_vpr_ros.decision import covariance, record
+
+    for name in ("CovarianceModel", "GEOMETRY_ROTATION_VARIANCE", "TRANSFORM_SOURCES"):
+        assert getattr(record, name) is getattr(covariance, name), name
+    assert CovarianceModel.__module__ == "qaa_vpr_ros.decision.covariance"
+    assert LoopClosureRecord.__module__ == "qaa_vpr_ros.decision.record"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,21 +37,24 @@ from qaa_vpr_ros.decision.sequence import (
     QueryTrack,
     TrackEntry,
     pair_similarities,
-    quaternion_matrices,
     score_sequence,
 )
+from qaa_vpr_ros.poses import Pose, quaternion_matrices
+
+if TYPE_CHECKING:
+    from qaa_vpr_ros.maps.place_map import Keyframe
 
 OFFSET_STEPS = np.linspace(-1.0, 1.0, 9)
 """Shifts tried by :meth:`SequenceMatcher.along_track_offset`, in keyframe spacings (quarters)."""
 
-__all__ = ["OFFSET_STEPS", "Candidate", "ChannelResult", "Hypotheses", "SequenceMatcher", "covariance_from_confidence"]
+__all__ = ["OFFSET_STEPS", "Candidate", "ChannelResult", "Hypotheses", "SequenceMatcher"]
 
 
 @dataclass
 class Candidate:
     """A database keyframe hypothesised for a query, best sequence score first (rank 0)."""
 
-    keyframe: Any  # qaa_vpr_ros.maps.Keyframe
+    keyframe: Keyframe
     score: float  # single-frame similarity of the query and this keyframe
     rank: int
     accepted: bool = False
@@ -112,7 +115,7 @@ class SequenceMatcher:
         self._tracks.clear()
         self._previous.clear()
 
-    def decide(self, camera: str, descriptor: np.ndarray, pose: tuple[Any, Any] | None, path_m: float,
+    def decide(self, camera: str, descriptor: np.ndarray, pose: Pose | None, path_m: float,
                search_rows: Sequence[int], mask: np.ndarray | None = None,
                rival_rows: Sequence[int] = (), step: int = 0, table_sims: np.ndarray | None = None) -> Hypotheses:
         """Decide one query (descriptor (D,) float32, odometry ``pose`` or None, odometry path
@@ -344,18 +347,3 @@ def _restricted_best(sims: np.ndarray, allowed: np.ndarray, min_support: int,
         mean = np.where((count >= need) & (count > 0), total / np.maximum(count, 1.0), -np.inf) + allowed
     return mean.max(axis=1) if mean.shape[1] else np.full(len(sims), -np.inf)
 
-
-def covariance_from_confidence(confidence: float, min_confidence: float, base_diagonal: Sequence[float]) -> list[float]:
-    """Row-major 6x6 covariance: 10x ``base_diagonal`` at ``min_confidence``, falling linearly in
-    ``t = (confidence - min_confidence) / (3 min_confidence)`` to the base at 4x ``min_confidence``.
-
-    variance = base / (0.1 + 0.9 t), t clipped to [0, 1] (NaN confidence: t = 0).
-    """
-    span = 3.0 * max(min_confidence, 1e-3)
-    t = (confidence - min_confidence) / span if math.isfinite(confidence) else 0.0
-    t = min(max(t, 0.0), 1.0)
-    factor = 1.0 / (0.1 + 0.9 * t)
-    cov = [0.0] * 36
-    for i, v in enumerate(base_diagonal):
-        cov[7 * i] = float(v) * factor
-    return cov

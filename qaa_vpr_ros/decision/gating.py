@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import threading
 
-from qaa_vpr_ros.decision.odometry import Pose
 from qaa_vpr_ros.decision.parameters import LocalizeConfig
 from qaa_vpr_ros.keyframes import KeyframeSelector, SelectionConfig
+from qaa_vpr_ros.poses import Pose
 
 __all__ = ["KeyframeGate"]
 

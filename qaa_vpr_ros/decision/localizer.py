@@ -11,15 +11,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from qaa_vpr_ros.decision.decision import Candidate, ChannelResult, Hypotheses, SequenceMatcher
-from qaa_vpr_ros.decision.odometry import Pose
 from qaa_vpr_ros.decision.parameters import LocalizeConfig
 from qaa_vpr_ros.decision.sequence import KeyframeTable
+from qaa_vpr_ros.poses import Pose
+
+if TYPE_CHECKING:
+    from qaa_vpr_ros.maps.place_map import Keyframe, PlaceMap
 
 __all__ = ["SEARCH_DEPTH", "Localizer", "Query", "QueryResult"]
 
@@ -52,7 +55,7 @@ class QueryResult:
     query: Query
     map: ChannelResult | None = None  # against the prebuilt map
     online: ChannelResult | None = None  # against the robot's own past keyframes
-    keyframe: Any = None  # the query's keyframe as added to the online database
+    keyframe: Keyframe | None = None  # the query's keyframe as added to the online database
 
     @property
     def place(self) -> ChannelResult | None:
@@ -68,7 +71,7 @@ class Localizer:
     """
 
     def __init__(self, config: LocalizeConfig, dim: int, fingerprint: str,
-                 prior_map: Any = None, online_frame: str = "odom") -> None:
+                 prior_map: PlaceMap | None = None, online_frame: str = "odom") -> None:
         self.config = config.validate()
         self.dim = dim
         self.fingerprint = fingerprint
@@ -88,7 +91,7 @@ class Localizer:
         from qaa_vpr_ros.maps import PlaceMap
 
         self.online_map = PlaceMap.create(self.dim, self.fingerprint, index_type="flat", map_frame=self.online_frame)
-        self._online_keyframes: list[Any] = []
+        self._online_keyframes: list[Keyframe] = []
         self._next_online_id = 0  # ids stay unique when the cap thins the database
         self.online_matcher = SequenceMatcher(self.config, KeyframeTable(self.dim), online=True)
         self._path_m = 0.0
@@ -165,7 +168,7 @@ class Localizer:
         self._last_position = position
         return self._path_m
 
-    def _candidates(self, hyp: Hypotheses, keyframes: list[Any]) -> list[Candidate]:
+    def _candidates(self, hyp: Hypotheses, keyframes: Sequence[Keyframe]) -> list[Candidate]:
         out = []
         for rank in range(min(self.config.top_k, len(hyp.rows))):
             first = rank == 0
@@ -229,7 +232,7 @@ class Localizer:
                 results[i].keyframe = self._add_online(q, d, path_m)
         return results
 
-    def _add_online(self, q: Query, descriptor: np.ndarray, path_m: float) -> Any:
+    def _add_online(self, q: Query, descriptor: np.ndarray, path_m: float) -> Keyframe:
         from qaa_vpr_ros.maps import Keyframe
 
         if q.pose is not None:

@@ -2,32 +2,13 @@
 from __future__ import annotations
 
 import bisect
-import math
 import threading
 import time
 
+# Pose and interpolate_pose are re-exported from their home, qaa_vpr_ros.poses.
+from qaa_vpr_ros.poses import Pose, interpolate_pose
+
 __all__ = ["Pose", "PoseHistory", "interpolate_pose"]
-
-Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
-"""(position (x, y, z) in metres, orientation (qx, qy, qz, qw)) in some frame."""
-
-
-def interpolate_pose(a: Pose, b: Pose, t: float) -> Pose:
-    """Pose at fraction ``t`` in [0, 1] from ``a`` to ``b``: linear in position, slerp in orientation."""
-    (pa, qa), (pb, qb) = a, b
-    position = tuple(float(x + t * (y - x)) for x, y in zip(pa, pb, strict=True))
-    dot = sum(x * y for x, y in zip(qa, qb, strict=True))
-    if dot < 0.0:  # the shorter way round
-        qb, dot = tuple(-v for v in qb), -dot
-    if dot > 0.9995:
-        q = [x + t * (y - x) for x, y in zip(qa, qb, strict=True)]
-    else:
-        theta = math.acos(min(dot, 1.0))
-        wa, wb = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-        q = [wa * x + wb * y for x, y in zip(qa, qb, strict=True)]
-    norm = math.sqrt(sum(v * v for v in q)) or 1.0
-    return position, tuple(v / norm for v in q)
-
 
 class PoseHistory:
     """Recent odometry poses, kept in stamp order; :meth:`lookup` interpolates to a stamp. Thread-safe."""

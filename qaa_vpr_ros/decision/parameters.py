@@ -2,7 +2,8 @@
 
 Its default, description, range, choices and whether it can change at run time live in the field's
 metadata; :func:`parameter_table` turns them into the rows the node builds ``ParameterDescriptor`` s
-from, and ``config/localize.yaml`` lists the same defaults.
+from, and ``config/localize.yaml`` lists the same defaults. :func:`parse_extrinsics` reads
+``camera_extrinsics`` (the grammar of :mod:`qaa_vpr_ros.parameter_grammar`).
 """
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from qaa_vpr_ros.image_conversion import DEFAULT_MAX_PIXELS
-from qaa_vpr_ros.paths import PathError, path_argument
+import numpy as np
 
-__all__ = ["ConfigError", "LocalizeConfig", "ParamSpec", "normalize", "parameter_table", "params_yaml"]
+from qaa_vpr_ros.image_conversion import DEFAULT_MAX_PIXELS
+from qaa_vpr_ros.parameter_grammar import parse_topic_numbers
+from qaa_vpr_ros.paths import PathError, path_argument
+from qaa_vpr_ros.poses import pose_matrix
+
+__all__ = ["ConfigError", "LocalizeConfig", "ParamSpec", "normalize", "parameter_table", "params_yaml",
+           "parse_extrinsics"]
 
 
 class ConfigError(ValueError):
@@ -200,8 +206,6 @@ class LocalizeConfig:
             if not self.image_topics:
                 out.append("image_topics is empty: give at least one camera topic")
             try:
-                from qaa_vpr_ros.decision.record import parse_extrinsics
-
                 parse_extrinsics(self.camera_extrinsics)
             except ValueError as err:
                 out.append(f"parameter 'camera_extrinsics': {err}")
@@ -352,3 +356,18 @@ def params_yaml(values: dict[str, Any] | None = None, header: str = "") -> str:
                                subsequent_indent="    # ")
         lines.append(f"    {spec.name}: {_yaml_value(getattr(config, spec.name))}")
     return "\n".join(lines) + "\n"
+
+
+def parse_extrinsics(text: str) -> dict[str, np.ndarray]:
+    """The ``camera_extrinsics`` parameter, ``;``-separated ``"TOPIC x y z qx qy qz qw"`` entries,
+    -> {topic: T_base_camera (4x4)}."""
+    return parse_topic_numbers(text, "camera_extrinsics",
+                               "'TOPIC x y z qx qy qz qw' (base -> camera, metres and a unit quaternion)", 7,
+                               convert=_extrinsic)
+
+
+def _extrinsic(values: tuple[float, ...]) -> np.ndarray:
+    if not all(math.isfinite(v) for v in values) or not math.isclose(
+            math.sqrt(sum(v * v for v in values[3:])), 1.0, abs_tol=1e-3):
+        raise ValueError("values must be finite and the quaternion unit")
+    return pose_matrix(values[:3], values[3:])

@@ -21,18 +21,28 @@ Conventions (ROS REP 103/105):
 UTF-8 bytes) the node publishes as a ``sensor_msgs/PointCloud2`` with one point per record;
 :meth:`LoopClosureRecord.to_row`, :func:`records_to_table` and :func:`records_from_table`
 convert both ways without loss (strings are cut to their field width, which the constructor
-checks). :class:`CovarianceModel` turns the way a transform was obtained into a covariance, with
-variances calibrated against ground truth (:meth:`CovarianceModel.calibrate`).
+checks). The covariance a record carries is decided by :mod:`qaa_vpr_ros.decision.covariance`;
+its pose math is :mod:`qaa_vpr_ros.poses`.
 """
 from __future__ import annotations
 
 import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+# Re-exported: these lived here before the covariance model, the parameter parsers and the pose math
+# got their own modules.
+from qaa_vpr_ros.decision.covariance import GEOMETRY_ROTATION_VARIANCE, TRANSFORM_SOURCES, CovarianceModel
+from qaa_vpr_ros.decision.parameters import parse_extrinsics
+from qaa_vpr_ros.poses import matrix_quaternion, pose_matrix, transform_error
+
+if TYPE_CHECKING:
+    from qaa_vpr_ros.decision.decision import Candidate, ChannelResult
+    from qaa_vpr_ros.decision.localizer import Query
 
 __all__ = [
     "NAME_BYTES",
@@ -56,11 +66,6 @@ __all__ = [
 
 NAME_BYTES = 64
 """Width of the string fields (camera, session, frames) in the table row, UTF-8 bytes."""
-
-TRANSFORM_SOURCES = ("geometry", "sequence", "none")
-"""How ``relative_*`` was obtained: geometric verification (features + RANSAC), the sequence
-alignment's along-track offset, or nothing (identity, with a covariance as wide as the error of a
-place match without geometry)."""
 
 _NAN3 = (math.nan, math.nan, math.nan)
 _IDENTITY_Q = (0.0, 0.0, 0.0, 1.0)
@@ -302,132 +307,6 @@ def records_from_table(table: np.ndarray) -> list[LoopClosureRecord]:
     return [LoopClosureRecord.from_row(row) for row in table]
 
 
-# ---------------------------------------------------------------------------------------------
-# Pose helpers (numpy only; no ROS, no GTSAM).
-
-
-def pose_matrix(position: Sequence[float], orientation: Sequence[float]) -> np.ndarray:
-    """(4, 4) homogeneous matrix of a position and a unit quaternion (x, y, z, w)."""
-    x, y, z, w = (float(v) for v in orientation)
-    n = math.sqrt(x * x + y * y + z * z + w * w)
-    if not n > 0.0:
-        raise ValueError(f"quaternion {tuple(orientation)} has zero norm")
-    x, y, z, w = x / n, y / n, z / n, w / n
-    m = np.eye(4)
-    m[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
-    m[:3, 3] = [float(v) for v in position]
-    return m
-
-
-def matrix_quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
-    """Unit quaternion (x, y, z, w, w >= 0) of a 3x3 rotation matrix."""
-    r = np.asarray(rotation, dtype=np.float64)
-    trace = r[0, 0] + r[1, 1] + r[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = ((r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, 0.25 * s)
-    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
-        q = (0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s, (r[2, 1] - r[1, 2]) / s)
-    elif r[1, 1] > r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
-        q = ((r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s, (r[0, 2] - r[2, 0]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
-        q = ((r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s, (r[1, 0] - r[0, 1]) / s)
-    q = np.asarray(q)
-    q = q / np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    return tuple(float(v) for v in q)
-
-
-# ---------------------------------------------------------------------------------------------
-# Covariance model.
-
-
-@dataclass(frozen=True)
-class CovarianceModel:
-    """Variances (m^2, rad^2) of ``T_match_query`` per way the transform was obtained.
-
-    Axes are the matched keyframe's base frame: x forward (along track), y left (cross track),
-    z up. ``none``: identity transform, so the variance is the spread of where a correct place
-    match's query really lies relative to the matched keyframe; ``sequence``: the along-track
-    offset of the sequence alignment was applied, leaving its residual; ``geometry``: rotation from
-    verification (small), translation from the alignment or none (a monocular essential matrix
-    gives only a direction).
-
-    The defaults are placeholders of the right order of magnitude for a 10 m keyframe spacing;
-    :meth:`calibrate` replaces them with the spread measured against ground truth.
-    """
-
-    none: tuple[float, ...] = (100.0, 4.0, 1.0, 0.01, 0.01, 0.05)
-    sequence: tuple[float, ...] = (25.0, 4.0, 1.0, 0.01, 0.01, 0.05)
-    geometry: tuple[float, ...] = (25.0, 4.0, 1.0, 0.001, 0.001, 0.001)
-    # Smallest calibrated variance: (0.5 m)^2, (0.57 deg)^2: a finite calibration sample that happened
-    # to show no error on an axis must not make that axis a hard constraint.
-    floor: tuple[float, ...] = (0.25, 0.25, 0.25, 1e-4, 1e-4, 1e-4)
-
-    def __post_init__(self) -> None:
-        for name in ("none", "sequence", "geometry", "floor"):
-            values = _floats(name, getattr(self, name), 6)
-            if any(not (math.isfinite(v) and v > 0.0) for v in values):
-                raise ValueError(f"CovarianceModel.{name} must hold 6 finite variances > 0, got {values}")
-            object.__setattr__(self, name, values)
-
-    def diagonal(self, source: str) -> tuple[float, ...]:
-        """The 6 variances for ``source`` (one of :data:`TRANSFORM_SOURCES`)."""
-        if source not in TRANSFORM_SOURCES:
-            raise ValueError(f"transform source {source!r} is not one of {list(TRANSFORM_SOURCES)}")
-        return getattr(self, source)
-
-    def covariance(self, source: str, confidence: float = 1.0) -> tuple[float, ...]:
-        """Row-major 6x6 diagonal covariance for ``source``; a lower ``confidence`` (here a number
-        in [0, 1], 1 = sure) widens it, up to 10x at 0, so a back end trusts doubtful matches less."""
-        factor = 1.0 / (0.1 + 0.9 * min(max(float(confidence), 0.0), 1.0))
-        cov = [0.0] * 36
-        for i, v in enumerate(self.diagonal(source)):
-            cov[7 * i] = v * factor
-        return tuple(cov)
-
-    @staticmethod
-    def spread(errors: np.ndarray, floor: Sequence[float]) -> tuple[float, ...]:
-        """Per-axis second moment (mean of squares, bias included) of ``errors`` (N, 6)."""
-        errors = np.asarray(errors, dtype=np.float64)
-        if errors.ndim != 2 or errors.shape[1] != 6 or len(errors) < 2:
-            raise ValueError(f"errors must be (N >= 2, 6) (x, y, z, roll, pitch, yaw), got {errors.shape}")
-        if not np.all(np.isfinite(errors)):
-            raise ValueError("errors hold non-finite values")
-        return tuple(max(float(v), f) for v, f in zip(np.mean(errors ** 2, axis=0), floor, strict=True))
-
-    def calibrate(self, errors: dict[str, np.ndarray]) -> CovarianceModel:
-        """A model whose variances are the measured spread of transform errors against ground
-        truth: ``errors[source]`` is (N, 6): for each *correct* accepted match, the error of the
-        estimated ``T_match_query`` (ground truth^-1 * estimate, as x, y, z, roll, pitch, yaw in
-        the matched keyframe's frame). Sources without at least 2 errors keep their value."""
-        updated = {}
-        for source, values in errors.items():
-            if source not in TRANSFORM_SOURCES:
-                raise ValueError(f"transform source {source!r} is not one of {list(TRANSFORM_SOURCES)}")
-            if len(values) >= 2:
-                updated[source] = self.spread(values, self.floor)
-        return CovarianceModel(**{**asdict(self), **updated})
-
-
-def transform_error(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(6,) error of a 4x4 ``estimate`` against 4x4 ``truth``: ``truth^-1 * estimate`` as
-    (x, y, z, roll, pitch, yaw) (rotation as a rotation vector, small-angle roll/pitch/yaw)."""
-    delta = np.linalg.inv(truth) @ estimate
-    r = delta[:3, :3]
-    angle = math.acos(min(max((np.trace(r) - 1.0) / 2.0, -1.0), 1.0))
-    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
-    norm = np.linalg.norm(axis)
-    rotvec = axis / norm * angle if norm > 1e-12 else np.zeros(3)
-    return np.concatenate([delta[:3, 3], rotvec])
-
-
 # sensor_msgs/PointField datatype codes (no ROS import here).
 _POINTFIELD_CODES = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4": 7, "f8": 8, "S1": 2}
 
@@ -449,11 +328,11 @@ def point_fields() -> list[tuple[str, int, int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# From the decision to records (duck-typed on the decision's Query / Candidate / ChannelResult).
+# From the decision to records.
 
 
-def channel_records(query: Any, channel: Any, session: str, covariance: Callable[[Any], Sequence[float]],
-                    query_keyframe_id: int = -1,
+def channel_records(query: Query, channel: ChannelResult, session: str,
+                    covariance: Callable[[Candidate], Sequence[float]], query_keyframe_id: int = -1,
                     extrinsics: Callable[[str], np.ndarray] | None = None) -> list[LoopClosureRecord]:
     """One record per candidate of ``channel`` (a ``ChannelResult``) for ``query`` (a ``Query``).
 
@@ -467,8 +346,7 @@ def channel_records(query: Any, channel: Any, session: str, covariance: Callable
     and source "sequence" (``covariance(candidate)`` then gives that source's covariance); any
     other, source "none": neither geometry nor an along-track offset was applied.
     """
-    query_pose = getattr(query, "pose", None)
-    q_position, q_orientation = query_pose if query_pose is not None else (_NAN3, _IDENTITY_Q)
+    q_position, q_orientation = query.pose if query.pose is not None else (_NAN3, _IDENTITY_Q)
     e_query_inv = np.linalg.inv(extrinsics(query.camera)) if extrinsics is not None else np.eye(4)
     by_camera: dict[str, tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]] = {}  # one per camera
     out = []
@@ -479,7 +357,7 @@ def channel_records(query: Any, channel: Any, session: str, covariance: Callable
             between = (extrinsics(camera) if extrinsics is not None else np.eye(4)) @ e_query_inv
             by_camera[camera] = (between, tuple(between[:3, 3]), matrix_quaternion(between[:3, :3]))
         relative, translation, rotation = by_camera[camera]
-        offset = getattr(c, "offset", None)
+        offset = c.offset
         if offset is not None:
             relative = np.asarray(offset, dtype=np.float64) @ relative
             translation, rotation = tuple(relative[:3, 3]), matrix_quaternion(relative[:3, :3])
@@ -488,13 +366,12 @@ def channel_records(query: Any, channel: Any, session: str, covariance: Callable
             match_keyframe_id=int(kf.id), match_stamp_sec=int(kf.stamp_sec), match_stamp_nanosec=int(kf.stamp_nanosec),
             match_session=session, match_frame=channel.map_frame, query_keyframe_id=int(query_keyframe_id),
             match_camera=str(kf.camera), match_position=tuple(kf.position), match_orientation=tuple(kf.orientation),
-            query_frame=getattr(query, "pose_frame", ""), query_position=tuple(q_position),
+            query_frame=query.pose_frame, query_position=tuple(q_position),
             query_orientation=tuple(q_orientation), relative_translation=translation,
             relative_rotation=rotation, covariance=tuple(covariance(c)),
             transform_source="none" if offset is None else "sequence", score=float(c.score),
-            confidence=float(getattr(c, "confidence", math.nan)),
-            sequence_score=float(getattr(c, "sequence_score", math.nan)),
-            sequence_support=int(getattr(c, "support", 1)), inliers=-1, rank=int(c.rank),
+            confidence=float(c.confidence), sequence_score=float(c.sequence_score),
+            sequence_support=int(c.support), inliers=-1, rank=int(c.rank),
             accepted=bool(c.accepted)))
     return out
 
@@ -510,33 +387,6 @@ def covariance_in_match_frame(record: LoopClosureRecord) -> tuple[float, ...]:
     return tuple(float(v) for v in (0.5 * (cov + cov.T)).ravel())
 
 
-def parse_extrinsics(text: str) -> dict[str, np.ndarray]:
-    """The ``camera_extrinsics`` parameter, ``;``-separated ``"TOPIC x y z qx qy qz qw"`` entries,
-    -> {topic: T_base_camera (4x4)}."""
-    out = {}
-    for entry in (e.strip() for e in str(text).split(";")):
-        if not entry:
-            continue
-        parts = str(entry).split()
-        if len(parts) != 8:
-            raise ValueError(f"camera_extrinsics entry {entry!r}: expected 'TOPIC x y z qx qy qz qw' "
-                             "(base -> camera, metres and a unit quaternion)")
-        try:
-            values = [float(v) for v in parts[1:]]
-        except ValueError as err:
-            raise ValueError(f"camera_extrinsics entry {entry!r}: {err}") from err
-        if not all(math.isfinite(v) for v in values) or not math.isclose(
-                math.sqrt(sum(v * v for v in values[3:])), 1.0, abs_tol=1e-3):
-            raise ValueError(f"camera_extrinsics entry {entry!r}: values must be finite and the quaternion unit")
-        out[parts[0]] = pose_matrix(values[:3], values[3:])
-    return out
-
-
-GEOMETRY_ROTATION_VARIANCE = math.radians(1.0) ** 2
-"""Rotation variance (rad^2, each axis) of a geometrically verified match: (1 deg)^2, twice the
-worst error test/test_verification.py allows (2 deg) divided by two sigma."""
-
-
 def with_geometry(record: LoopClosureRecord, rotation_cam: np.ndarray, inliers: int,
                   t_base_cam_match: np.ndarray, t_base_cam_query: np.ndarray) -> LoopClosureRecord:
     """``record`` with the relative rotation of geometric verification: ``rotation_cam`` is
@@ -544,8 +394,6 @@ def with_geometry(record: LoopClosureRecord, rotation_cam: np.ndarray, inliers: 
     ``T_base_cam(match) * [R | 0] * T_base_cam(query)^-1`` (a single camera sees the translation
     only up to scale, so the translation keeps the record's identity-offset covariance). The
     rotation variance becomes :data:`GEOMETRY_ROTATION_VARIANCE`; ``transform_source`` "geometry"."""
-    from dataclasses import replace
-
     cam = np.eye(4)
     cam[:3, :3] = np.asarray(rotation_cam, dtype=np.float64)
     relative = np.asarray(t_base_cam_match) @ cam @ np.linalg.inv(np.asarray(t_base_cam_query))

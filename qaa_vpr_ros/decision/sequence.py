@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-from qaa_vpr_ros.decision.record import pose_matrix
+# quaternion_matrices is re-exported from its home, qaa_vpr_ros.poses.
+from qaa_vpr_ros.poses import quaternion_matrices
 
 __all__ = ["TABLE_SIMS_BUDGET", "KeyframeTable", "QueryTrack", "SequenceScores", "TrackEntry", "pair_similarities",
            "quaternion_matrices"]
@@ -45,24 +46,6 @@ TABLE_SIMS_BUDGET = 2_000_000
 """Similarities per camera track kept as whole-table rows (:attr:`TrackEntry.table_sims`; 8 MB of
 float32): the newest entries keep theirs, older ones fall back to per-pair memoisation. A
 1000-keyframe map keeps them for 2000 queries, a 100,000-keyframe one for the newest 20."""
-
-
-def quaternion_matrices(quaternions: np.ndarray) -> np.ndarray:
-    """(N, 4) quaternions (qx, qy, qz, qw) -> (N, 3, 3) rotation matrices (normalised first)."""
-    q = np.asarray(quaternions, np.float64).reshape(-1, 4)
-    if len(q) == 1:  # one pose per query: plain floats are ~10x cheaper than the array ops below
-        x, y, z, w = (float(v) for v in q[0])
-        if math.sqrt(x * x + y * y + z * z + w * w) > 1e-12:  # NaN or ~0: identity, as below
-            return pose_matrix((0.0, 0.0, 0.0), (x, y, z, w))[None, :3, :3]
-        return np.eye(3)[None]
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(norm > 1e-12, q / np.maximum(norm, 1e-12), np.array([0.0, 0.0, 0.0, 1.0]))
-    x, y, z, w = q.T
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], axis=-1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], axis=-1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=-1),
-    ], axis=1)
 
 
 class KeyframeTable:

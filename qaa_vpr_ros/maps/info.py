@@ -79,7 +79,7 @@ def plot_keyframes(place_map: PlaceMap, path: str | Path, title: str | None = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from qaa_vpr_ros.keyframes import yaw_of
+    from qaa_vpr_ros.poses import yaw_of
 
     fig, ax = plt.subplots(figsize=(7, 7), dpi=110)
     keyframes = [kf for kf in place_map.keyframes if kf.has_pose]

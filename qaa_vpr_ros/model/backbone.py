@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import timm
 import torch
@@ -173,15 +172,3 @@ def convert_dinov2_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Ten
     if "mask_token" not in converted and "cls_token" in converted:
         converted["mask_token"] = torch.zeros(1, converted["cls_token"].shape[-1])
     return {"model." + key: value for key, value in converted.items()}
-
-
-def load_dinov2_weights(backbone: DINOv2Backbone, path: str | Path) -> None:
-    """Load pretrained DINOv2 weights (official or timm layout; .safetensors or .pth) into ``backbone``.
-
-    Raises: ValueError naming missing, unexpected or mis-shaped keys.
-    """
-    from ..paths import expand_path
-    from .checkpoint import read_state_dict, strict_load
-
-    state = convert_dinov2_state_dict(read_state_dict(expand_path(path)))
-    strict_load(backbone, state, source=str(path))

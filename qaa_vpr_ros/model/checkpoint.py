@@ -7,6 +7,8 @@ Formats:
   (format version, image size, preprocessing, anything training adds).
 - ``.pt/.pth/.ckpt/.bin`` files (e.g. Lightning checkpoints with ``state_dict`` and
   ``hyper_parameters``), read with ``torch.load(weights_only=True)``.
+
+Pretrained DINOv2 weights for training load into a backbone with :func:`load_dinov2_weights`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_folder
 from ..paths import expand_path
+from .backbone import DINOv2Backbone, convert_dinov2_state_dict
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .vpr_model import RELEASE_IMAGE_SIZE, REQUIRED_KEYS, ModelConfigError, VPRModel
 
 CONFIG_FILE = "config.json"
@@ -85,6 +89,15 @@ def strict_load(module: nn.Module, state: dict[str, Tensor], source: str) -> Non
     if problems:
         raise CheckpointError(f"{source} does not match the model config; " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
+
+
+def load_dinov2_weights(backbone: DINOv2Backbone, path: str | Path) -> None:
+    """Load pretrained DINOv2 weights (official or timm layout; .safetensors or .pth) into ``backbone``.
+
+    Raises: ValueError naming missing, unexpected or mis-shaped keys.
+    """
+    state = convert_dinov2_state_dict(read_state_dict(expand_path(path)))
+    strict_load(backbone, state, source=str(path))
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -179,8 +192,6 @@ def is_checkpoint_folder(folder: str | Path, extra_files: tuple[str, ...] = ()) 
 
 def save_checkpoint(model: VPRModel, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` in the project layout (release-compatible), atomically. Returns the folder."""
-    from ..extractor import IMAGENET_MEAN, IMAGENET_STD
-
     project = {
         "format_version": FORMAT_VERSION,
         "image_size": list(model.image_size),

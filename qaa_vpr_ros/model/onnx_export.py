@@ -5,7 +5,7 @@ L2-normalised; H and W are fixed at export, the batch is dynamic. What does not 
 image (QAA's query branches, the position embeddings at that size) is evaluated once and stored
 as constants, so the graph runs the backbone, the cross-attention and the aggregation only.
 
-The file's metadata carries the model fingerprint (:func:`qaa_vpr_ros.extractor.model_fingerprint`
+The file's metadata carries the model fingerprint (:func:`qaa_vpr_ros.model.preprocessing.model_fingerprint`
 of the exported weights and the preprocessing at that size): the extractor's ``onnxruntime``
 backend refuses a file exported from other weights, and a map built with either backend has the
 same fingerprint, so it is accepted by the other.
@@ -35,12 +35,8 @@ from ..atomic import fsync_path
 from ..paths import path_argument
 from .aggregators.flops import mha_fastpath_disabled
 from .backbone import PATCH_SIZE
+from .preprocessing import FINGERPRINT_KEY, IMAGE_SIZE_KEY, INPUT_NAME, OUTPUT_NAME, Preprocessing, model_fingerprint
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "descriptors"
-# Keys of the ONNX model's metadata_props written by export_onnx.
-FINGERPRINT_KEY = "qaa_vpr_ros.model_fingerprint"
-IMAGE_SIZE_KEY = "qaa_vpr_ros.image_size"  # "H,W"
 MIN_OPSET = 17
 PARITY_TOLERANCE = 1e-3  # max abs difference accepted when the export checks itself (float32)
 _EXAMPLE_BATCH = 2  # not 1, so that nothing batch-dependent can pass for a constant
@@ -136,8 +132,6 @@ def export_onnx(
         RuntimeError: the exported graph disagrees with PyTorch.
     """
     import onnxruntime  # noqa: F401  (fail before the slow export when the onnx extra is missing)
-
-    from ..extractor import Preprocessing, model_fingerprint
 
     height, width = _check_image_size(image_size)
     if opset < MIN_OPSET:
