@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from qaa_vpr_ros.decision.record import pose_matrix
+from qaa_vpr_ros.poses import pose_matrix
 
 __all__ = ["CameraTfStatus", "ExtrinsicsSource", "TransformBuffer", "tf_frames"]
 

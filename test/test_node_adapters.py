@@ -30,7 +30,7 @@ from test_node_localize import (  # noqa: F401  (pytest fixtures)
 )
 
 from qaa_vpr_ros.decision.record import pose_matrix, records_from_table
-from qaa_vpr_ros.maps import Keyframe, PlaceMap
+from qaa_vpr_ros.maps import Keyframe, PlaceMap, read_manifest
 
 pytestmark = [
     pytest.mark.ros, pytest.mark.slow,
@@ -76,11 +76,13 @@ def test_initialpose_consumer_gets_the_robot_pose_in_the_map_frame(harness, mode
     h.wait_ready()
     wait_for(lambda: pub.get_subscription_count(), 10.0, "matching")
     accepted = []
+    map_id = read_manifest(heading_map)["map_id"]  # the session a record names: the map's id, not its folder
+    assert map_id.startswith("heading_map-")
     for i in range(COUNT):
         sec = T0 + 1000 + i
         (rows,) = publish_and_wait(h, pub, raw_msg(route.images[i], sec), sec)
         (best,) = [r for r in records_from_table(rows) if r.rank == 0]
-        assert (best.match_session, best.match_frame, best.camera) == ("heading_map", "map", "/adapt_map/rear")
+        assert (best.match_session, best.match_frame, best.camera) == (map_id, "map", "/adapt_map/rear")
         assert best.match_camera == "/mapping/front" and best.transform_source == "none"
         assert (best.query_stamp_sec, best.match_keyframe_id, best.match_stamp_sec) == (sec, i, T0 + i)
         # T_match_query = T_base_front * T_base_rear^-1: a half turn about z.
