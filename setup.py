@@ -34,7 +34,7 @@ setup(
         'faiss-cpu>=1.7.4',
         'rosbags>=0.10',
         'rosbags-image>=0.9',
-        'opencv-python-headless>=4.8',
+        'opencv-python-headless>=4.8,<6',  # 4.x and 5.x (verification: USAC on both)
         'pyyaml>=6.0',
         'tqdm>=4.60',
         'matplotlib>=3.7',
