@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt requirements-lock.txt | sha1sum | cut -c1-12)
+# The other OpenCV major (requirements-opencv-other.txt) for test/test_verification_opencv_majors.py.
+CV_OTHER := .venv-opencv-other
+CV_OTHER_STAMP := $(CV_OTHER)/.installed-$(shell cat requirements-opencv-other.txt requirements-lock.txt | sha1sum | cut -c1-12)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: setup ros2-launch lint test test-fast demo bench fuzz reliability clean
+.PHONY: setup opencv-other ros2-launch lint test test-fast demo bench fuzz reliability clean
 
 setup: $(STAMP)
 
@@ -17,6 +20,17 @@ $(STAMP): requirements-dev.txt requirements-lock.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# A small second venv (numpy, scipy, OpenCV, pytest; ~1 min on a fresh machine, then cached).
+opencv-other: $(CV_OTHER_STAMP)
+
+$(CV_OTHER_STAMP): requirements-opencv-other.txt requirements-lock.txt
+	$(PYTHON) -m venv $(CV_OTHER)
+	$(CV_OTHER)/bin/python -m pip install --quiet "$$(grep -E '^pip==' requirements-dev.txt)"
+	grep -v '^opencv-python-headless==' requirements-lock.txt > $(CV_OTHER)/constraints.txt
+	$(CV_OTHER)/bin/python -m pip install --quiet -r requirements-opencv-other.txt -c $(CV_OTHER)/constraints.txt
+	rm -f $(CV_OTHER)/.installed-*
+	touch $@
+
 # ROS 2's own launch/CLI tooling for the real-launch tests: a sourced ROS 2 installation, else
 # ../shared/ros2-launch installed once into .ros2-launch/ (the tests skip, saying why, without either).
 ros2-launch: setup
@@ -25,7 +39,7 @@ ros2-launch: setup
 lint: setup
 	$(VENV)/bin/ruff check qaa_vpr_ros training test scripts launch bench
 
-test: setup lint ros2-launch
+test: setup lint ros2-launch opencv-other
 	$(PY) -m pytest -q -rs test
 
 test-fast: setup
@@ -48,4 +62,4 @@ reliability: setup
 	$(PY) -m scripts.reliability
 
 clean:
-	rm -rf build install log demo_out .pytest_cache
+	rm -rf build install log demo_out .pytest_cache $(CV_OTHER)

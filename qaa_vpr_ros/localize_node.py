@@ -646,7 +646,10 @@ class LocalizeNode(Node):
         t2 = time.perf_counter()
         for result, image in zip(results, images, strict=True):
             if self._verifier is not None:  # may un-accept an online loop closure (docs/NODE.md)
-                self._verifier.check(result, image)
+                outcome = self._verifier.check(result, image)  # never raises: an error is a rejection
+                if outcome is not None and outcome.rejection in ("opencv_error", "error"):
+                    self.get_logger().warning(f"{result.query.camera}: geometric verification failed, loop "
+                                              f"closure rejected: {outcome.reason}", throttle_duration_sec=10.0)
             self._publish(result)
         done = time.monotonic()
         with self._lock:
@@ -932,6 +935,8 @@ class LocalizeNode(Node):
             # every camera's count, map keyframes' cameras included (they have no status of their own)
             "tf_lookup_failures_by_camera": "; ".join(f"{c}: {f.failures}" for c, f in sorted(tf_failures.items())),
         }
+        if self._verifier is not None:  # verify_geometry: outcomes, rejections per reason class
+            values.update({f"verify_{k}": n for k, n in self._verifier.counts().items()})
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array.status.append(status)
         self.diagnostics_pub.publish(array)

@@ -136,3 +136,31 @@ def test_keyframe_verifier_gives_the_base_frame_rotation_and_unaccepts_a_wrong_l
     outcome = verifier.check(result, first)
     assert not outcome.accepted and not candidate.accepted and candidate.reason == "geometry"
     assert (verifier.verified, verifier.rejected) == (1, 1)
+
+
+def test_an_opencv_error_is_a_rejection_with_its_reason_and_counted(monkeypatch):
+    from qaa_vpr_ros import verification
+    from qaa_vpr_ros.verification import KeyframeVerifier
+
+    def broken(*args, **kwargs):
+        raise cv2.error("OpenCV(test) forced: (-215:Assertion failed) in function 'solvePoly'")
+
+    image = _image(40)
+    query = _rotated_view(image, Rotation.from_euler("y", 0.05).as_matrix(), K, K, (512, 384))
+    assert verify_pair(query, image, K).accepted  # a revisit that verifies ...
+    monkeypatch.setattr(cv2, "findEssentialMat", broken)
+    result = verify_pair(query, image, K)  # ... is rejected, not raised, when OpenCV fails
+    assert not result.accepted and result.rejection == "opencv_error"
+    assert result.reason.startswith("opencv error:") and "solvePoly" in result.reason
+
+    verifier = KeyframeVerifier(max_images=10)
+    verifier.set_intrinsics("/cam", K)
+    verifier.check(_result("/cam", 100, keyframe_id=0)[0], image)
+    res, candidate = _result("/cam", 200, keyframe_id=1, best_id=0)
+    assert not verifier.check(res, query).accepted and not candidate.accepted
+    monkeypatch.setattr(verification, "verify_pair", lambda *a, **k: 1 / 0)  # any other error: also a rejection
+    res, candidate = _result("/cam", 300, keyframe_id=2, best_id=0)
+    outcome = verifier.check(res, query)
+    assert not outcome.accepted and not candidate.accepted and "ZeroDivisionError" in outcome.reason
+    counts = verifier.counts()
+    assert (counts["rejected"], counts["rejected_opencv_error"], counts["rejected_error"]) == (2, 1, 1)

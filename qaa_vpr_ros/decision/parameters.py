@@ -167,7 +167,7 @@ class LocalizeConfig:
         "(m, unit quaternion); matches across cameras are corrected by them. Unlisted cameras: identity.",
         read_only=True)
     verify_geometry: bool = _param(
-        False, "Verify accepted online loop closures geometrically (SIFT + RANSAC on the query's and the "
+        False, "Verify accepted online loop closures geometrically (SIFT + USAC on the query's and the "
         "matched keyframe's images); a failed check un-accepts the loop closure, a passed one gives the "
         "record its relative rotation. Needs intrinsics: camera_info next to each image topic, or "
         "camera_intrinsics.", read_only=True)
