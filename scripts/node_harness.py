@@ -97,7 +97,7 @@ class NodeProcess:
     def rss_mb(self) -> float:
         return rss_mb(self.proc.pid)
 
-    def signal(self, sig: int = signal.SIGTERM) -> None:
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` (SIGINT: rclpy's clean shutdown, as Ctrl-C; SIGTERM: as launch does)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -115,7 +115,7 @@ class NodeProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal it and wait (see :meth:`wait`)."""
-        self.signal(sig)
+        self.send_signal(sig)
         return self.wait(timeout)
 
 
@@ -123,7 +123,7 @@ def stop_all(nodes: Iterable[NodeProcess], sig: int = signal.SIGTERM, timeout: f
     """Signal every node first, then wait for each (they shut down side by side)."""
     nodes = list(nodes)
     for node in nodes:
-        node.signal(sig)
+        node.send_signal(sig)
     for node in nodes:
         node.wait(timeout)
 
