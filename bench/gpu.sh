@@ -3,6 +3,7 @@
 #
 #   bench/gpu.sh [OUT] [--smoke] [--budget-s S]     # OUT defaults to bench/gpu_out
 #
+# The one bench runner in GPU mode (python3 -m bench.run --gpu; parts in bench/gpu_bench.py).
 # Runs from the repository root with the machine's python3 (override: PYTHON=...). Installs
 # nothing: parts whose packages are missing (faiss, onnxruntime-gpu) are skipped with the reason
 # printed. Whole run capped at 8 minutes; writes OUT/{results.json,summary.md,log.txt,nvidia-smi.txt}
@@ -24,7 +25,7 @@ for name in ("torch", "timm", "torchvision", "onnx", "onnxruntime", "faiss", "nu
         print(f"{name:12s} MISSING ({type(err).__name__}: {err})")
 PYEOF
 # 480 s hard cap (the script budgets its parts to ~420 s); SIGINT first so partial logs flush.
-timeout -s INT -k 20 480 "$PY" bench/gpu_bench.py --out "$OUT" "$@" 2>&1 | tee "$OUT/log.txt"
+timeout -s INT -k 20 480 "$PY" -m bench.run --gpu --out "$OUT" "$@" 2>&1 | tee "$OUT/log.txt"
 status=${PIPESTATUS[0]}
 echo "bench/gpu.sh: exit status $status; results in $OUT"
 exit "$status"

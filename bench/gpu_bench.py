@@ -1,7 +1,8 @@
 """GPU benchmark of the release-sized model: DINOv2-B/14 + QAA-8192 at 322 x 322, random weights.
 
-Run through ``bench/gpu.sh [OUT]`` (or ``python3 bench/gpu_bench.py --out OUT``); ``--smoke`` runs
-every part on a tiny model on the CPU in seconds, to check the script itself.
+The GPU sections ("parts") of the one bench runner (``bench/runner.py``). Run through
+``bench/gpu.sh [OUT]`` (or ``python3 -m bench.run --gpu --out OUT``); ``--smoke`` runs every part
+on a tiny model on the CPU in seconds, to check the script itself.
 
 Parts, each under its own time budget and try/except (a failing part is reported, the rest run):
   1. FLOPs per image with the project's counter (``count_flops``), model and backbone alone;
@@ -32,7 +33,6 @@ import platform
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.runner import Runner, log  # noqa: E402
 from qaa_vpr_ros.atomic import atomic_write_text  # noqa: E402
 from qaa_vpr_ros.extractor import DescriptorExtractor  # noqa: E402
 from qaa_vpr_ros.model import build_model  # noqa: E402
@@ -62,20 +63,6 @@ SMOKE_IMAGE_SIZE = (56, 56)
 PEAK_TFLOPS = {"H200": (67.0, 494.0, 989.0), "H100": (67.0, 494.0, 989.0), "A100": (19.5, 156.0, 312.0)}
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 BATCH_SWEEP = (1, 8, 16, 32, 64, 128, 256, 512)
-
-
-class Budget:
-    """Wall-clock deadline for the whole run, and per-part limits inside it."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 def load_release_config() -> dict[str, Any]:
@@ -154,10 +141,10 @@ class Bench:
         self.args = args
         self.started = time.monotonic()
         self.out = Path(args.out)
-        self.budget = Budget(args.budget_s)
         self.smoke = args.smoke
         self.device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-        self.results: dict[str, Any] = {"parts": {}, "errors": {}, "skipped": {}}
+        self.runner = Runner(args.budget_s, gpu=True, after=self._after_part)
+        self.results: dict[str, Any] = self.runner.results
         config = SMOKE_CONFIG if args.smoke else load_release_config()
         self.image_size = SMOKE_IMAGE_SIZE if args.smoke else RELEASE_IMAGE_SIZE
         torch.manual_seed(0)
@@ -186,21 +173,10 @@ class Bench:
         if self.args.parts and name not in self.args.parts:
             self.results["skipped"][name] = "not in --parts"
             return
-        limit = min(seconds, self.budget.left() - 5.0)
-        if limit < 3.0:
-            self.results["skipped"][name] = f"no time left ({self.budget.left():.0f} s of the budget)"
-            log(f"[{name}] skipped: no time left")
-            return
-        log(f"[{name}] up to {limit:.0f} s")
-        started = time.monotonic()
-        try:
-            self.results["parts"][name] = fn(time.monotonic() + limit)
-        except Exception as err:  # one part failing must not lose the others
-            self.results["errors"][name] = f"{type(err).__name__}: {err}"
-            log(f"[{name}] FAILED: {type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}")
-        finally:
-            reset_memory(self.device)
-        log(f"[{name}] took {time.monotonic() - started:.1f} s")
+        self.runner.run(name, fn, seconds)
+
+    def _after_part(self) -> None:
+        reset_memory(self.device)
         self.save()  # after every part: a run cut short by the outer timeout keeps what it measured
 
     def save(self) -> None:
@@ -453,7 +429,7 @@ class Bench:
         self.part("extractor", self.extractor, 40 * scale + 10)
         self.part("onnxruntime", self._skippable(self.onnxruntime), 60 * scale + 20)
         self.part("faiss_gpu", self._skippable(self.faiss_gpu), 30)
-        self.part("compiled", self.compiled, max(10.0, self.budget.left() - 10))
+        self.part("compiled", self.compiled, max(10.0, self.runner.left() - 10))
         return self.results
 
     def _skippable(self, fn: Callable[[float], Any]) -> Callable[[float], Any]:
@@ -534,26 +510,3 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(f"- FAILED {name}: {error}")
     lines.append(f"\nTotal {results.get('total_s', 0):.0f} s.")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "bench" / "gpu_out"), help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script in seconds")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget for all parts")
-    parser.add_argument("--parts", type=lambda text: set(text.split(",")), default=None,
-                        help="comma-separated subset of: flops, eager, differences, extractor, onnxruntime, "
-                             "faiss_gpu, compiled (default: all); the extractor's ratios need eager")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the card's dense peak TFLOP/s for every precision (default: from its name)")
-    args = parser.parse_args(argv)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    bench = Bench(args)
-    results = bench.run()
-    bench.save()
-    print("\n" + summary(results), flush=True)
-    return 1 if results["errors"] else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

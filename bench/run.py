@@ -1,4 +1,6 @@
-"""``make bench``: every benchmark in one run -> ``bench/report.md`` and ``bench/*.png``.
+"""``make bench``: every benchmark in one run -> ``bench/report.md`` and ``bench/*.png``; with
+``--gpu``, the GPU benchmark of the release model instead (``bench/gpu.sh``, ``bench/gpu_bench.py``).
+Both run through the one bench runner (``bench/runner.py``).
 
 Each figure is a ratio to a baseline measured in the same run on the same machine (named in every
 figure), so that a loaded or slow machine shifts both sides alike:
@@ -21,6 +23,7 @@ try/except, so one failure is reported and the rest still run. How busy the CPU 
 work during each section is measured from /proc/stat and reported next to its figures.
 
     .venv/bin/python -m bench.run [--out bench] [--budget-s 1140] [--quick]
+    python3 -m bench.run --gpu [--out bench/gpu_out] [--budget-s 420] [--smoke] [--parts P,...]
 
 Weights are random (nothing is downloaded); speed does not depend on them.
 """
@@ -30,13 +33,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.runner import LoadMeter, Runner, log, meminfo  # noqa: E402
 
 GOAL_MS, GOAL_RECALL, GOAL_BYTES = 2.0, 0.99, 1.5e9
 
@@ -63,53 +66,7 @@ def machine() -> dict[str, Any]:
 
     return {"host": platform.node(), "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "mem_gb": _meminfo("MemTotal") / 2**30}
-
-
-def _meminfo(key: str) -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return float(line.split()[1]) * 1024
-    return float("nan")
-
-
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])
-    return total - idle, total
-
-
-def _own_cpu_s() -> float:
-    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return sum(u.ru_utime + u.ru_stime for u in usage)
-
-
-class LoadMeter:
-    """CPU share taken by other processes while a section ran (0 = the machine was ours alone)."""
-
-    def __init__(self) -> None:
-        self.busy, self.total = _cpu_jiffies()
-        self.own = _own_cpu_s()
-        self.wall = time.monotonic()
-        self.loadavg = os.getloadavg()[0]
-
-    def result(self) -> dict[str, float]:
-        busy, total = _cpu_jiffies()
-        tick = os.sysconf("SC_CLK_TCK")
-        cores = os.cpu_count() or 1
-        capacity = (total - self.total) / tick  # CPU-seconds available in the interval
-        busy_s = (busy - self.busy) / tick
-        own_s = _own_cpu_s() - self.own  # children count once they have exited
-        others = max(0.0, busy_s - own_s)
-        return {"wall_s": time.monotonic() - self.wall, "cpu_capacity_s": capacity, "busy_s": busy_s,
-                "own_cpu_s": own_s, "others_share": others / capacity if capacity else float("nan"),
-                "loadavg_start": self.loadavg, "loadavg_end": os.getloadavg()[0], "cores": cores}
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
+            "mem_gb": meminfo("MemTotal") / 2**30}
 
 
 # --- sections ---------------------------------------------------------------------------------------
@@ -250,7 +207,7 @@ def million(ctx: Context, dim: int, notes: list[str], hnsw_10k_build_s: float,
     per-keyframe Python records would only add memory here)."""
     import faiss
 
-    from qaa_vpr_ros.maps.place_map import MAX_TRAIN, _factory_string
+    from qaa_vpr_ros.maps.place_map import MAX_TRAIN, index_factory_string
     from scripts.bench_maps import revisits, synthetic_descriptors
 
     n = n or (250_000 if ctx.quick else 1_000_000)
@@ -261,7 +218,7 @@ def million(ctx: Context, dim: int, notes: list[str], hnsw_10k_build_s: float,
         notes.append(f"the {n:,} part was skipped: {ctx.left():.0f} s of the budget left")
         return []
     need = n * dim * 4 * 2.6  # database + flat index + search scratch
-    available = _meminfo("MemAvailable")
+    available = meminfo("MemAvailable")
     if available < need:
         notes.append(f"{n:,} x {dim} skipped: {available / 2**30:.1f} GB available, about {need / 2**30:.1f} GB needed")
         return []
@@ -296,7 +253,7 @@ def million(ctx: Context, dim: int, notes: list[str], hnsw_10k_build_s: float,
     del flat
 
     # The map's IVF-PQ (PlaceMap defaults at this size), trained as PlaceMap trains it.
-    description, resolved = _factory_string("ivfpq", dim, n, {})
+    description, resolved = index_factory_string("ivfpq", dim, n, {})
     t0 = time.perf_counter()
     ivfpq = faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
     faiss.downcast_index(faiss.extract_index_ivf(ivfpq)).pq.cp.niter = 10
@@ -348,7 +305,7 @@ def million(ctx: Context, dim: int, notes: list[str], hnsw_10k_build_s: float,
                  "goal whatever its speed.")
 
     # The cslam loop: 2 x the database in temporaries per query.
-    if _meminfo("MemAvailable") > 2.2 * database.nbytes:
+    if meminfo("MemAvailable") > 2.2 * database.nbytes:
         cslam_ms = time_cslam(database, queries, 2)
         rows.append({"n": n, "dim": dim, "index": "cslam numpy", "ms_median": cslam_ms, "recall_at_1_vs_exact": 1.0,
                      "index_bytes": database.nbytes, "build_s": 0.0})
@@ -405,34 +362,19 @@ SECTIONS: list[tuple[str, Callable[[Context], Any], float]] = [
 
 
 class Context:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.quick = args.quick
-        self.deadline = time.monotonic() + args.budget_s
+    """What a CPU section reads: ``quick`` and the seconds of the budget left."""
 
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
+    def __init__(self, quick: bool, runner: Runner) -> None:
+        self.quick = quick
+        self.left = runner.left
 
 
-def run_sections(ctx: Context, only: list[str] | None) -> dict[str, Any]:
-    results: dict[str, Any] = {"sections": {}, "load": {}, "errors": {}, "skipped": {}}
+def run_sections(runner: Runner, ctx: Context, only: list[str] | None) -> dict[str, Any]:
     for name, fn, _limit in SECTIONS:
         if only and name not in only:
             continue
-        if ctx.left() < 20:
-            results["skipped"][name] = f"budget spent ({ctx.left():.0f} s left)"
-            log(f"[{name}] skipped: budget spent")
-            continue
-        log(f"[{name}] ({ctx.left():.0f} s of the budget left)")
-        meter = LoadMeter()
-        try:
-            results["sections"][name] = fn(ctx)
-        except Exception as err:  # one section failing must not lose the others
-            results["errors"][name] = f"{type(err).__name__}: {err}"
-            log(f"[{name}] FAILED: {type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
-        results["load"][name] = meter.result()
-        log(f"[{name}] {results['load'][name]['wall_s']:.0f} s; other processes used "
-            f"{100 * results['load'][name]['others_share']:.0f} % of the CPU meanwhile")
-    return results
+        runner.run(name, lambda _deadline, fn=fn: fn(ctx))
+    return runner.results
 
 
 def merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
@@ -455,15 +397,35 @@ def merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "bench", help="folder for report.md, PNGs, results.json")
-    parser.add_argument("--budget-s", type=float, default=1140.0, help="wall-clock budget (default 19 min)")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
-    parser.add_argument("--only", nargs="+", choices=[s[0] for s in SECTIONS], help="run these sections only")
-    parser.add_argument("--complete", type=Path, metavar="RESULTS_JSON",
-                        help="run only the sections that results.json of an earlier run lacks (skipped or "
-                             "failed there, e.g. when a loaded machine spent its budget), or those given with "
-                             "--only (they replace the earlier ones), and report both runs")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU benchmark of the release model (bench/gpu_bench.py; what bench/gpu.sh runs) "
+                             "instead of the CPU sections")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for report.md, PNGs, results.json (default bench; --gpu: results.json, "
+                             "summary.md, default bench/gpu_out)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock budget (default 1140 s = 19 min; --gpu: 420 s)")
+    cpu = parser.add_argument_group("CPU mode")
+    cpu.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
+    cpu.add_argument("--only", nargs="+", choices=[s[0] for s in SECTIONS], help="run these sections only")
+    cpu.add_argument("--complete", type=Path, metavar="RESULTS_JSON",
+                     help="run only the sections that results.json of an earlier run lacks (skipped or "
+                          "failed there, e.g. when a loaded machine spent its budget), or those given with "
+                          "--only (they replace the earlier ones), and report both runs")
+    gpu = parser.add_argument_group("GPU mode (--gpu)")
+    gpu.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script in seconds")
+    gpu.add_argument("--parts", type=lambda text: set(text.split(",")), default=None,
+                     help="comma-separated subset of: flops, eager, differences, extractor, onnxruntime, "
+                          "faiss_gpu, compiled (default: all); the extractor's ratios need eager")
+    gpu.add_argument("--peak-tflops", type=float, default=None,
+                     help="the card's dense peak TFLOP/s for every precision (default: from its name)")
     args = parser.parse_args(argv)
+    if args.gpu:
+        return run_gpu(args)
+    if args.smoke or args.parts or args.peak_tflops:
+        parser.error("--smoke, --parts and --peak-tflops need --gpu")
+    args.out = args.out or REPO / "bench"
+    args.budget_s = 1140.0 if args.budget_s is None else args.budget_s
     earlier = json.loads(args.complete.read_text()) if args.complete else None
     if earlier is not None and not args.only:
         args.only = [name for name, _, _ in SECTIONS if name not in earlier["sections"]]
@@ -471,11 +433,12 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     overall = LoadMeter()
-    ctx = Context(args)
+    runner = Runner(args.budget_s)
+    ctx = Context(args.quick, runner)
     info = machine()
     log(f"make bench on {info['host']}: {info['cpu']}, {info['cores']} cores, {info['mem_gb']:.0f} GB; "
         f"budget {args.budget_s:.0f} s")
-    results = run_sections(ctx, args.only)
+    results = run_sections(runner, ctx, args.only)
     results["machine"] = info
     results["overall_load"] = overall.result()
     results["total_s"] = time.monotonic() - started
@@ -489,6 +452,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(results, args.out)
     log(f"wrote {args.out / 'report.md'} in {results['total_s']:.0f} s total")
+    return 1 if results["errors"] else 0
+
+
+def run_gpu(args: argparse.Namespace) -> int:
+    """GPU mode: bench/gpu_bench.py's sections -> OUT/results.json and summary.md; prints the summary."""
+    from bench.gpu_bench import Bench, summary
+
+    args.out = args.out or REPO / "bench" / "gpu_out"
+    args.budget_s = 420.0 if args.budget_s is None else args.budget_s
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    results = bench.run()
+    bench.save()
+    print("\n" + summary(results), flush=True)
     return 1 if results["errors"] else 0
 
 

@@ -56,11 +56,9 @@ MODEL_SIZES = {
 def write_camera_bag(path: Path, frames: int, size: tuple[int, int], nordland: Path | None) -> list[np.ndarray]:
     """A bag with one 10 Hz JPEG camera (``size`` = W x H) and 50 Hz odometry; returns the RGB frames."""
     import cv2
-    from rosbags.rosbag2 import Writer
-    from rosbags.typesys import Stores, get_typestore
 
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    T = store.types
+    from qaa_vpr_ros.bag_writer import BagWriter, image_message, odometry_message
+
     rng = np.random.default_rng(0)
     images = []
     for i in range(frames):
@@ -71,35 +69,20 @@ def write_camera_bag(path: Path, frames: int, size: tuple[int, int], nordland: P
             rgb = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)
         images.append(cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC))
 
-    def header(ns: int, frame: str):
-        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
-                                        frame_id=frame)
-
     start = 1_700_000_000 * 10**9
-    with Writer(path, version=9) as writer:
-        cam = writer.add_connection("/camera/image/compressed", "sensor_msgs/msg/CompressedImage", typestore=store)
-        odom = writer.add_connection("/odom", "nav_msgs/msg/Odometry", typestore=store)
-        messages = []
-        for i, rgb in enumerate(images):
-            ns = start + i * 100_000_000
-            data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
-            msg = T["sensor_msgs/msg/CompressedImage"](header=header(ns, "camera"), format="jpeg", data=data.ravel())
-            messages.append((ns, cam, store.serialize_cdr(msg, "sensor_msgs/msg/CompressedImage")))
-        zero3 = T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)
-        for j in range(frames * 5 + 5):
-            ns = start - 50_000_000 + j * 20_000_000
-            pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=0.2 * j, y=0.0, z=0.0),
-                                               orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0,
-                                                                                             w=1.0))
-            msg = T["nav_msgs/msg/Odometry"](
-                header=header(ns, "odom"), child_frame_id="base_link",
-                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
-                twist=T["geometry_msgs/msg/TwistWithCovariance"](
-                    twist=T["geometry_msgs/msg/Twist"](linear=zero3, angular=zero3), covariance=np.zeros(36)),
-            )
-            messages.append((ns, odom, store.serialize_cdr(msg, "nav_msgs/msg/Odometry")))
-        for ns, connection, raw in sorted(messages, key=lambda m: m[0]):
-            writer.write(connection, ns, raw)
+    messages = []
+    for i, rgb in enumerate(images):
+        ns = start + i * 100_000_000
+        msg = image_message(rgb, ns, "camera", compressed="jpeg", jpeg_quality=90)
+        messages.append((ns, "/camera/image/compressed", msg))
+    for j in range(frames * 5 + 5):
+        ns = start - 50_000_000 + j * 20_000_000
+        messages.append((ns, "/odom", odometry_message(ns, (0.2 * j, 0.0, 0.0))))
+    with BagWriter(path) as bag:
+        bag.add_topic("/camera/image/compressed", "sensor_msgs/msg/CompressedImage")
+        bag.add_topic("/odom", "nav_msgs/msg/Odometry")
+        for ns, topic, msg in sorted(messages, key=lambda m: m[0]):
+            bag.write(topic, ns, msg)
     return images
 
 

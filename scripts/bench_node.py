@@ -45,7 +45,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
+
+from scripts.node_harness import NodeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 NORDLAND = REPO.parent / "shared" / "data" / "nordland64x32" / "summer"
@@ -76,39 +77,11 @@ def load_frames(count: int, width: int, height: int) -> list[np.ndarray]:
             for f in files]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` in MB (Linux /proc); NaN once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-class NodeProcess:
-    """localize_node in a subprocess, configured through a params file."""
-
-    def __init__(self, name: str, params: dict, workdir: Path) -> None:
-        params_file = workdir / f"{name}.yaml"
-        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-        env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        self.log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qaa_vpr_ros.localize_node", "--ros-args", "-r", f"__node:={name}",
-             "--params-file", str(params_file)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.proc.pid)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+def start_node(name: str, params: dict, workdir: Path) -> NodeProcess:
+    """localize_node in a subprocess, configured through a params file in ``workdir``, logging there."""
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return NodeProcess("localize_node", params, name=name, params_dir=workdir, log=workdir / f"{name}.log",
+                       cwd=None, env=env)
 
 
 def bare_worker(workdir: Path, device: str, torch_threads: int, online: bool) -> int:
@@ -261,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = diag.get(f"/{name}: localizer", {}).get("state")
             if state == "ready":
                 return
-            if state == "error" or node.proc.poll() is not None:
+            if state == "error" or node.poll() is not None:
                 raise SystemExit(f"{name} failed: {diag.get(f'/{name}: localizer')}; log in {node.log.name}")
             time.sleep(0.1)
         raise SystemExit(f"{name} not ready after 300 s; log in {node.log.name}")
@@ -287,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         overhead_params["reliable"] = True
     if args.odometry:
         overhead_params["odom_topic"] = "/bench/odom"
-    node = NodeProcess(name, base_params | overhead_params, workdir)
+    node = start_node(name, base_params | overhead_params, workdir)
     overhead_pubs = [client.create_publisher(Image, t, 10) for t in overhead_topics]
     odom_pub = client.create_publisher(Odometry, "/bench/odom", 50)
     client.create_subscription(PointCloud2, f"/{name}/loop_candidates", on_match, 50)
@@ -362,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(1.5)  # one more /diagnostics: the accepted count covers every frame
     with lock:
         accepted = diag.get(f"/{name}: localizer", {}).get("accepted_matches", "?")
-    node.stop()
+    node.stop(timeout=20)
     bare_proc.stdin.close()
     bare_proc.wait(timeout=30)
     ratio = statistics.median(node_ms) / statistics.median(bare_ms)
@@ -396,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration > 0:
         name = "bench_load"
         topics = [f"/bench/cam{c}" for c in range(args.cameras)]
-        node = NodeProcess(name, base_params | {"image_topics": topics, "online_loop_closure": True,
+        node = start_node(name, base_params | {"image_topics": topics, "online_loop_closure": True,
                                                 "exclude_recent_s": 30.0}, workdir)
         pubs = [client.create_publisher(Image, t, 10) for t in topics]
         with lock:
@@ -434,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             latencies = [1000 * (received[s][-1] - t) for s, t in sent.items() if s in received]
             cams = {t: dict(diag.get(f"/{name}: camera {t}", {})) for t in topics}
             loc = dict(diag.get(f"/{name}: localizer", {}))
-        node.stop()
+        node.stop(timeout=20)
         published = len(sent)
         processed = len(latencies)
         dropped = sum(int(c.get("dropped", 0)) for c in cams.values())

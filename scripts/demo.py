@@ -27,21 +27,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from qaa_vpr_ros.paths import expand_path, path_argument
+from scripts.nordland_route import CAMERA_TOPIC, DEFAULT_DATA, ODOM_TOPIC, REPO, build_route_map, route_images
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / "data" / "nordland_heldout"
 BUNDLED_MODEL = REPO / "models" / "nordland_tiny"
-CAMERA_TOPIC = "/camera/image_raw"
-ODOM_TOPIC = "/odom"
 FRAME_SPACING_M = 10.0  # one Nordland frame every 10 video frames, ~10 m apart
 START_NS = 1_700_000_000 * 10**9
 TOLERANCE_FRAMES = 2
@@ -50,62 +44,21 @@ NODE_PARAMETERS = {"image_topics": [CAMERA_TOPIC], "transport": "raw", "reliable
                    "online_loop_closure": False, "odom_topic": ODOM_TOPIC, "device": "auto"}
 
 
-def route_images(data: Path, season: str, places: int, first: int) -> list[np.ndarray]:
-    """RGB uint8 images of ``places`` consecutive Nordland places from ``data/<season>/``."""
-    images = []
-    for place in range(first, first + places):
-        path = data / season / f"images-{(place + 1) * 10:05d}.png"
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise SystemExit(f"demo: cannot read {path}: place {place} is not in {data} "
-                             f"(check --data, --first-place and --places)")
-        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    return images
-
-
 def write_route_bag(path: Path, images: list[np.ndarray]) -> None:
     """A rosbag2 (MCAP) of the drive: sensor_msgs/Image at 2 Hz and nav_msgs/Odometry at 20 Hz."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
+    from qaa_vpr_ros.bag_writer import BagWriter, image_message, odometry_message
 
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    t = store.types
     period_ns = 500_000_000
-
-    def header(stamp_ns: int, frame: str):
-        stamp = t["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
-        return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame)
-
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        image_conn = writer.add_connection(CAMERA_TOPIC, "sensor_msgs/msg/Image", typestore=store)
-        odom_conn = writer.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=store)
+    with BagWriter(path, "mcap") as bag:
+        bag.add_topic(CAMERA_TOPIC, "sensor_msgs/msg/Image")
+        bag.add_topic(ODOM_TOPIC, "nav_msgs/msg/Odometry")
         end_ns = START_NS + len(images) * period_ns
         for stamp_ns in range(START_NS - period_ns, end_ns + period_ns, 50_000_000):
             x = (stamp_ns - START_NS) / period_ns * FRAME_SPACING_M
-            pose = t["geometry_msgs/msg/Pose"](
-                position=t["geometry_msgs/msg/Point"](x=x, y=0.0, z=0.0),
-                orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
-            )
-            odom = t["nav_msgs/msg/Odometry"](
-                header=header(stamp_ns, "map"),
-                child_frame_id="base_link",
-                pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
-                twist=t["geometry_msgs/msg/TwistWithCovariance"](
-                    twist=t["geometry_msgs/msg/Twist"](
-                        linear=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
-                        angular=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
-                    ),
-                    covariance=np.zeros(36),
-                ),
-            )
-            writer.write(odom_conn, stamp_ns, store.serialize_cdr(odom, odom_conn.msgtype))
+            bag.write(ODOM_TOPIC, stamp_ns, odometry_message(stamp_ns, (x, 0.0, 0.0), frame_id="map"))
         for i, image in enumerate(images):
             stamp_ns = START_NS + i * period_ns
-            msg = t["sensor_msgs/msg/Image"](
-                header=header(stamp_ns, "camera"), height=image.shape[0], width=image.shape[1],
-                encoding="rgb8", is_bigendian=0, step=image.shape[1] * 3, data=image.reshape(-1),
-            )
-            writer.write(image_conn, stamp_ns, store.serialize_cdr(msg, image_conn.msgtype))
+            bag.write(CAMERA_TOPIC, stamp_ns, image_message(image, stamp_ns, "camera"))
 
 
 def demo_model(out: Path, requested: str | None) -> tuple[Path, str]:
@@ -143,10 +96,9 @@ def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarra
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, PointCloud2
 
-    node_cmd = [sys.executable, "-m", "qaa_vpr_ros.localize_node", "--ros-args"]
-    for name, value in {"model": str(model_dir), "map": str(map_dir), **NODE_PARAMETERS}.items():
-        node_cmd += ["-p", f"{name}:={_ros_value(value)}"]
-    node_proc = subprocess.Popen(node_cmd, cwd=REPO)
+    from scripts.node_harness import NodeProcess
+
+    node_proc = NodeProcess("localize_node", {"model": str(model_dir), "map": str(map_dir), **NODE_PARAMETERS})
     rclpy.init()
     client = rclpy.create_node("qaa_vpr_demo")
     matches: dict[int, float] = {}
@@ -201,21 +153,8 @@ def run_node_and_localize(map_dir: Path, model_dir: Path, images: list[np.ndarra
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
-        node_proc.terminate()
-        try:
-            node_proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
+        node_proc.stop(timeout=15)
     return matches
-
-
-def _ros_value(value: object) -> str:
-    """A parameter value as ``--ros-args -p NAME:=VALUE`` reads it (YAML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(f"'{v}'" for v in value) + "]"
-    return str(value)
 
 
 def replay_localize(map_dir: Path, model_dir: Path, images: list[np.ndarray]) -> dict[int, float]:
@@ -295,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"demo: {data} has no summer/ and winter/ folders of Nordland images "
                          f"(see data/nordland_heldout/README.md)")
 
-    from qaa_vpr_ros.maps.build import main as build_map_main
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir, how = demo_model(out, args.model)
@@ -311,11 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     write_route_bag(bag, summer)
     print(f"[2/4] recorded {len(summer)} summer frames + odometry into {bag} (rosbag2, MCAP)")
     map_dir = out / "summer_map"
-    code = build_map_main([str(bag), "-o", str(map_dir), "--model", str(model_dir), "--image-topics", CAMERA_TOPIC,
-                           "--pose-topic", ODOM_TOPIC, "--min-distance", "0", "--min-rotation", "0",
-                           "--overwrite", "--no-progress"])
-    if code:
-        raise SystemExit(f"demo: build_map failed with exit code {code}")
+    build_route_map(bag, map_dir, model_dir, "demo")
     print(f"[3/4] built map {map_dir}")
     if args.replay:
         print("[4/4] localizing the winter drive with localize_node's decision, replayed offline ...")

@@ -28,8 +28,6 @@ import math
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +41,8 @@ from qaa_vpr_ros.decision.record import (
     pose_matrix,
     transform_error,
 )
-from scripts.demo import route_images
+from scripts.nordland_route import CAMERA_TOPIC, DEFAULT_DATA, ODOM_TOPIC, REPO, build_route_map, route_images
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / "data" / "nordland_heldout"
-CAMERA_TOPIC = "/camera/image_raw"
-ODOM_TOPIC = "/odom"
 GT_TOPIC = "/ground_truth"
 SPACING_M = 10.0  # one Nordland place every 10 video frames, ~10 m apart
 IMAGE_PERIOD_NS = 500_000_000  # 2 Hz camera
@@ -111,48 +105,25 @@ def pose_at(poses: list[np.ndarray], start_ns: int, stamp_ns: int) -> np.ndarray
 def write_drive_bag(path: Path, images: list[np.ndarray], start_ns: int, odometry: list[np.ndarray],
                     odom_frame: str, truth: list[np.ndarray] | None = None) -> None:
     """A rosbag2 (MCAP): camera at 2 Hz, odometry at 20 Hz (``odom_frame``), optional ground truth."""
-    import shutil
-
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    t = store.types
-    if path.exists():
-        shutil.rmtree(path)
-
-    def header(stamp_ns: int, frame: str):
-        return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](
-            sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame)
+    from qaa_vpr_ros.bag_writer import BagWriter, image_message, odometry_message
 
     def odometry_msg(stamp_ns: int, pose: np.ndarray, frame: str):
-        qx, qy, qz, qw = matrix_quaternion(pose[:3, :3])
-        zero3 = t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)
-        return t["nav_msgs/msg/Odometry"](
-            header=header(stamp_ns, frame), child_frame_id="base_link",
-            pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=t["geometry_msgs/msg/Pose"](
-                position=t["geometry_msgs/msg/Point"](x=float(pose[0, 3]), y=float(pose[1, 3]), z=float(pose[2, 3])),
-                orientation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)), covariance=np.zeros(36)),
-            twist=t["geometry_msgs/msg/TwistWithCovariance"](
-                twist=t["geometry_msgs/msg/Twist"](linear=zero3, angular=zero3), covariance=np.zeros(36)))
+        position = (float(pose[0, 3]), float(pose[1, 3]), float(pose[2, 3]))
+        return odometry_message(stamp_ns, position, matrix_quaternion(pose[:3, :3]), frame_id=frame)
 
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        image_conn = writer.add_connection(CAMERA_TOPIC, "sensor_msgs/msg/Image", typestore=store)
-        odom_conn = writer.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=store)
-        gt_conn = writer.add_connection(GT_TOPIC, "nav_msgs/msg/Odometry", typestore=store) if truth else None
+    with BagWriter(path, "mcap", overwrite=True) as bag:
+        bag.add_topic(CAMERA_TOPIC, "sensor_msgs/msg/Image")
+        bag.add_topic(ODOM_TOPIC, "nav_msgs/msg/Odometry")
+        if truth:
+            bag.add_topic(GT_TOPIC, "nav_msgs/msg/Odometry")
         end_ns = start_ns + (len(images) - 1) * IMAGE_PERIOD_NS
         for stamp_ns in range(start_ns, end_ns + 1, ODOM_PERIOD_NS):
-            writer.write(odom_conn, stamp_ns, store.serialize_cdr(
-                odometry_msg(stamp_ns, pose_at(odometry, start_ns, stamp_ns), odom_frame), odom_conn.msgtype))
-            if gt_conn is not None:
-                writer.write(gt_conn, stamp_ns, store.serialize_cdr(
-                    odometry_msg(stamp_ns, pose_at(truth, start_ns, stamp_ns), "map"), gt_conn.msgtype))
+            bag.write(ODOM_TOPIC, stamp_ns, odometry_msg(stamp_ns, pose_at(odometry, start_ns, stamp_ns), odom_frame))
+            if truth:
+                bag.write(GT_TOPIC, stamp_ns, odometry_msg(stamp_ns, pose_at(truth, start_ns, stamp_ns), "map"))
         for i, image in enumerate(images):
             stamp_ns = start_ns + i * IMAGE_PERIOD_NS
-            msg = t["sensor_msgs/msg/Image"](
-                header=header(stamp_ns, "camera"), height=image.shape[0], width=image.shape[1], encoding="rgb8",
-                is_bigendian=0, step=image.shape[1] * 3, data=image.reshape(-1))
-            writer.write(image_conn, stamp_ns, store.serialize_cdr(msg, image_conn.msgtype))
+            bag.write(CAMERA_TOPIC, stamp_ns, image_message(image, stamp_ns, "camera"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,12 +193,7 @@ def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_par
     from sensor_msgs.msg import Image, PointCloud2
 
     from qaa_vpr_ros.pose_graph_node import records_from_cloud
-
-    def ros_args(params: dict) -> list[str]:
-        out = ["--ros-args"]
-        for k, v in params.items():
-            out += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
-        return out
+    from scripts.node_harness import NodeProcess, stop_all
 
     localize = {"model": str(model_dir), "map": str(map_dir), "image_topics": [CAMERA_TOPIC],
                 "transport": "raw", "reliable": True, "odom_topic": ODOM_TOPIC, "online_loop_closure": False,
@@ -235,10 +201,9 @@ def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_par
     graph = {"odom_topic": ODOM_TOPIC, "loop_topic": "/localize_node/loop_candidates", "map_frame": "map",
              "optimize_period_s": 2.0, "node_spacing_m": NODE_SPACING_M, "use_sim_time": True,
              **(graph_params or {})}
-    procs = [subprocess.Popen([sys.executable, "-m", "qaa_vpr_ros.localize_node", *ros_args(localize)], cwd=REPO)]
+    procs = [NodeProcess("localize_node", localize)]
     if graph_params is not None:
-        procs.append(subprocess.Popen([sys.executable, "-m", "qaa_vpr_ros.pose_graph_node", *ros_args(graph)],
-                                      cwd=REPO))
+        procs.append(NodeProcess("pose_graph_node", graph))
     rclpy.init()
     client = rclpy.create_node("qaa_vpr_slam_demo")
     records: list[LoopClosureRecord] = []
@@ -303,13 +268,7 @@ def play(bag: Path, map_dir: Path, model_dir: Path, node_params: dict, graph_par
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
-        for p in procs:
-            p.send_signal(signal.SIGINT)  # rclpy's clean shutdown
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, signal.SIGINT, timeout=15)  # SIGINT: rclpy's clean shutdown
     path = []
     if "path" in latest:
         for ps in latest["path"].poses:
@@ -436,8 +395,6 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
         seed: int = 7, heading_walk_rad: float = 0.01, scale_error: float = 0.03,
         node_params: dict | None = None) -> dict:
     """The whole demo; returns the summary it also writes to ``out/report.md`` and ``summary.json``."""
-    from qaa_vpr_ros.maps.build import main as build_map_main
-
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     total = calibration + places
@@ -446,11 +403,7 @@ def run(out: Path, model_dir: Path, data: Path, map_first: int, calibration: int
     summer_bag = out / "summer_session"
     write_drive_bag(summer_bag, summer, SUMMER_START_NS, truth, "map")
     map_dir = out / "summer_map"
-    code = build_map_main([str(summer_bag), "-o", str(map_dir), "--model", str(model_dir), "--image-topics",
-                           CAMERA_TOPIC, "--pose-topic", ODOM_TOPIC, "--min-distance", "0", "--min-rotation", "0",
-                           "--overwrite", "--no-progress"])
-    if code:
-        raise SystemExit(f"demo_slam: build_map failed with exit code {code}")
+    build_route_map(summer_bag, map_dir, model_dir, "demo_slam")
     print(f"[slam 1/4] summer session: {total} places (places {map_first}-{map_first + total - 1}) "
           f"recorded with ground truth into {summer_bag}, map {map_dir}")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.bench_node import rss_mb
+from scripts.node_harness import NodeProcess, rss_mb, use_private_domain
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -57,7 +57,6 @@ def soak(seconds: float, cap: int, workdir: Path) -> dict:
 
     sys.path.insert(0, str(REPO / "test"))
     from conftest import TINY_CONFIG
-    from node_harness import use_private_domain
 
     from qaa_vpr_ros.model import build_model, save_checkpoint
 
@@ -68,14 +67,8 @@ def soak(seconds: float, cap: int, workdir: Path) -> dict:
     params = {"model": str(model), "image_topics": cameras, "transport": "raw", "reliable": True, "qos_depth": 50,
               "odom_topic": "/soak/odom", "online_loop_closure": True, "online_max_keyframes": cap,
               "exclude_recent_s": 5.0, "diagnostics_period_s": 0.5, "torch_threads": 1}
-    import yaml
-
-    params_file = workdir / "soak.yaml"
-    params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-    log = open(workdir / "node.log", "w")  # noqa: SIM115 - closed below
-    node_proc = subprocess.Popen([PY, "-m", "qaa_vpr_ros.localize_node", "--ros-args", "-r", "__node:=soak_node",
-                                  "--params-file", str(params_file)], cwd=REPO, env=os.environ.copy(),
-                                 stdout=log, stderr=subprocess.STDOUT)
+    node_proc = NodeProcess("localize_node", params, name="soak_node", params_dir=workdir, log=workdir / "node.log",
+                            env=os.environ.copy())
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
@@ -119,7 +112,7 @@ def soak(seconds: float, cap: int, workdir: Path) -> dict:
         while time.time() < deadline and not (diag.get("localizer", {}).get("state") == "ready"
                                                and all(p.get_subscription_count() for p in pubs)):
             if node_proc.poll() is not None:
-                raise RuntimeError(f"the node exited with {node_proc.returncode}; see {workdir / 'node.log'}")
+                raise RuntimeError(f"the node exited with {node_proc.poll()}; see {workdir / 'node.log'}")
             time.sleep(0.2)
         start = time.time()
         next_frame = start
@@ -160,12 +153,7 @@ def soak(seconds: float, cap: int, workdir: Path) -> dict:
             lat = np.asarray(latencies) * 1000.0
     finally:
         alive = node_proc.poll() is None
-        node_proc.terminate()
-        try:
-            node_proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
-        log.close()
+        node_proc.stop(timeout=20)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -1,4 +1,5 @@
-"""Write small, real rosbag2 recordings for the map tests (rosbags Writer, no ROS needed).
+"""Synthetic drives for the map tests, recorded as real rosbag2 folders with the package's one bag
+writer (``qaa_vpr_ros.bag_writer``, no ROS needed).
 
 A synthetic drive: the robot moves along +x at ``speed`` m/s, turning slowly, while cameras record
 Nordland images (one image per place, frame i of a camera shows place ``first_place + i``).
@@ -11,11 +12,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
-from rosbags.typesys import Stores, get_typestore
 
-TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
+from qaa_vpr_ros.bag_writer import TYPESTORE, BagWriter, header, image_message, odometry_message, storage_file
+
+__all__ = ["TYPESTORE", "Camera", "Drive", "distinct_places", "nordland_image", "pose_at", "save_tiny_model",
+           "storage_file", "write_drive"]
 T = TYPESTORE.types
 START_NS = 1_700_000_000 * 1_000_000_000
 BASE_LAT, BASE_LON = 65.0, 13.0  # Nordland, UTM zone 33W
@@ -72,51 +73,24 @@ def pose_at(t: float, drive: Drive) -> tuple[tuple[float, float, float], tuple[f
     return (x, y, 0.5), (0.0, 0.0, math.sin(yaw / 2.0), math.cos(yaw / 2.0))
 
 
-def _header(stamp_ns: int, frame_id: str):
-    return T["std_msgs/msg/Header"](
-        stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
-        frame_id=frame_id,
-    )
-
-
-def image_message(rgb: np.ndarray, camera: Camera, stamp_ns: int, corrupt: bool = False):
-    header = _header(stamp_ns, camera.frame_id)
-    if camera.compressed:
-        ext = ".jpg" if camera.compressed == "jpeg" else ".png"
-        data = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].reshape(-1)
-        if corrupt:
-            data = np.frombuffer(b"\xff\xd8\xff\xe0 not a jpeg at all" * 3, np.uint8).copy()
-        return T["sensor_msgs/msg/CompressedImage"](header=header, format=camera.compressed, data=data)
-    if camera.encoding == "mono8":
-        pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
-    elif camera.encoding == "bgr8":
-        pixels = rgb[:, :, ::-1]
-    else:
-        pixels = rgb
-    height, width, channels = pixels.shape
-    rows = np.zeros((height, width * channels + camera.pad), np.uint8)
-    rows[:, : width * channels] = pixels.reshape(height, -1)
-    return T["sensor_msgs/msg/Image"](
-        header=header, height=height, width=width, encoding=camera.encoding, is_bigendian=0,
-        step=rows.shape[1], data=rows.reshape(-1),
-    )
+def camera_image(rgb: np.ndarray, camera: Camera, stamp_ns: int, corrupt: bool = False):
+    """The message ``camera`` records for ``rgb``; ``corrupt``: compressed bytes that are no image."""
+    msg = image_message(rgb, stamp_ns, camera.frame_id, encoding=camera.encoding, compressed=camera.compressed,
+                        pad=camera.pad)
+    if camera.compressed and corrupt:
+        msg.data = np.frombuffer(b"\xff\xd8\xff\xe0 not a jpeg at all" * 3, np.uint8).copy()
+    return msg
 
 
 def write_drive(path: Path, root: Path, drive: Drive) -> Path:
     """Record ``drive`` into a new rosbag2 folder at ``path``; returns ``path``."""
-    plugin = StoragePlugin.MCAP if drive.storage == "mcap" else StoragePlugin.SQLITE3
-    writer = Writer(path, version=9, storage_plugin=plugin)
-    if drive.compress_zstd:
-        writer.set_compression(CompressionMode.FILE, CompressionFormat.ZSTD)
-    messages: list[tuple[int, str, object, str]] = []
+    messages: list[tuple[int, str, object]] = []
     for camera in drive.cameras:
-        msgtype = "sensor_msgs/msg/CompressedImage" if camera.compressed else "sensor_msgs/msg/Image"
         for i in range(drive.num_frames):
             stamp = START_NS + int(round(i / drive.rate_hz * 1e9))
             place = drive.places[i] if drive.places is not None else drive.first_place + i
             rgb = nordland_image(root, camera.season, place)
-            msg = image_message(rgb, camera, stamp, corrupt=i in drive.corrupt_frames)
-            messages.append((stamp, camera.topic, msg, msgtype))
+            messages.append((stamp, camera.topic, camera_image(rgb, camera, stamp, corrupt=i in drive.corrupt_frames)))
     duration = (drive.num_frames - 1) / drive.rate_hz
     n_poses = int((duration + 2 * drive.pose_lead_s) * drive.odom_rate_hz) + 1
     for j in range(n_poses):
@@ -124,60 +98,37 @@ def write_drive(path: Path, root: Path, drive: Drive) -> Path:
         if drive.pose_gap and drive.pose_gap[0] < t < drive.pose_gap[1]:
             continue
         stamp = START_NS + int(round(t * 1e9))
-        (x, y, z), (qx, qy, qz, qw) = pose_at(t, drive)
-        point = T["geometry_msgs/msg/Point"](x=x, y=y, z=z)
-        quat = T["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)
-        pose = T["geometry_msgs/msg/Pose"](position=point, orientation=quat)
+        (x, y, z), quaternion = pose_at(t, drive)
+        odom = odometry_message(stamp, (x, y, z), quaternion)
         if drive.odom_topic:
-            cov = np.zeros(36, np.float64)
-            odom = T["nav_msgs/msg/Odometry"](
-                header=_header(stamp, "odom"), child_frame_id="base_link",
-                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=cov),
-                twist=T["geometry_msgs/msg/TwistWithCovariance"](
-                    twist=T["geometry_msgs/msg/Twist"](
-                        linear=T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
-                        angular=T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
-                    ),
-                    covariance=cov,
-                ),
-            )
-            messages.append((stamp, drive.odom_topic, odom, "nav_msgs/msg/Odometry"))
+            messages.append((stamp, drive.odom_topic, odom))
         if drive.pose_topic:
-            msg = T["geometry_msgs/msg/PoseStamped"](header=_header(stamp, "map"), pose=pose)
-            messages.append((stamp, drive.pose_topic, msg, "geometry_msgs/msg/PoseStamped"))
+            messages.append((stamp, drive.pose_topic,
+                             T["geometry_msgs/msg/PoseStamped"](header=header(stamp, "map"), pose=odom.pose.pose)))
         if drive.posecov_topic:
             msg = T["geometry_msgs/msg/PoseWithCovarianceStamped"](
-                header=_header(stamp, "map"),
-                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36, np.float64)),
+                header=header(stamp, "map"),
+                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=odom.pose.pose,
+                                                               covariance=np.zeros(36, np.float64)),
             )
-            messages.append((stamp, drive.posecov_topic, msg, "geometry_msgs/msg/PoseWithCovarianceStamped"))
+            messages.append((stamp, drive.posecov_topic, msg))
         if drive.fix_topic:
             # Small-offset local tangent plane: ~111 km per degree of latitude.
             lat = BASE_LAT + y / 111_320.0
             lon = BASE_LON + x / (111_320.0 * math.cos(math.radians(BASE_LAT)))
             fix = T["sensor_msgs/msg/NavSatFix"](
-                header=_header(stamp, "gps"),
+                header=header(stamp, "gps"),
                 status=T["sensor_msgs/msg/NavSatStatus"](status=0, service=1),
                 latitude=lat, longitude=lon, altitude=z, position_covariance=np.zeros(9),
                 position_covariance_type=0,
             )
-            messages.append((stamp, drive.fix_topic, fix, "sensor_msgs/msg/NavSatFix"))
+            messages.append((stamp, drive.fix_topic, fix))
     messages.sort(key=lambda m: m[0])
-    with writer:
-        connections = {}
-        for _, topic, _, msgtype in messages:
-            if topic not in connections:
-                connections[topic] = writer.add_connection(topic, msgtype, typestore=TYPESTORE)
-        for stamp, topic, msg, msgtype in messages:
-            writer.write(connections[topic], stamp, TYPESTORE.serialize_cdr(msg, msgtype))
+    storage = "mcap" if drive.storage == "mcap" else "sqlite3"
+    with BagWriter(path, storage, compress_zstd=drive.compress_zstd) as bag:
+        for stamp, topic, msg in messages:
+            bag.write(topic, stamp, msg)
     return path
-
-
-def storage_file(bag: Path) -> Path:
-    """The single .db3/.mcap file of a bag folder."""
-    files = sorted(bag.glob("*.db3")) + sorted(bag.glob("*.mcap"))
-    assert len(files) == 1, files
-    return files[0]
 
 
 def save_tiny_model(folder: Path, config: dict, seed: int = 0) -> Path:

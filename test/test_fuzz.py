@@ -128,30 +128,25 @@ def test_fuzz_compressed_image_messages(fmt, edit, cut, random, claim):
 # --- bags ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_bags(tmp_path_factory):
-    """A real 6-frame bag in each storage format (rosbags Writer), 24 x 32 raw + jpeg images."""
+    """A real 6-frame bag in each storage format (the package's bag writer), 24 x 32 raw + jpeg images."""
     from bag_writer import START_NS, TYPESTORE
-    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from qaa_vpr_ros.bag_writer import BagWriter, header, image_message
 
     root = tmp_path_factory.mktemp("fuzz_bags")
     T = TYPESTORE.types
     out = {}
     for storage in ("sqlite3", "mcap"):
         path = root / storage
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        with Writer(path, version=9, storage_plugin=plugin) as writer:
-            raw = writer.add_connection("/cam", "sensor_msgs/msg/Image", typestore=TYPESTORE)
-            jpg = writer.add_connection("/cam/compressed", "sensor_msgs/msg/CompressedImage", typestore=TYPESTORE)
+        with BagWriter(path, storage) as bag:
+            bag.add_topic("/cam", "sensor_msgs/msg/Image")
+            bag.add_topic("/cam/compressed", "sensor_msgs/msg/CompressedImage")
             for i in range(6):
                 stamp = START_NS + i * 10**8
-                header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=stamp // 10**9,
-                                                  nanosec=stamp % 10**9), frame_id="cam")
-                pixels = np.full((24, 32, 3), 10 * i, np.uint8)
-                img = T["sensor_msgs/msg/Image"](header=header, height=24, width=32, encoding="rgb8",
-                                                 is_bigendian=0, step=96, data=pixels.reshape(-1))
-                writer.write(raw, stamp, TYPESTORE.serialize_cdr(img, "sensor_msgs/msg/Image"))
+                bag.write("/cam", stamp, image_message(np.full((24, 32, 3), 10 * i, np.uint8), stamp, "cam"))
                 comp = T["sensor_msgs/msg/CompressedImage"](
-                    header=header, format="jpeg", data=np.frombuffer(_encoded("jpeg"), np.uint8))
-                writer.write(jpg, stamp, TYPESTORE.serialize_cdr(comp, "sensor_msgs/msg/CompressedImage"))
+                    header=header(stamp, "cam"), format="jpeg", data=np.frombuffer(_encoded("jpeg"), np.uint8))
+                bag.write("/cam/compressed", stamp, comp)
         out[storage] = path
     return out
 

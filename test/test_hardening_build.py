@@ -2,9 +2,9 @@
 to build an empty map and exit 0; it must fail, naming the topic."""
 from __future__ import annotations
 
-from bag_writer import START_NS, TYPESTORE
-from rosbags.rosbag2 import Writer
+from bag_writer import START_NS
 
+from qaa_vpr_ros.bag_writer import BagWriter
 from qaa_vpr_ros.maps.build import main as build_main
 
 pytest_plugins = ["maps_fixtures"]  # fixtures: model_dir
@@ -12,10 +12,10 @@ pytest_plugins = ["maps_fixtures"]  # fixtures: model_dir
 
 def test_a_topic_that_never_deserialises_is_an_error_naming_it(tmp_path, model_dir, capsys):
     bag = tmp_path / "garbled"
-    with Writer(bag, version=9) as writer:
-        conn = writer.add_connection("/cam_garbled", "sensor_msgs/msg/Image", typestore=TYPESTORE)
-        for i in range(5):
-            writer.write(conn, START_NS + i * 10**8, b"\x00\x01\x00\x00" + b"\xff" * 7)  # not CDR of an Image
+    with BagWriter(bag) as writer:
+        for i in range(5):  # not CDR of an Image
+            writer.write_serialized("/cam_garbled", "sensor_msgs/msg/Image", START_NS + i * 10**8,
+                                    b"\x00\x01\x00\x00" + b"\xff" * 7)
     out = tmp_path / "map"
     code = build_main([str(bag), "--model", str(model_dir), "--image-topics", "/cam_garbled", "-o", str(out),
                        "--no-progress"])

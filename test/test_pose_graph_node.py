@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from node_harness import Recorder, use_private_domain, wait_for
+from node_harness import NodeProcess, Recorder, use_private_domain, wait_for
 
 use_private_domain()
 rclpy = pytest.importorskip("rclpy")
@@ -122,23 +122,16 @@ def test_the_console_script_stops_cleanly_on_a_signal(sig, tmp_path):
     """Ctrl-C (or launch's SIGTERM) ends pose_graph_node with exit 0 and no traceback."""
     import os
     import signal
-    import subprocess
-    import sys
 
     log = tmp_path / "pose_graph_node.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "qaa_vpr_ros.pose_graph_node", "--ros-args",
-                                 "-r", f"__node:=pg_{sig.lower()}"], stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(os.environ))
-        try:
-            wait_for(lambda: "ready:" in log.read_text() or proc.poll() is not None, 60.0, "the node's start")
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.5)  # spinning (timer and subscriptions live)
-            proc.send_signal(getattr(signal, sig))
-            code = proc.wait(timeout=10.0)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    proc = NodeProcess("pose_graph_node", {}, name=f"pg_{sig.lower()}", log=log, env=dict(os.environ))
+    try:
+        wait_for(lambda: "ready:" in log.read_text() or proc.poll() is not None, 60.0, "the node's start")
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.5)  # spinning (timer and subscriptions live)
+        code = proc.stop(getattr(signal, sig), timeout=10.0)  # killed (-9) when it does not exit in time
+    finally:
+        proc.stop(signal.SIGKILL, timeout=10.0)
     text = log.read_text()
     assert code == 0, text
     assert "Traceback" not in text, text

@@ -236,7 +236,7 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
     return 1
 
 
-def _factory_string(index_type: str, dim: int, n: int, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def index_factory_string(index_type: str, dim: int, n: int, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """faiss index_factory description and the resolved parameters for ``n`` training vectors."""
     resolved = dict(params)
     prefix = ""
@@ -498,7 +498,7 @@ class PlaceMap:
             else:
                 if n == 0:
                     raise MapError(f"a {self.index_type} index needs keyframes to train on; add some first")
-                desc, resolved = _factory_string(self.index_type, self.dim, n, self.index_params)
+                desc, resolved = index_factory_string(self.index_type, self.dim, n, self.index_params)
                 self._index = faiss.index_factory(self.dim, desc, faiss.METRIC_INNER_PRODUCT)
                 if self.index_type == "hnsw":
                     _hnsw_of(self._index).efConstruction = resolved["ef_construction"]
