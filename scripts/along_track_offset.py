@@ -86,9 +86,9 @@ def accepted_matches(reference: Any, query: Any) -> tuple[int, list[Match]]:
     ``reference``."""
     from qaa_vpr_ros.decision import LocalizeConfig
     from qaa_vpr_ros.decision.record import channel_records, pose_matrix, records_from_table, records_to_table
-    from qaa_vpr_ros.decision.replay import _queries, replay_map_queries
+    from qaa_vpr_ros.decision.replay import map_queries, replay_map_queries
 
-    queries, descriptors, _ = _queries(query)
+    queries, descriptors, _ = map_queries(query)
     channels = replay_map_queries(LocalizeConfig(), reference, queries, descriptors)
     unit = tuple(1.0 if i % 7 == 0 else 0.0 for i in range(36))  # the confidence widening plays no part
     accepted, out = 0, []

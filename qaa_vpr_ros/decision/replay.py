@@ -10,8 +10,9 @@ against a prebuilt map) or ``loop_min_confidence`` (loop closures against the ro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,7 +20,11 @@ from qaa_vpr_ros.decision.decision import ChannelResult
 from qaa_vpr_ros.decision.localizer import Localizer, Query
 from qaa_vpr_ros.decision.parameters import LocalizeConfig
 
-__all__ = ["Decision", "PRCurve", "pr_curve", "replay_loop_closures", "replay_map_queries", "replay_place_matches"]
+if TYPE_CHECKING:
+    from qaa_vpr_ros.maps import Keyframe, PlaceMap
+
+__all__ = ["Decision", "PRCurve", "map_queries", "pr_curve", "replay_loop_closures", "replay_map_queries",
+           "replay_place_matches"]
 
 
 @dataclass
@@ -67,7 +72,9 @@ def pr_curve(decisions: list[Decision]) -> PRCurve:
     return PRCurve(conf[order], tp / np.maximum(accepted, 1), tp / max(len(decisions), 1), len(decisions))
 
 
-def _queries(place_map: Any, stamp_offset_s: float = 0.0) -> tuple[list[Query], np.ndarray, np.ndarray]:
+def map_queries(place_map: PlaceMap, stamp_offset_s: float = 0.0) -> tuple[list[Query], np.ndarray, np.ndarray]:
+    """A map's keyframes as queries in stamp order (their poses as odometry, stamps shifted by
+    ``stamp_offset_s``), their descriptors (N, D) float32 and true positions (N, 3)."""
     keyframes = place_map.keyframes
     order = sorted(range(len(keyframes)), key=lambda i: (keyframes[i].stamp, i))
     descriptors = np.asarray(place_map.descriptors, np.float32)[order]
@@ -81,7 +88,8 @@ def _queries(place_map: Any, stamp_offset_s: float = 0.0) -> tuple[list[Query], 
     return queries, descriptors, np.asarray(truth, np.float64).reshape(-1, 3)
 
 
-def _decision(channel: Any, truth: np.ndarray, radius_m: float, truth_of: Any) -> Decision:
+def _decision(channel: ChannelResult | None, truth: np.ndarray, radius_m: float,
+              truth_of: Callable[[Keyframe], np.ndarray]) -> Decision:
     if channel is None or not channel.candidates:
         return Decision(False, False, False, math.nan, -1)
     top = channel.candidates[0]
@@ -91,7 +99,7 @@ def _decision(channel: Any, truth: np.ndarray, radius_m: float, truth_of: Any) -
     return Decision(decidable, top.accepted, correct, top.confidence if decidable else math.nan, int(top.keyframe.id))
 
 
-def replay_map_queries(config: LocalizeConfig, reference: Any, queries: list[Query], descriptors: np.ndarray,
+def replay_map_queries(config: LocalizeConfig, reference: PlaceMap, queries: list[Query], descriptors: np.ndarray,
                        dim: int | None = None) -> list[ChannelResult]:
     """The decision against the prebuilt map ``reference`` for each of ``queries`` (descriptors
     (N, D), same order), one query at a time in the given order, as the node decides a camera's
@@ -105,20 +113,20 @@ def replay_map_queries(config: LocalizeConfig, reference: Any, queries: list[Que
     return out
 
 
-def replay_place_matches(config: LocalizeConfig, reference: Any, query: Any, radius_m: float,
+def replay_place_matches(config: LocalizeConfig, reference: PlaceMap, query: PlaceMap, radius_m: float,
                          dim: int | None = None) -> list[Decision]:
     """Decide every keyframe of ``query`` (a PlaceMap; its poses are odometry and ground truth)
     against the prebuilt map ``reference`` (same frame), in stamp order."""
-    queries, descriptors, truth = _queries(query)
+    queries, descriptors, truth = map_queries(query)
 
-    def truth_of(kf: Any) -> np.ndarray:
+    def truth_of(kf: Keyframe) -> np.ndarray:
         return np.asarray(kf.position, np.float64)
 
     channels = replay_map_queries(config, reference, queries, descriptors, dim)
     return [_decision(channel, t, radius_m, truth_of) for channel, t in zip(channels, truth, strict=True)]
 
 
-def replay_loop_closures(config: LocalizeConfig, laps: list[Any], radius_m: float) -> list[list[Decision]]:
+def replay_loop_closures(config: LocalizeConfig, laps: list[PlaceMap], radius_m: float) -> list[list[Decision]]:
     """Drive ``laps`` (PlaceMaps with ground-truth poses, all in one frame: the odometry) one after
     the other through the online database, the stamps of each lap shifted to follow the previous
     one; one list of decisions per lap (a closure is correct when the matched past keyframe was
@@ -131,7 +139,7 @@ def replay_loop_closures(config: LocalizeConfig, laps: list[Any], radius_m: floa
         stamps = [kf.stamp for kf in lap.keyframes]
         if stamps and min(stamps) + offset <= last_stamp:
             offset = last_stamp - min(stamps) + 1.0
-        queries, descriptors, truth = _queries(lap, offset)
+        queries, descriptors, truth = map_queries(lap, offset)
         decisions = []
         for q, d, t in zip(queries, descriptors, truth, strict=True):
             (result,) = loc.process([q], d[None])
