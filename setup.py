@@ -55,8 +55,8 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'localize_node = qaa_vpr_ros.localize_entry:main',  # SIGINT-safe from the first line
-            'pose_graph_node = qaa_vpr_ros.pose_graph_node:main',
+            'localize_node = qaa_vpr_ros.ros.entry:main',  # SIGINT-safe from the first line
+            'pose_graph_node = qaa_vpr_ros.ros.pose_graph_node:main',
             'build_map = qaa_vpr_ros.maps.build:main',
             'merge_maps = qaa_vpr_ros.maps.merge:main',
             'map_info = qaa_vpr_ros.maps.info:main',

@@ -50,7 +50,7 @@ def test_colcon_install_tree_has_index_share_and_executables(install_tree: Path)
         exe = install_tree / "lib/qaa_vpr_ros" / name
         assert exe.is_file() and os.access(exe, os.X_OK), f"missing executable {exe}"
     (entry_points,) = install_tree.glob("lib/python3*/site-packages/qaa_vpr_ros-*.egg-info/entry_points.txt")
-    assert "localize_node = qaa_vpr_ros.localize_entry:main" in entry_points.read_text()
+    assert "localize_node = qaa_vpr_ros.ros.entry:main" in entry_points.read_text()
 
 
 @pytest.mark.slow

@@ -179,18 +179,16 @@ def test_sim_time_clock_jumps_back_and_forward(tmp_path, capfd):
 def test_jump_detection_over_several_cameras():
     """One jump back per loop of a multi-camera bag (the other cameras follow into the new timeline),
     none for a camera whose stamps come from another clock, one forward jump per gap."""
-    from types import SimpleNamespace
+    from qaa_vpr_ros.pipeline import StampJumps
 
-    from qaa_vpr_ros.localize_node import LocalizeNode
-
-    state = SimpleNamespace(_camera_stamp={}, _newest_stamp=None, _since_jump=set(), _pending_jump=None)
+    stamps = StampJumps()
     jumps = []
 
     def receive(camera: str, stamp: float) -> None:
-        LocalizeNode._note_stamp(state, camera, stamp)
-        if state._pending_jump is not None:  # the worker takes it
-            jumps.append(state._pending_jump[0])
-            state._pending_jump = None
+        stamps.note(camera, stamp)
+        jump = stamps.take()  # the worker takes it
+        if jump is not None:
+            jumps.append(jump.kind)
 
     for t in range(1000, 1030):  # two synchronised cameras and one on a clock years ahead
         receive("/front", t)
