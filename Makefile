@@ -36,8 +36,10 @@ $(CV_OTHER_STAMP): requirements-opencv-other.txt requirements-lock.txt
 ros2-launch: setup
 	$(PY) test/ros2_tooling.py
 
+# ruff, then the layers (.importlinter, docs/ARCHITECTURE.md): every import runs downward, no cycles.
 lint: setup
 	$(VENV)/bin/ruff check qaa_vpr_ros training test scripts launch bench
+	$(VENV)/bin/lint-imports --no-cache
 
 test: setup lint ros2-launch opencv-other
 	$(PY) -m pytest -q -rs test
