@@ -57,11 +57,11 @@ setup(
         'console_scripts': [
             'localize_node = qaa_vpr_ros.ros.entry:main',  # SIGINT-safe from the first line
             'pose_graph_node = qaa_vpr_ros.ros.pose_graph_node:main',
-            'build_map = qaa_vpr_ros.maps.build:main',
-            'merge_maps = qaa_vpr_ros.maps.merge:main',
-            'map_info = qaa_vpr_ros.maps.info:main',
-            'eval_map = qaa_vpr_ros.maps.evaluate:main',
-            'export_map = qaa_vpr_ros.maps.export:main',
+            'build_map = qaa_vpr_ros.map_tools.build:main',
+            'merge_maps = qaa_vpr_ros.map_tools.merge:main',
+            'map_info = qaa_vpr_ros.map_tools.info:main',
+            'eval_map = qaa_vpr_ros.map_tools.evaluate:main',
+            'export_map = qaa_vpr_ros.map_tools.export:main',
             'export_onnx = qaa_vpr_ros.model.onnx_export:main',
         ],
     },

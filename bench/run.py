@@ -207,7 +207,7 @@ def million(ctx: Context, dim: int, notes: list[str], hnsw_10k_build_s: float,
     per-keyframe Python records would only add memory here)."""
     import faiss
 
-    from qaa_vpr_ros.maps.place_map import MAX_TRAIN, index_factory_string
+    from qaa_vpr_ros.maps.index import MAX_TRAIN, index_factory_string
     from scripts.bench_maps import revisits, synthetic_descriptors
 
     n = n or (250_000 if ctx.quick else 1_000_000)

@@ -1,7 +1,7 @@
 """Write rosbag2 recordings (.db3 or .mcap) of cameras, odometry and camera_info, without ROS.
 
 The one bag writer of the project: the demos, the benchmarks and the tests record their drives
-with it, and a user can make a small test bag for ``python -m qaa_vpr_ros.maps.build`` the same way::
+with it, and a user can make a small test bag for ``build_map`` the same way::
 
     with BagWriter(Path("drive"), storage="mcap") as bag:
         bag.write("/odom", stamp_ns, odometry_message(stamp_ns, (x, y, 0.0), (0.0, 0.0, 0.0, 1.0)))

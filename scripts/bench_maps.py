@@ -106,7 +106,7 @@ def bench_build(args: argparse.Namespace) -> dict[str, float]:
 
     from qaa_vpr_ros.extractor import DescriptorExtractor
     from qaa_vpr_ros.keyframes import SelectionConfig
-    from qaa_vpr_ros.maps.build import BuildOptions, build_map
+    from qaa_vpr_ros.map_tools.build import BuildOptions, build_map
     from qaa_vpr_ros.model import build_model
 
     config, image_size = MODEL_SIZES[args.model_size]

@@ -29,7 +29,7 @@ def route_images(data: Path, season: str, places: int, first: int) -> list[np.nd
 def build_route_map(bag: Path, map_dir: Path, model_dir: Path, who: str) -> None:
     """``build_map`` on a drive recorded with CAMERA_TOPIC and ODOM_TOPIC: every frame a keyframe.
     Exits naming ``who`` when it fails."""
-    from qaa_vpr_ros.maps.build import main as build_map_main
+    from qaa_vpr_ros.map_tools.build import main as build_map_main
 
     code = build_map_main([str(bag), "-o", str(map_dir), "--model", str(model_dir), "--image-topics", CAMERA_TOPIC,
                            "--pose-topic", ODOM_TOPIC, "--min-distance", "0", "--min-rotation", "0",

@@ -110,7 +110,7 @@ exit 2
     (home / "bags").mkdir()
     write_drive(home / "bags" / "mapping_run", HELDOUT,
                 Drive(cameras=[Camera("/front/image_raw")], num_frames=10, first_place=FIRST_PLACE))
-    from qaa_vpr_ros.maps.build import main as build_main
+    from qaa_vpr_ros.map_tools.build import main as build_main
 
     assert build_main([str(repo / "run2"), "--model", str(repo / "model"), "--pose-topic", "/odom",
                        "-o", str(repo / "run2_map")]) == 0

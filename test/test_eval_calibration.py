@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
+from qaa_vpr_ros.map_tools.evaluate import main as eval_map
 from qaa_vpr_ros.maps import Keyframe, PlaceMap
-from qaa_vpr_ros.maps.evaluate import main as eval_map
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "nordland_tiny"

@@ -17,8 +17,8 @@ import yaml
 from scipy.stats import beta
 
 from qaa_vpr_ros.decision.replay import Decision
+from qaa_vpr_ros.map_tools.evaluate import main as eval_map
 from qaa_vpr_ros.maps import Keyframe, PlaceMap
-from qaa_vpr_ros.maps.evaluate import main as eval_map
 
 DEFAULT_MIN_CONFIDENCE, DEFAULT_LOOP_MIN_CONFIDENCE = 0.05, 0.1  # parameters.py
 

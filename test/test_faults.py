@@ -128,7 +128,7 @@ def test_kill_9_during_merge_then_rerun_gives_the_uninterrupted_result(tmp_path)
     synthetic_map(2000, 256, 1, source="a").save(a)
     synthetic_map(2000, 256, 2, start_id=10_000, source="b").save(b)
     reference = tmp_path / "reference"
-    cmd = [sys.executable, "-m", "qaa_vpr_ros.maps.merge", str(a), str(b), "-o"]
+    cmd = [sys.executable, "-m", "qaa_vpr_ros.map_tools.merge", str(a), str(b), "-o"]
     subprocess.run([*cmd, str(reference)], cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)
     expected = PlaceMap.load(reference)
     rng = random.Random(13)
@@ -159,7 +159,7 @@ def route_bag(tmp_path_factory, nordland):
 def test_kill_9_at_random_points_of_build_map_then_resume_gives_the_same_map(tmp_path, route_bag, model_dir):
     args = [str(route_bag), "--model", str(model_dir), "--pose-topic", "/odom", "--min-distance", "0",
             "--min-rotation", "0", "--chunk-size", "4", "--batch-size", "2", "--no-progress"]
-    build = [sys.executable, "-m", "qaa_vpr_ros.maps.build"]
+    build = [sys.executable, "-m", "qaa_vpr_ros.map_tools.build"]
     reference = tmp_path / "reference"
     subprocess.run([*build, *args, "-o", str(reference)], cwd=REPO, env=ENV, check=True, capture_output=True,
                    timeout=300)

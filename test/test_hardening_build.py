@@ -5,7 +5,7 @@ from __future__ import annotations
 from bag_writer import START_NS
 
 from qaa_vpr_ros.bag_writer import BagWriter
-from qaa_vpr_ros.maps.build import main as build_main
+from qaa_vpr_ros.map_tools.build import main as build_main
 
 pytest_plugins = ["maps_fixtures"]  # fixtures: model_dir
 

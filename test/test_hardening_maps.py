@@ -147,7 +147,7 @@ def _map_naming_bag(folder, bag_path: str, sha256: str | None) -> PlaceMap:
 
 def test_export_opens_no_path_a_map_names_unless_it_is_the_recorded_bag(tmp_path):
     from qaa_vpr_ros.bags import BagError
-    from qaa_vpr_ros.maps.export import export_map
+    from qaa_vpr_ros.map_tools.export import export_map
 
     fifo = tmp_path / "run1.mcap"
     os.mkfifo(fifo)  # opening it for reading would block forever

@@ -53,7 +53,7 @@ def test_metrics_csv_survives_a_failure_while_resume_rewrites_it(tmp_path, monke
 
 
 def test_eval_map_report_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-    from qaa_vpr_ros.maps.evaluate import EvalResult, write_report
+    from qaa_vpr_ros.map_tools.evaluate import EvalResult, write_report
 
     result = EvalResult(num_queries=10, num_with_positive=9, radius_m=25.0, recall_at_k={1: 0.5, 5: 0.8, 10: 0.9},
                         thresholds=np.linspace(1, 0, 50), precision=np.ones(50), recall=np.linspace(0, 1, 50),

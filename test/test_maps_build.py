@@ -17,10 +17,10 @@ from bag_writer import START_NS, Camera, Drive, distinct_places, pose_at, storag
 
 from qaa_vpr_ros.bags import iter_image_messages, open_bag
 from qaa_vpr_ros.image_conversion import image_from_msg
+from qaa_vpr_ros.map_tools.build import CRASH_AFTER_CHUNKS_ENV
+from qaa_vpr_ros.map_tools.build import main as build_main
+from qaa_vpr_ros.map_tools.merge import main as merge_main
 from qaa_vpr_ros.maps import MapError, PlaceMap, read_manifest
-from qaa_vpr_ros.maps.build import CRASH_AFTER_CHUNKS_ENV
-from qaa_vpr_ros.maps.build import main as build_main
-from qaa_vpr_ros.maps.merge import main as merge_main
 
 pytest_plugins = ["maps_fixtures"]  # fixtures: nordland, model_dir, extractor
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ def test_resume_after_kill_9_gives_the_same_map(tmp_path, reference_map, bags, m
     args = [str(bags["sqlite"]), str(bags["mcap"]), "--model", str(model_dir), "--pose-topic", "/odom", "-o",
             str(out), *ALL_FRAMES, "--chunk-size", "6", "--batch-size", "3", "--no-progress"]
     env = dict(os.environ, **{CRASH_AFTER_CHUNKS_ENV: "3"})
-    proc = subprocess.run([sys.executable, "-m", "qaa_vpr_ros.maps.build", *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "qaa_vpr_ros.map_tools.build", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), proc.stderr
     work = out.with_name("map.work")

@@ -204,7 +204,7 @@ def test_a_failed_save_leaves_the_existing_map_intact(tmp_path, monkeypatch):
     def broken(path, records):
         raise OSError("disk full")
 
-    monkeypatch.setattr(place_map_module, "_write_keyframes", broken)
+    monkeypatch.setattr(place_map_module, "write_keyframes", broken)
     with pytest.raises(OSError, match="disk full"):
         bigger.save(tmp_path / "map")
     assert len(PlaceMap.load(tmp_path / "map")) == 5

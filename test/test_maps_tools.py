@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from bag_writer import Camera, Drive, distinct_places, nordland_image, save_tiny_model, write_drive
 
+from qaa_vpr_ros.map_tools.__main__ import main as maps_main
+from qaa_vpr_ros.map_tools.build import main as build_main
+from qaa_vpr_ros.map_tools.evaluate import evaluate_queries
+from qaa_vpr_ros.map_tools.evaluate import main as eval_main
+from qaa_vpr_ros.map_tools.export import main as export_main
+from qaa_vpr_ros.map_tools.info import main as info_main
+from qaa_vpr_ros.map_tools.merge import main as merge_main
 from qaa_vpr_ros.maps import Keyframe, PlaceMap
-from qaa_vpr_ros.maps.__main__ import main as maps_main
-from qaa_vpr_ros.maps.build import main as build_main
-from qaa_vpr_ros.maps.evaluate import evaluate_queries
-from qaa_vpr_ros.maps.evaluate import main as eval_main
-from qaa_vpr_ros.maps.export import main as export_main
-from qaa_vpr_ros.maps.info import main as info_main
-from qaa_vpr_ros.maps.merge import main as merge_main
 
 pytest_plugins = ["maps_fixtures"]  # fixtures: nordland, model_dir, extractor
 REPO = Path(__file__).resolve().parents[1]
@@ -221,6 +221,6 @@ def test_the_maps_dispatcher(sessions, capsys):
     assert "24 keyframes" in capsys.readouterr().out
     assert maps_main(["frobnicate"]) == 2
     assert "merge" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "qaa_vpr_ros.maps", "info", str(sessions["map_a"]), "--no-plot"],
+    proc = subprocess.run([sys.executable, "-m", "qaa_vpr_ros.map_tools", "info", str(sessions["map_a"]), "--no-plot"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "24 keyframes" in proc.stdout

@@ -12,8 +12,8 @@ from bag_writer import Camera, Drive, distinct_places, write_drive
 from conftest import TINY_CONFIG
 
 from qaa_vpr_ros.extractor import DescriptorExtractor, onnx_providers
+from qaa_vpr_ros.map_tools.build import main as build_main
 from qaa_vpr_ros.maps import PlaceMap
-from qaa_vpr_ros.maps.build import main as build_main
 from qaa_vpr_ros.model import build_model, load_model
 from qaa_vpr_ros.model.onnx_export import export_onnx
 

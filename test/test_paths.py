@@ -81,9 +81,9 @@ def test_save_checkpoint_and_place_map_save_load_expand_paths(home: Path, tiny_m
 def test_console_scripts_expand_path_arguments_given_unexpanded(home: Path, tmp_path: Path, tiny_model,
                                                                  capsys) -> None:
     """A quoted '~' or '$VAR' (a launch file, a systemd unit, --flag=~/x) reaches the tool unexpanded."""
+    from qaa_vpr_ros.map_tools.info import main as map_info
+    from qaa_vpr_ros.map_tools.merge import main as merge_maps
     from qaa_vpr_ros.maps import Keyframe, PlaceMap
-    from qaa_vpr_ros.maps.info import main as map_info
-    from qaa_vpr_ros.maps.merge import main as merge_maps
 
     place_map = PlaceMap.create(4, "fingerprint", "flat")
     place_map.add(np.eye(4, dtype=np.float32)[:3], [Keyframe(id=i, stamp_sec=i, stamp_nanosec=0, camera="/c",
@@ -100,7 +100,7 @@ def test_console_scripts_expand_path_arguments_given_unexpanded(home: Path, tmp_
 
 
 def test_console_script_names_an_unset_variable(home: Path, capsys) -> None:
-    from qaa_vpr_ros.maps.info import main as map_info
+    from qaa_vpr_ros.map_tools.info import main as map_info
 
     with pytest.raises(SystemExit) as exit_info:
         map_info(["$QAA_UNSET_VARIABLE/map"])

@@ -83,7 +83,7 @@ def test_build_map_progress_never_shows_more_keyframes_than_images_read(tmp_path
         pytest.skip(f"demo images absent: {HELDOUT}")
     from qaa_vpr_ros.extractor import DescriptorExtractor
     from qaa_vpr_ros.keyframes import SelectionConfig
-    from qaa_vpr_ros.maps.build import BuildOptions, build_map
+    from qaa_vpr_ros.map_tools.build import BuildOptions, build_map
     from qaa_vpr_ros.model import load_model
 
     # 0.5 m between frames and keyframes every 1.0 m: about every other image is a keyframe.

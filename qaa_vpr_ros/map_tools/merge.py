@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from qaa_vpr_ros.maps.build import add_index_arguments, index_params_from_args
-from qaa_vpr_ros.maps.place_map import MapError, PlaceMap, check_map_id, map_session, new_map_id
+from qaa_vpr_ros.map_tools.build import add_index_arguments, index_params_from_args
+from qaa_vpr_ros.maps import MapError, PlaceMap, check_map_id, map_session, new_map_id
 from qaa_vpr_ros.paths import path_argument
 
 __all__ = ["main", "merge_maps"]

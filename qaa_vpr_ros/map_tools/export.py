@@ -31,7 +31,7 @@ import numpy as np
 from qaa_vpr_ros.atomic import atomic_folder
 from qaa_vpr_ros.bags import BagError, bag_sha256, iter_image_messages, open_bag, resolve_bag
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
-from qaa_vpr_ros.maps.place_map import Keyframe, MapError, PlaceMap
+from qaa_vpr_ros.maps import Keyframe, MapError, PlaceMap
 from qaa_vpr_ros.paths import expand_path, path_argument
 from qaa_vpr_ros.poses import yaw_of
 

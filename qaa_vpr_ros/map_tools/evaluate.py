@@ -39,7 +39,7 @@ import numpy as np
 
 from qaa_vpr_ros.atomic import atomic_write_text, save_figure
 from qaa_vpr_ros.bags import BagError
-from qaa_vpr_ros.maps.place_map import MapError, PlaceMap
+from qaa_vpr_ros.maps import MapError, PlaceMap
 from qaa_vpr_ros.paths import path_argument
 
 __all__ = ["Calibration", "EvalResult", "calibrate", "evaluate_queries", "main"]
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _query_from_bags(args: argparse.Namespace, tmp: Path) -> tuple[PlaceMap, PlaceMap]:
     from qaa_vpr_ros.extractor import DescriptorExtractor
     from qaa_vpr_ros.keyframes import SelectionConfig
-    from qaa_vpr_ros.maps.build import BuildOptions, build_map
+    from qaa_vpr_ros.map_tools.build import BuildOptions, build_map
     from qaa_vpr_ros.model import load_model
 
     extractor = DescriptorExtractor(load_model(args.model), device=args.device, batch_size=args.batch_size)

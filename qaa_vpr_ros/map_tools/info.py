@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from qaa_vpr_ros.atomic import save_figure
-from qaa_vpr_ros.maps.place_map import MapError, PlaceMap, read_manifest
+from qaa_vpr_ros.maps import MapError, PlaceMap, read_manifest
 from qaa_vpr_ros.paths import path_argument
 
 __all__ = ["main", "map_summary", "plot_keyframes"]

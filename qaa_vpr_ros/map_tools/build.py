@@ -52,7 +52,7 @@ from qaa_vpr_ros.bags import (
 )
 from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
 from qaa_vpr_ros.keyframes import KeyframeSelector, PoseSkip, PoseTrack, SelectionConfig
-from qaa_vpr_ros.maps.place_map import INDEX_TYPES, Keyframe, MapError, PlaceMap, check_map_id, new_map_id
+from qaa_vpr_ros.maps import INDEX_TYPES, Keyframe, MapError, PlaceMap, check_map_id, new_map_id
 from qaa_vpr_ros.paths import expand_path, path_argument
 
 __all__ = ["BuildOptions", "BuildResult", "build_map", "main"]
