@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from qaa_vpr_ros.poses import rotation_angle
+
 __all__ = ["REJECTIONS", "ROBUST_METHOD", "Intrinsics", "KeyframeVerifier", "Verification", "VerificationConfig",
            "parse_intrinsics", "verify_pair"]
 
@@ -125,7 +127,7 @@ class Verification:
     @property
     def rotation_angle_rad(self) -> float:
         """Angle of :attr:`rotation`."""
-        return float(math.acos(min(max((np.trace(self.rotation) - 1.0) / 2.0, -1.0), 1.0)))
+        return float(rotation_angle(self.rotation))
 
 
 def _gray(image: np.ndarray, name: str) -> np.ndarray:

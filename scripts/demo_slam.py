@@ -34,13 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qaa_vpr_ros.decision.record import (
-    CovarianceModel,
-    LoopClosureRecord,
-    matrix_quaternion,
-    pose_matrix,
-    transform_error,
-)
+from qaa_vpr_ros.decision.covariance import CovarianceModel
+from qaa_vpr_ros.decision.record import LoopClosureRecord
+from qaa_vpr_ros.poses import interpolate_pose, matrix_quaternion, pose_matrix, transform_error
 from scripts.nordland_route import CAMERA_TOPIC, DEFAULT_DATA, ODOM_TOPIC, REPO, build_route_map, route_images
 
 GT_TOPIC = "/ground_truth"
@@ -94,7 +90,6 @@ def drifting_odometry(truth: list[np.ndarray], seed: int, heading_walk_rad: floa
 
 def pose_at(poses: list[np.ndarray], start_ns: int, stamp_ns: int) -> np.ndarray:
     """Pose at ``stamp_ns`` of a drive whose place i is seen at ``start_ns + i * IMAGE_PERIOD_NS``."""
-    from qaa_vpr_ros.poses import interpolate_pose
 
     f = (stamp_ns - start_ns) / IMAGE_PERIOD_NS
     i = min(max(int(math.floor(f)), 0), len(poses) - 2)
