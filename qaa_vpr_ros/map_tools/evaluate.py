@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -41,6 +41,10 @@ from qaa_vpr_ros.atomic import atomic_write_text, save_figure
 from qaa_vpr_ros.bags import BagError
 from qaa_vpr_ros.maps import MapError, PlaceMap
 from qaa_vpr_ros.paths import path_argument
+
+if TYPE_CHECKING:  # the decision is imported when a replay runs (it pulls in scipy)
+    from qaa_vpr_ros.decision.calibration import ThresholdChoice
+    from qaa_vpr_ros.decision.replay import PRCurve
 
 __all__ = ["Calibration", "EvalResult", "calibrate", "evaluate_queries", "main"]
 
@@ -148,10 +152,10 @@ class Calibration:
     target (:func:`qaa_vpr_ros.decision.calibration.choose_threshold`)."""
 
     sequence_length_m: float
-    matches: Any  # qaa_vpr_ros.decision.replay.PRCurve of accepted place matches (min_confidence)
-    loops: Any  # ... of loop closures in the second lap (loop_min_confidence)
-    match_choice: Any  # qaa_vpr_ros.decision.calibration.ThresholdChoice for min_confidence
-    loop_choice: Any  # ... for loop_min_confidence
+    matches: PRCurve  # of accepted place matches (min_confidence)
+    loops: PRCurve  # of loop closures in the second lap (loop_min_confidence)
+    match_choice: ThresholdChoice  # for min_confidence
+    loop_choice: ThresholdChoice  # for loop_min_confidence
 
     @property
     def min_confidence(self) -> float:

@@ -10,6 +10,8 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.node import Node
+from rclpy.subscription import Subscription
+from sensor_msgs.msg import CompressedImage, Image
 
 from qaa_vpr_ros.decision import LocalizeConfig, Localizer
 from qaa_vpr_ros.extrinsics import CameraTfStatus
@@ -33,8 +35,8 @@ class CameraState:
 
     topic: str
     compressed: bool | None  # None: transport auto, type not known yet
-    subscription: Any = None
-    slot: Any = None  # newest unprocessed message
+    subscription: Subscription | None = None
+    slot: Image | CompressedImage | None = None  # newest unprocessed message
     received: int = 0
     processed: int = 0
     dropped: int = 0

@@ -161,7 +161,7 @@ class LocalizeNode(Node):
         if all(c.subscription is not None for c in self.cameras.values()) and hasattr(self, "_auto_timer"):
             self._auto_timer.cancel()
 
-    def _on_image(self, cam: CameraState, msg: Any) -> None:
+    def _on_image(self, cam: CameraState, msg: Image | CompressedImage) -> None:
         """Never blocks: notes the stamp, counts, and replaces the camera's one-slot buffer (the
         keyframe gate decides in the inference thread, once, see qaa_vpr_ros.pipeline)."""
         now = time.monotonic()
@@ -236,7 +236,7 @@ class LocalizeNode(Node):
             pass
         self.fatal_error = message
 
-    def _process(self, batch: list[tuple[CameraState, Any]]) -> None:
+    def _process(self, batch: list[tuple[CameraState, Image | CompressedImage]]) -> None:
         """One batch (camera, message) through the pipeline, then publish and count."""
         now_s = self.get_clock().now().nanoseconds * 1e-9
         out = self.pipeline.process([messages.frame_of(cam.topic, msg) for cam, msg in batch], now_s)

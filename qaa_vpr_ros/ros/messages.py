@@ -19,7 +19,7 @@ from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, PoseWithCovar
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-from sensor_msgs.msg import PointCloud2, PointField
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Float64MultiArray, Header
 from visualization_msgs.msg import Marker
 
@@ -69,7 +69,7 @@ def descriptor_of(spec: ParamSpec) -> ParameterDescriptor:
 
 
 # --- inputs ------------------------------------------------------------------------------------
-def frame_of(camera: str, msg: Any) -> Frame:
+def frame_of(camera: str, msg: Image | CompressedImage) -> Frame:
     """An image message (``Image`` or ``CompressedImage``) of camera topic ``camera`` as a Frame."""
     return Frame(camera, msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id, msg)
 

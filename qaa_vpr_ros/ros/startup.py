@@ -1,4 +1,5 @@
-"""What ``localize_node`` cannot start without: the model, the map, the device.
+"""``localize_node``'s start: its parameters (declared with descriptors, validated), its pipeline
+(extrinsics, verifier), and what it cannot start without: the model, the map, the device.
 
 Every check names the parameter at fault and the fix (:class:`StartupError`, which the node turns
 into one ERROR line, ERROR in ``/diagnostics`` and exit code 1). Cheap checks (paths, permissions,
