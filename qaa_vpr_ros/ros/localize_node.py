@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
@@ -33,7 +33,6 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from qaa_vpr_ros.decision import ConfigError, LocalizeConfig, Localizer, PoseHistory, normalize, parameter_table
-from qaa_vpr_ros.extractor import DescriptorExtractor
 from qaa_vpr_ros.extrinsics import TransformBuffer
 from qaa_vpr_ros.ros import diagnostics, messages
 from qaa_vpr_ros.ros.diagnostics import CameraState, Counters
@@ -41,6 +40,9 @@ from qaa_vpr_ros.ros.messages import LOOP_CANDIDATE_DTYPE
 from qaa_vpr_ros.ros.outputs import Outputs
 from qaa_vpr_ros.ros.startup import StartupError, build_pipeline, declare_parameters, load
 from qaa_vpr_ros.verification import Intrinsics
+
+if TYPE_CHECKING:  # torch: imported by loading, after the node is up and SIGINT is taken
+    from qaa_vpr_ros.extractor import DescriptorExtractor
 
 __all__ = ["LOOP_CANDIDATE_DTYPE", "LocalizeNode"]
 

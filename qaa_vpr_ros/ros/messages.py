@@ -11,7 +11,7 @@ import array
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -32,10 +32,12 @@ from qaa_vpr_ros.decision.record import (
     records_from_table,
     records_to_table,
 )
-from qaa_vpr_ros.maps import Keyframe
 from qaa_vpr_ros.pipeline import Frame, PlaceMatch
 from qaa_vpr_ros.poses import Pose as PoseTuple
 from qaa_vpr_ros.poses import matrix_quaternion, pose_matrix
+
+if TYPE_CHECKING:  # faiss: imported with the map, when loading
+    from qaa_vpr_ros.maps import Keyframe
 
 __all__ = [
     "LOOP_CANDIDATE_DTYPE", "candidate_markers", "candidates_msg", "descriptor_of", "frame_of", "initialpose_msg",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Path as PathMsg
@@ -14,9 +15,11 @@ from std_msgs.msg import Float64MultiArray, Header
 from visualization_msgs.msg import MarkerArray
 
 from qaa_vpr_ros.decision import LocalizeConfig, Localizer
-from qaa_vpr_ros.maps import PlaceMap
 from qaa_vpr_ros.pipeline import Answer
 from qaa_vpr_ros.ros import messages
+
+if TYPE_CHECKING:  # faiss: imported with the map, when loading
+    from qaa_vpr_ros.maps import PlaceMap
 
 __all__ = ["Outputs", "Published"]
 
