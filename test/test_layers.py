@@ -125,3 +125,13 @@ def test_make_lint_runs_the_contract() -> None:
     make = (REPO / "Makefile").read_text(encoding="utf-8")
     lint = make[make.index("\nlint:"):].split("\n\n")[0]
     assert "lint-imports" in lint and "ruff check" in lint
+
+
+def test_importing_the_node_loads_neither_torch_nor_faiss() -> None:
+    """Ctrl-C during start-up must end the process within a second or two: the node module's own
+    imports stay light; torch and faiss come with loading (test_launch_real times the exit)."""
+    code = ("import sys; import qaa_vpr_ros.ros.localize_node; "
+            "print([m for m in ('torch', 'faiss', 'timm') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
