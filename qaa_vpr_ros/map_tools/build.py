@@ -141,6 +141,21 @@ class _BagPlan:
     sha256: str
 
 
+# A keyframe as the plan of a planned build sees it: (images of its bag before it, camera, stamp_ns,
+# position, orientation): enough to restart the selection at any keyframe without reading before it.
+_PlannedKeyframe = tuple[int, str, int, "tuple[float, ...] | None", "tuple[float, ...] | None"]
+
+
+@dataclass(frozen=True)
+class _ChunkStart:
+    """Where a planned work unit starts reading: its first bag, skipping that bag's first
+    ``skip_images`` images, with the selection state the sequential pass had there."""
+
+    first_index: int  # global number of the unit's first keyframe
+    skip_images: int
+    selector_latest: dict[str, Any]
+
+
 def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -156,6 +171,11 @@ class _KeyframeReader(threading.Thread):
         wanted_chunk: Any,
         out: queue.Queue,
         stop: threading.Event,
+        *,
+        utm_zone: str | None = None,
+        start: _ChunkStart | None = None,
+        end_index: int | None = None,
+        final_checks: bool = True,
     ) -> None:
         super().__init__(name="build_map-reader", daemon=True)
         self.bags, self.options, self.topics = bags, options, list(topics)
@@ -165,9 +185,15 @@ class _KeyframeReader(threading.Thread):
         self.read_stats = ReadStats()
         self.truncated: dict[str, str] = {}
         self.map_frame: str | None = None
-        self.utm_zone: str | None = None
-        self.keyframes_total = 0
+        self.utm_zone: str | None = utm_zone  # a planned unit gets the zone of the whole build
+        # A planned work unit: start inside its first bag, stop before keyframe end_index.
+        self.unit_start, self.end_index, self.final_checks = start, end_index, final_checks
+        self.keyframes_total = start.first_index if start is not None else 0
         self.images_seen = 0
+        self.planned: list[_PlannedKeyframe] | None = None  # set to [] to record the plan of a bag
+
+    def _past_end(self) -> bool:
+        return self.end_index is not None and self.keyframes_total >= self.end_index
 
     def _put(self, item: Any) -> None:
         while not self.stop.is_set():
@@ -179,33 +205,36 @@ class _KeyframeReader(threading.Thread):
 
     def run(self) -> None:
         try:
-            for plan in self.bags:
-                if self.stop.is_set():
-                    return
+            for position, plan in enumerate(self.bags):
+                if self.stop.is_set() or self._past_end():
+                    break
+                # Each bag is its own recording: selection starts afresh (or where a planned unit starts).
+                selector = KeyframeSelector(self.options.selection)
+                skip = 0
+                if position == 0 and self.unit_start is not None:
+                    selector.restore(self.unit_start.selector_latest)
+                    skip = self.unit_start.skip_images
                 try:
                     with open_bag(plan.path) as bag:
-                        # Each bag is its own recording: selection starts afresh.
-                        self._read_bag(bag, plan, KeyframeSelector(self.options.selection))
+                        self._read_bag(bag, plan, selector, skip)
                 except BagError as err:
                     if isinstance(err, TopicError) or not self.options.allow_truncated:
                         raise
                     self.truncated[plan.name] = str(err)
-            self._check_topics_deserialised()
+            if self.final_checks:
+                self._check_topics_deserialised()
             self._put(("end", None))
         except BaseException as err:  # hand every failure to the main thread
             self._put(("error", err))
 
     def _check_topics_deserialised(self) -> None:
-        """A topic none of whose messages deserialise is an error (wrong type or definition), not
-        an empty map; a few damaged messages among good ones are only counted."""
-        for topic, failed in self.read_stats.undeserialisable_by_topic.items():
-            if failed and topic in self.cameras and self.cameras[topic].images == 0:
-                raise BagError(
-                    f"image topic {topic!r}: none of its {failed} messages could be deserialised as its "
-                    "recorded type (corrupt data or a different message definition); nothing was built"
-                )
+        _check_topics_deserialised(self.read_stats, self.cameras)
 
-    def _read_bag(self, bag: OpenBag, plan: _BagPlan, selector: KeyframeSelector) -> None:
+    def summary(self) -> _ReadSummary:
+        return _ReadSummary(self.keyframes_total, self.map_frame, self.utm_zone, self.cameras, self.read_stats,
+                            self.truncated)
+
+    def _read_bag(self, bag: OpenBag, plan: _BagPlan, selector: KeyframeSelector, skip: int = 0) -> None:
         track: PoseTrack | None = None
         if self.options.pose_topic:
             track = read_pose_track(
@@ -213,8 +242,12 @@ class _KeyframeReader(threading.Thread):
             )
             self.utm_zone = self.utm_zone or track.utm_zone
             self.map_frame = self.map_frame or track.frame_id
+        ordinal = -1  # images of this bag before this one
         for image_msg in iter_image_messages(bag, self.topics, self.read_stats):
-            if self.stop.is_set():
+            ordinal += 1
+            if ordinal < skip:
+                continue
+            if self.stop.is_set() or self._past_end():
                 return
             self.images_seen += 1
             stats = self.cameras[image_msg.topic]
@@ -238,6 +271,9 @@ class _KeyframeReader(threading.Thread):
                 stats.undecodable += 1  # the next good image of this camera may become the keyframe
                 continue
             selector.accept(image_msg.topic, image_msg.stamp_ns, position, orientation)
+            if self.planned is not None:
+                _, kept_position, kept_orientation = selector.latest()[image_msg.topic]
+                self.planned.append((ordinal, image_msg.topic, image_msg.stamp_ns, kept_position, kept_orientation))
             stats.keyframes += 1
             index = self.keyframes_total
             self.keyframes_total += 1
@@ -255,6 +291,29 @@ class _KeyframeReader(threading.Thread):
                 source=plan.name,
             )
             self._put(("keyframe", _Candidate(index, keyframe, image, encoding, self.images_seen)))
+
+
+def _check_topics_deserialised(read_stats: ReadStats, cameras: dict[str, CameraStats]) -> None:
+    """A topic none of whose messages deserialise is an error (wrong type or definition), not
+    an empty map; a few damaged messages among good ones are only counted."""
+    for topic, failed in read_stats.undeserialisable_by_topic.items():
+        if failed and topic in cameras and cameras[topic].images == 0:
+            raise BagError(
+                f"image topic {topic!r}: none of its {failed} messages could be deserialised as its "
+                "recorded type (corrupt data or a different message definition); nothing was built"
+            )
+
+
+@dataclass
+class _ReadSummary:
+    """What reading the bags found, besides the keyframes (the manifest's build record)."""
+
+    keyframes_total: int
+    map_frame: str | None
+    utm_zone: str | None
+    cameras: dict[str, CameraStats]
+    read_stats: ReadStats
+    truncated: dict[str, str]
 
 
 # --- chunk files ---------------------------------------------------------------------------------
@@ -359,33 +418,11 @@ def _prepare_work(work: Path, identity: dict[str, Any], resume: bool, fresh: boo
     return []
 
 
-def build_map(
-    bags: Sequence[str | Path],
-    output: str | Path,
-    extractor: Any,
-    options: BuildOptions | None = None,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    keep_work: bool = False,
-    progress: bool = True,
-) -> BuildResult:
-    """Build (or resume building) a map from ``bags`` with ``extractor`` and save it to ``output``.
-
-    ``extractor``: a :class:`qaa_vpr_ros.extractor.DescriptorExtractor` (uses ``.extract``, ``.dim``,
-    ``.fingerprint``, ``.batch_size``).
-
-    Raises:
-        BagError: a bag is missing, unreadable or lacks a topic.
-        MapError: the output exists (without ``overwrite``), or a resume does not match.
-    """
-    options = options or BuildOptions()
-    started = time.monotonic()
-    output = expand_path(output)
-    if output.exists() and not overwrite:
-        raise MapError(f"output {output} exists; pass --overwrite to replace it")
-    if not bags:
-        raise BagError("no bags given")
+def _start(bags: Sequence[str | Path], output: Path, options: BuildOptions, fingerprint: str, batch_size: int,
+           resume: bool, overwrite: bool
+           ) -> tuple[list[_BagPlan], tuple[str, ...], dict[str, Any], str, Path, set[int]]:
+    """What every build fixes first: the bags, topics, build identity and id, the work folder and the
+    chunks an earlier run finished."""
     PlaceMap.create(1, "", options.index_type, **options.index_params)  # bad index parameters fail now
     plans = []
     for bag in bags:
@@ -395,26 +432,18 @@ def build_map(
     if len(set(names)) != len(names):
         raise BagError(f"bags must have distinct names (keyframes record their source bag): {names}")
     topics = _resolve_topics(plans, options)
-    batch_size = int(getattr(extractor, "batch_size", 16))
-    identity = _identity(plans, topics, options, extractor.fingerprint, batch_size)
-    build_id = _digest(identity)
+    identity = _identity(plans, topics, options, fingerprint, batch_size)
     work = output.with_name(output.name + ".work")
     done = set(_prepare_work(work, identity, resume, fresh=overwrite))
-    shard_index, shard_count = options.shard
+    return plans, topics, identity, _digest(identity), work, done
 
-    def wanted(chunk: int) -> bool:
-        return chunk % shard_count == shard_index and chunk not in done
 
-    items: queue.Queue = queue.Queue(maxsize=options.prefetch)
-    stop = threading.Event()
-    reader = _KeyframeReader(plans, options, topics, wanted, items, stop)
-    counts = []
-    for plan in plans:
-        try:
-            counts.append(bag_message_count(plan.path, topics))
-        except BagError:  # only the progress bar's total is lost; the reader reports real damage
-            counts.append(None)
-    bar = _progress_bar(None if None in counts else sum(counts), progress)
+def _extract_chunks(reader: _KeyframeReader, items: queue.Queue, extractor: Any, work: Path, chunk_size: int,
+                    batch_size: int, bar: Any) -> int:
+    """Start ``reader`` and turn what it hands over into chunk files: batches of ``batch_size``
+    that restart at every chunk (so a chunk's descriptors do not depend on who computes it).
+    Returns the keyframes computed."""
+    reader.start()
     crash_after = int(os.environ.get(CRASH_AFTER_CHUNKS_ENV, "0") or 0)
     built = written = 0
     chunk: int | None = None
@@ -442,26 +471,73 @@ def build_map(
         chunk_keyframes.clear()
         chunk_descriptors.clear()
 
-    reader.start()
+    while True:
+        kind, payload = items.get()
+        if kind == "error":
+            raise payload
+        if kind == "end":
+            flush_chunk()
+            return built
+        candidate: _Candidate = payload
+        candidate_chunk = candidate.index // chunk_size
+        if candidate_chunk != chunk:
+            flush_chunk()
+            chunk = candidate_chunk
+        batch.append(candidate)
+        if len(batch) >= batch_size:
+            run_batch()
+        # Both counts as of this keyframe: the reader thread runs up to --prefetch keyframes ahead.
+        bar.set_postfix(keyframes=candidate.index + 1, refresh=False)
+        bar.update(candidate.images_seen - bar.n)
+
+
+def build_map(
+    bags: Sequence[str | Path],
+    output: str | Path,
+    extractor: Any,
+    options: BuildOptions | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_work: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Build (or resume building) a map from ``bags`` with ``extractor`` and save it to ``output``.
+
+    ``extractor``: a :class:`qaa_vpr_ros.extractor.DescriptorExtractor` (uses ``.extract``, ``.dim``,
+    ``.fingerprint``, ``.batch_size``).
+
+    Raises:
+        BagError: a bag is missing, unreadable or lacks a topic.
+        MapError: the output exists (without ``overwrite``), or a resume does not match.
+    """
+    options = options or BuildOptions()
+    started = time.monotonic()
+    output = expand_path(output)
+    if output.exists() and not overwrite:
+        raise MapError(f"output {output} exists; pass --overwrite to replace it")
+    if not bags:
+        raise BagError("no bags given")
+    batch_size = int(getattr(extractor, "batch_size", 16))
+    plans, topics, identity, build_id, work, done = _start(bags, output, options, extractor.fingerprint, batch_size,
+                                                           resume, overwrite)
+    shard_index, shard_count = options.shard
+
+    def wanted(chunk: int) -> bool:
+        return chunk % shard_count == shard_index and chunk not in done
+
+    items: queue.Queue = queue.Queue(maxsize=options.prefetch)
+    stop = threading.Event()
+    reader = _KeyframeReader(plans, options, topics, wanted, items, stop)
+    counts = []
+    for plan in plans:
+        try:
+            counts.append(bag_message_count(plan.path, topics))
+        except BagError:  # only the progress bar's total is lost; the reader reports real damage
+            counts.append(None)
+    bar = _progress_bar(None if None in counts else sum(counts), progress)
     try:
-        while True:
-            kind, payload = items.get()
-            if kind == "error":
-                raise payload
-            if kind == "end":
-                flush_chunk()
-                break
-            candidate: _Candidate = payload
-            candidate_chunk = candidate.index // options.chunk_size
-            if candidate_chunk != chunk:
-                flush_chunk()
-                chunk = candidate_chunk
-            batch.append(candidate)
-            if len(batch) >= batch_size:
-                run_batch()
-            # Both counts as of this keyframe: the reader thread runs up to --prefetch keyframes ahead.
-            bar.set_postfix(keyframes=candidate.index + 1, refresh=False)
-            bar.update(candidate.images_seen - bar.n)
+        built = _extract_chunks(reader, items, extractor, work, options.chunk_size, batch_size, bar)
     except BaseException:
         if not any(work.glob("chunk-*.npz")):  # nothing to resume: do not block the next run
             shutil.rmtree(work, ignore_errors=True)
@@ -488,8 +564,8 @@ def build_map(
     )
 
 
-def _assemble(work: Path, reader: _KeyframeReader, options: BuildOptions, extractor: Any, topics: Sequence[str],
-              plans: Sequence[_BagPlan], build_id: str, identity: dict[str, Any]) -> PlaceMap:
+def _assemble(work: Path, reader: _KeyframeReader | _ReadSummary, options: BuildOptions, extractor: Any,
+              topics: Sequence[str], plans: Sequence[_BagPlan], build_id: str, identity: dict[str, Any]) -> PlaceMap:
     """The map from this shard's chunk files, in keyframe order."""
     map_frame = options.map_frame or reader.map_frame or "map"
     map_id = options.map_id or new_map_id(plans[0].name, build_id[:8])
