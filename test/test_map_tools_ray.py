@@ -119,12 +119,12 @@ def test_a_worker_that_keeps_dying_fails_the_build_naming_its_bags(ray_instance,
 
 
 def test_a_failed_bag_is_named(ray_instance, bags, model_dir, tmp_path, capsys):
-    # Only run_c has /fix: the survey of run_a fails and says so.
+    # Only run_c has /fix: the surveys of run_a and run_b fail; the first to fail is named.
     rc = build_main([*map(str, bags), "--model", str(model_dir), "--pose-topic", "/fix", "-o",
                      str(tmp_path / "map"), *SMALL, "--ray", "auto"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "run_a" in err and "'/fix'" in err, err
+    assert ("run_a" in err or "run_b" in err) and "run_c" not in err and "'/fix'" in err, err
     assert not (tmp_path / "map.work").exists()
 
 
