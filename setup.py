@@ -47,6 +47,7 @@ setup(
         'onnx': ['onnx>=1.15', 'onnxruntime>=1.17', 'onnxscript>=0.1'],
         'test': ['pytest>=7', 'ruff>=0.4'],
         'slam': ['gtsam>=4.2', 'evo>=1.20'],  # pose_graph_node, the SLAM demo's trajectory error
+        'ray': ['ray>=2.9'],  # build_map --ray, eval_map --ray (docs/MAPS.md)
     },
     zip_safe=True,
     maintainer='qaa_vpr_ros maintainers',

@@ -148,7 +148,8 @@ def _search(results: dict[str, Any], out: Path, lines: list[str]) -> None:
 def _node(results: dict[str, Any], out: Path, lines: list[str]) -> None:
     node = results["sections"].get("node")
     build = results["sections"].get("build")
-    if not node and not build:
+    ray_build = results["sections"].get("ray_build")
+    if not node and not build and not ray_build:
         return
     lines += ["## The node and map building", ""]
     if node:
@@ -166,6 +167,16 @@ def _node(results: dict[str, Any], out: Path, lines: list[str]) -> None:
                   f"extractor {build['bare_img_s']:.2f} img/s on the already decoded frames -> **ratio "
                   f"{build['ratio']:.3f}** (target >= 0.9); the pipeline alone (instant model) "
                   f"{build['pipeline_only_img_s']:.0f} img/s.", "", _load_note(results, "build"), ""]
+    if ray_build and "ratio" in ray_build:
+        lines += [f"build_map --ray on a local Ray instance ({ray_build['bags']} bags x {ray_build['frames']} frames, "
+                  f"chunks of {ray_build['chunk_size']}, {ray_build['cpus_per_task']} CPU and torch thread per task) "
+                  f"vs the one-process build of the same bags: {ray_build['ray_img_s']:.2f} vs "
+                  f"{ray_build['single_img_s']:.2f} img/s -> **ratio {ray_build['ratio']:.3f}**; Ray's start-up "
+                  f"(`ray.init`) {ray_build['ray_startup_s']:.1f} s, outside the Ray build's time (the workers' "
+                  "own start, importing torch and loading the model, is inside it).", "",
+                  _load_note(results, "ray_build"), ""]
+    elif ray_build:
+        lines += [f"build_map --ray: skipped ({ray_build.get('skipped')}).", ""]
     lines += ["![node](node.png)", ""]
     fig, (ax,) = _figure(results, "Node and build_map as a ratio to the bare model (same run)")
     labels, values = [], []
@@ -175,6 +186,9 @@ def _node(results: dict[str, Any], out: Path, lines: list[str]) -> None:
     if build:
         labels.append("build_map / bare\nextractor (speed)")
         values.append(build["ratio"])
+    if ray_build and "ratio" in ray_build:
+        labels.append("build_map --ray /\none process (speed)")
+        values.append(ray_build["ratio"])
     ax.bar(labels, values, color="tab:purple")
     ax.axhline(1.0, color="k", lw=0.8)
     for i, v in enumerate(values):

@@ -16,7 +16,9 @@ figure), so that a loaded or slow machine shifts both sides alike:
    the peer baseline; build times;
 5. the node end to end over DDS as a ratio to the bare model + search, 1 and 4 cameras
    (``scripts.bench_node``, its own processes), and map building from a bag as a ratio to the bare
-   extractor (``scripts.bench_maps.bench_build``).
+   extractor (``scripts.bench_maps.bench_build``);
+6. build_map --ray on a local Ray instance as a ratio to the one-process build of the same bags, and
+   Ray's start-up (``scripts.bench_maps.bench_ray_build``).
 
 Every section runs under its own time limit inside ``--budget-s`` (default 19 minutes) and in a
 try/except, so one failure is reported and the rest still run. How busy the CPU was with other
@@ -349,6 +351,20 @@ def section_build(ctx: Context) -> dict[str, Any]:
     return bench_build(args)
 
 
+def section_ray_build(ctx: Context) -> dict[str, Any]:
+    """build_map --ray (a local Ray instance, one CPU per task) against the one-process build."""
+    from qaa_vpr_ros.map_tools.ray_build import RayMissingError, import_ray
+    from scripts.bench_maps import bench_ray_build
+
+    try:
+        import_ray()
+    except RayMissingError as err:
+        return {"skipped": str(err)}
+    args = argparse.Namespace(model_size="small", bags=2, frames=6 if ctx.quick else 8, chunk_size=4, batch_size=4,
+                              cpus_per_task=1)
+    return bench_ray_build(args)
+
+
 # --- driver -----------------------------------------------------------------------------------------
 SECTIONS: list[tuple[str, Callable[[Context], Any], float]] = [
     # Search first after the heads: its 1M x 1024 part is the headline figure and the slowest.
@@ -358,6 +374,7 @@ SECTIONS: list[tuple[str, Callable[[Context], Any], float]] = [
     ("onnxruntime", section_onnxruntime, 150),
     ("node", section_node, 240),
     ("build", section_build, 150),
+    ("ray_build", section_ray_build, 150),
 ]
 
 

@@ -159,6 +159,14 @@ class KeyframeSelector:
             cfg.min_rotation_rad > 0 and turned >= cfg.min_rotation_rad
         )
 
+    def latest(self) -> dict[str, tuple[int, tuple[float, ...] | None, tuple[float, ...] | None]]:
+        """Each camera's latest keyframe (stamp_ns, position, orientation) as :meth:`accept` recorded it."""
+        return dict(self._last)
+
+    def restore(self, latest: dict[str, tuple[int, tuple[float, ...] | None, tuple[float, ...] | None]]) -> None:
+        """Continue a selection from :meth:`latest` of an earlier pass (a planned build's work unit)."""
+        self._last = dict(latest)
+
     def accept(
         self,
         camera: str,

@@ -153,6 +153,52 @@ def bench_build(args: argparse.Namespace) -> dict[str, float]:
             "model_size": args.model_size, "image_size": list(image_size), "dim": int(extractor.dim)}
 
 
+def bench_ray_build(args: argparse.Namespace) -> dict[str, float]:
+    """build_map --ray on a local Ray instance against the one-process build of the same bags
+    (images/s of each and their ratio), and Ray's start-up (``ray.init``). The first tasks' own
+    start (a worker process importing torch and loading the model) is inside the Ray build's time."""
+    import torch
+
+    from qaa_vpr_ros.keyframes import SelectionConfig
+    from qaa_vpr_ros.map_tools.build import BuildOptions, ExtractorSpec, build_map, build_map_planned
+    from qaa_vpr_ros.map_tools.ray_build import RayOptions, RayPool
+    from qaa_vpr_ros.model import build_model, save_checkpoint
+
+    config, image_size = MODEL_SIZES[args.model_size]
+    torch.manual_seed(0)
+    nordland = REPO.parent / "shared" / "data" / "nordland64x32"
+    with tempfile.TemporaryDirectory(prefix="bench_ray-") as tmp:
+        save_checkpoint(build_model(config, image_size=image_size).eval(), Path(tmp) / "model")
+        spec = ExtractorSpec(str(Path(tmp) / "model"), "cpu", args.batch_size)
+        bags = []
+        for b in range(args.bags):
+            bags.append(Path(tmp) / f"bag{b}")
+            write_camera_bag(bags[-1], args.frames, (640, 480), nordland if nordland.is_dir() else None)
+        images = args.bags * args.frames
+        options = BuildOptions(pose_topic="/odom", selection=SelectionConfig(), chunk_size=args.chunk_size)
+        extractor = spec.load()
+        extractor.extract([np.zeros((480, 640, 3), np.uint8)] * args.batch_size)  # warm-up
+        print(f"== Ray build: {args.bags} bags x {args.frames} JPEG frames 640x480, model {args.model_size}, "
+              f"chunks of {args.chunk_size}, batch {args.batch_size}; one process: {torch.get_num_threads()} "
+              f"torch threads; Ray: {args.cpus_per_task} CPU and thread per task")
+        single = build_map(bags, Path(tmp) / "single", extractor, options, progress=False)
+        assert len(single.map) == images, (len(single.map), images)
+        with RayPool(RayOptions("local", 0, args.cpus_per_task)) as pool:
+            started = time.perf_counter()
+            planned = build_map_planned(bags, Path(tmp) / "ray", spec, options, pool, progress=False, device="cpu",
+                                        torch_threads=args.cpus_per_task)
+            ray_s = time.perf_counter() - started
+            startup_s = pool.startup_s
+        assert len(planned.map) == images
+        single_img_s, ray_img_s = images / single.seconds, images / ray_s
+        print(f"   one process {single_img_s:.2f} img/s, Ray {ray_img_s:.2f} img/s -> ratio "
+              f"{ray_img_s / single_img_s:.3f}; ray.init {startup_s:.1f} s (not in the Ray build's time)")
+    return {"single_img_s": float(single_img_s), "ray_img_s": float(ray_img_s),
+            "ratio": float(ray_img_s / single_img_s), "ray_startup_s": float(startup_s),
+            "single_s": float(single.seconds), "ray_s": float(ray_s), "bags": args.bags, "frames": args.frames,
+            "chunk_size": args.chunk_size, "model_size": args.model_size, "cpus_per_task": args.cpus_per_task}
+
+
 def synthetic_descriptors(n: int, dim: int, seed: int = 0) -> np.ndarray:
     """Unit vectors with place-like structure: noisy members of n/20 clusters (a float32 array)."""
     rng = np.random.default_rng(seed)

@@ -54,6 +54,7 @@ from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
 from qaa_vpr_ros.keyframes import KeyframeSelector, PoseSkip, PoseTrack, SelectionConfig
 from qaa_vpr_ros.maps import INDEX_TYPES, Keyframe, MapError, PlaceMap, check_map_id, new_map_id
 from qaa_vpr_ros.paths import expand_path, path_argument
+from qaa_vpr_ros.progress import progress_bar
 
 __all__ = ["BuildOptions", "BuildResult", "build_map", "main"]
 
@@ -141,6 +142,21 @@ class _BagPlan:
     sha256: str
 
 
+# A keyframe as the plan of a planned build sees it: (images of its bag before it, camera, stamp_ns,
+# position, orientation): enough to restart the selection at any keyframe without reading before it.
+_PlannedKeyframe = tuple[int, str, int, "tuple[float, ...] | None", "tuple[float, ...] | None"]
+
+
+@dataclass(frozen=True)
+class _ChunkStart:
+    """Where a planned work unit starts reading: its first bag, skipping that bag's first
+    ``skip_images`` images, with the selection state the sequential pass had there."""
+
+    first_index: int  # global number of the unit's first keyframe
+    skip_images: int
+    selector_latest: dict[str, Any]
+
+
 def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -156,6 +172,11 @@ class _KeyframeReader(threading.Thread):
         wanted_chunk: Any,
         out: queue.Queue,
         stop: threading.Event,
+        *,
+        utm_zone: str | None = None,
+        start: _ChunkStart | None = None,
+        end_index: int | None = None,
+        final_checks: bool = True,
     ) -> None:
         super().__init__(name="build_map-reader", daemon=True)
         self.bags, self.options, self.topics = bags, options, list(topics)
@@ -165,9 +186,15 @@ class _KeyframeReader(threading.Thread):
         self.read_stats = ReadStats()
         self.truncated: dict[str, str] = {}
         self.map_frame: str | None = None
-        self.utm_zone: str | None = None
-        self.keyframes_total = 0
+        self.utm_zone: str | None = utm_zone  # a planned unit gets the zone of the whole build
+        # A planned work unit: start inside its first bag, stop before keyframe end_index.
+        self.unit_start, self.end_index, self.final_checks = start, end_index, final_checks
+        self.keyframes_total = start.first_index if start is not None else 0
         self.images_seen = 0
+        self.planned: list[_PlannedKeyframe] | None = None  # set to [] to record the plan of a bag
+
+    def _past_end(self) -> bool:
+        return self.end_index is not None and self.keyframes_total >= self.end_index
 
     def _put(self, item: Any) -> None:
         while not self.stop.is_set():
@@ -179,33 +206,36 @@ class _KeyframeReader(threading.Thread):
 
     def run(self) -> None:
         try:
-            for plan in self.bags:
-                if self.stop.is_set():
-                    return
+            for position, plan in enumerate(self.bags):
+                if self.stop.is_set() or self._past_end():
+                    break
+                # Each bag is its own recording: selection starts afresh (or where a planned unit starts).
+                selector = KeyframeSelector(self.options.selection)
+                skip = 0
+                if position == 0 and self.unit_start is not None:
+                    selector.restore(self.unit_start.selector_latest)
+                    skip = self.unit_start.skip_images
                 try:
                     with open_bag(plan.path) as bag:
-                        # Each bag is its own recording: selection starts afresh.
-                        self._read_bag(bag, plan, KeyframeSelector(self.options.selection))
+                        self._read_bag(bag, plan, selector, skip)
                 except BagError as err:
                     if isinstance(err, TopicError) or not self.options.allow_truncated:
                         raise
                     self.truncated[plan.name] = str(err)
-            self._check_topics_deserialised()
+            if self.final_checks:
+                self._check_topics_deserialised()
             self._put(("end", None))
         except BaseException as err:  # hand every failure to the main thread
             self._put(("error", err))
 
     def _check_topics_deserialised(self) -> None:
-        """A topic none of whose messages deserialise is an error (wrong type or definition), not
-        an empty map; a few damaged messages among good ones are only counted."""
-        for topic, failed in self.read_stats.undeserialisable_by_topic.items():
-            if failed and topic in self.cameras and self.cameras[topic].images == 0:
-                raise BagError(
-                    f"image topic {topic!r}: none of its {failed} messages could be deserialised as its "
-                    "recorded type (corrupt data or a different message definition); nothing was built"
-                )
+        _check_topics_deserialised(self.read_stats, self.cameras)
 
-    def _read_bag(self, bag: OpenBag, plan: _BagPlan, selector: KeyframeSelector) -> None:
+    def summary(self) -> _ReadSummary:
+        return _ReadSummary(self.keyframes_total, self.map_frame, self.utm_zone, self.cameras, self.read_stats,
+                            self.truncated)
+
+    def _read_bag(self, bag: OpenBag, plan: _BagPlan, selector: KeyframeSelector, skip: int = 0) -> None:
         track: PoseTrack | None = None
         if self.options.pose_topic:
             track = read_pose_track(
@@ -213,8 +243,12 @@ class _KeyframeReader(threading.Thread):
             )
             self.utm_zone = self.utm_zone or track.utm_zone
             self.map_frame = self.map_frame or track.frame_id
+        ordinal = -1  # images of this bag before this one
         for image_msg in iter_image_messages(bag, self.topics, self.read_stats):
-            if self.stop.is_set():
+            ordinal += 1
+            if ordinal < skip:
+                continue
+            if self.stop.is_set() or self._past_end():
                 return
             self.images_seen += 1
             stats = self.cameras[image_msg.topic]
@@ -238,6 +272,9 @@ class _KeyframeReader(threading.Thread):
                 stats.undecodable += 1  # the next good image of this camera may become the keyframe
                 continue
             selector.accept(image_msg.topic, image_msg.stamp_ns, position, orientation)
+            if self.planned is not None:
+                _, kept_position, kept_orientation = selector.latest()[image_msg.topic]
+                self.planned.append((ordinal, image_msg.topic, image_msg.stamp_ns, kept_position, kept_orientation))
             stats.keyframes += 1
             index = self.keyframes_total
             self.keyframes_total += 1
@@ -255,6 +292,29 @@ class _KeyframeReader(threading.Thread):
                 source=plan.name,
             )
             self._put(("keyframe", _Candidate(index, keyframe, image, encoding, self.images_seen)))
+
+
+def _check_topics_deserialised(read_stats: ReadStats, cameras: dict[str, CameraStats]) -> None:
+    """A topic none of whose messages deserialise is an error (wrong type or definition), not
+    an empty map; a few damaged messages among good ones are only counted."""
+    for topic, failed in read_stats.undeserialisable_by_topic.items():
+        if failed and topic in cameras and cameras[topic].images == 0:
+            raise BagError(
+                f"image topic {topic!r}: none of its {failed} messages could be deserialised as its "
+                "recorded type (corrupt data or a different message definition); nothing was built"
+            )
+
+
+@dataclass
+class _ReadSummary:
+    """What reading the bags found, besides the keyframes (the manifest's build record)."""
+
+    keyframes_total: int
+    map_frame: str | None
+    utm_zone: str | None
+    cameras: dict[str, CameraStats]
+    read_stats: ReadStats
+    truncated: dict[str, str]
 
 
 # --- chunk files ---------------------------------------------------------------------------------
@@ -359,33 +419,11 @@ def _prepare_work(work: Path, identity: dict[str, Any], resume: bool, fresh: boo
     return []
 
 
-def build_map(
-    bags: Sequence[str | Path],
-    output: str | Path,
-    extractor: Any,
-    options: BuildOptions | None = None,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    keep_work: bool = False,
-    progress: bool = True,
-) -> BuildResult:
-    """Build (or resume building) a map from ``bags`` with ``extractor`` and save it to ``output``.
-
-    ``extractor``: a :class:`qaa_vpr_ros.extractor.DescriptorExtractor` (uses ``.extract``, ``.dim``,
-    ``.fingerprint``, ``.batch_size``).
-
-    Raises:
-        BagError: a bag is missing, unreadable or lacks a topic.
-        MapError: the output exists (without ``overwrite``), or a resume does not match.
-    """
-    options = options or BuildOptions()
-    started = time.monotonic()
-    output = expand_path(output)
-    if output.exists() and not overwrite:
-        raise MapError(f"output {output} exists; pass --overwrite to replace it")
-    if not bags:
-        raise BagError("no bags given")
+def _start(bags: Sequence[str | Path], output: Path, options: BuildOptions, fingerprint: str, batch_size: int,
+           resume: bool, overwrite: bool
+           ) -> tuple[list[_BagPlan], tuple[str, ...], dict[str, Any], str, Path, set[int]]:
+    """What every build fixes first: the bags, topics, build identity and id, the work folder and the
+    chunks an earlier run finished."""
     PlaceMap.create(1, "", options.index_type, **options.index_params)  # bad index parameters fail now
     plans = []
     for bag in bags:
@@ -395,26 +433,18 @@ def build_map(
     if len(set(names)) != len(names):
         raise BagError(f"bags must have distinct names (keyframes record their source bag): {names}")
     topics = _resolve_topics(plans, options)
-    batch_size = int(getattr(extractor, "batch_size", 16))
-    identity = _identity(plans, topics, options, extractor.fingerprint, batch_size)
-    build_id = _digest(identity)
+    identity = _identity(plans, topics, options, fingerprint, batch_size)
     work = output.with_name(output.name + ".work")
     done = set(_prepare_work(work, identity, resume, fresh=overwrite))
-    shard_index, shard_count = options.shard
+    return plans, topics, identity, _digest(identity), work, done
 
-    def wanted(chunk: int) -> bool:
-        return chunk % shard_count == shard_index and chunk not in done
 
-    items: queue.Queue = queue.Queue(maxsize=options.prefetch)
-    stop = threading.Event()
-    reader = _KeyframeReader(plans, options, topics, wanted, items, stop)
-    counts = []
-    for plan in plans:
-        try:
-            counts.append(bag_message_count(plan.path, topics))
-        except BagError:  # only the progress bar's total is lost; the reader reports real damage
-            counts.append(None)
-    bar = _progress_bar(None if None in counts else sum(counts), progress)
+def _extract_chunks(reader: _KeyframeReader, items: queue.Queue, extractor: Any, work: Path, chunk_size: int,
+                    batch_size: int, bar: Any) -> int:
+    """Start ``reader`` and turn what it hands over into chunk files: batches of ``batch_size``
+    that restart at every chunk (so a chunk's descriptors do not depend on who computes it).
+    Returns the keyframes computed."""
+    reader.start()
     crash_after = int(os.environ.get(CRASH_AFTER_CHUNKS_ENV, "0") or 0)
     built = written = 0
     chunk: int | None = None
@@ -442,26 +472,73 @@ def build_map(
         chunk_keyframes.clear()
         chunk_descriptors.clear()
 
-    reader.start()
+    while True:
+        kind, payload = items.get()
+        if kind == "error":
+            raise payload
+        if kind == "end":
+            flush_chunk()
+            return built
+        candidate: _Candidate = payload
+        candidate_chunk = candidate.index // chunk_size
+        if candidate_chunk != chunk:
+            flush_chunk()
+            chunk = candidate_chunk
+        batch.append(candidate)
+        if len(batch) >= batch_size:
+            run_batch()
+        # Both counts as of this keyframe: the reader thread runs up to --prefetch keyframes ahead.
+        bar.set_postfix(keyframes=candidate.index + 1, refresh=False)
+        bar.update(candidate.images_seen - bar.n)
+
+
+def build_map(
+    bags: Sequence[str | Path],
+    output: str | Path,
+    extractor: Any,
+    options: BuildOptions | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_work: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Build (or resume building) a map from ``bags`` with ``extractor`` and save it to ``output``.
+
+    ``extractor``: a :class:`qaa_vpr_ros.extractor.DescriptorExtractor` (uses ``.extract``, ``.dim``,
+    ``.fingerprint``, ``.batch_size``).
+
+    Raises:
+        BagError: a bag is missing, unreadable or lacks a topic.
+        MapError: the output exists (without ``overwrite``), or a resume does not match.
+    """
+    options = options or BuildOptions()
+    started = time.monotonic()
+    output = expand_path(output)
+    if output.exists() and not overwrite:
+        raise MapError(f"output {output} exists; pass --overwrite to replace it")
+    if not bags:
+        raise BagError("no bags given")
+    batch_size = int(getattr(extractor, "batch_size", 16))
+    plans, topics, identity, build_id, work, done = _start(bags, output, options, extractor.fingerprint, batch_size,
+                                                           resume, overwrite)
+    shard_index, shard_count = options.shard
+
+    def wanted(chunk: int) -> bool:
+        return chunk % shard_count == shard_index and chunk not in done
+
+    items: queue.Queue = queue.Queue(maxsize=options.prefetch)
+    stop = threading.Event()
+    reader = _KeyframeReader(plans, options, topics, wanted, items, stop)
+    counts = []
+    for plan in plans:
+        try:
+            counts.append(bag_message_count(plan.path, topics))
+        except BagError:  # only the progress bar's total is lost; the reader reports real damage
+            counts.append(None)
+    bar = _progress_bar(None if None in counts else sum(counts), progress)
     try:
-        while True:
-            kind, payload = items.get()
-            if kind == "error":
-                raise payload
-            if kind == "end":
-                flush_chunk()
-                break
-            candidate: _Candidate = payload
-            candidate_chunk = candidate.index // options.chunk_size
-            if candidate_chunk != chunk:
-                flush_chunk()
-                chunk = candidate_chunk
-            batch.append(candidate)
-            if len(batch) >= batch_size:
-                run_batch()
-            # Both counts as of this keyframe: the reader thread runs up to --prefetch keyframes ahead.
-            bar.set_postfix(keyframes=candidate.index + 1, refresh=False)
-            bar.update(candidate.images_seen - bar.n)
+        built = _extract_chunks(reader, items, extractor, work, options.chunk_size, batch_size, bar)
     except BaseException:
         if not any(work.glob("chunk-*.npz")):  # nothing to resume: do not block the next run
             shutil.rmtree(work, ignore_errors=True)
@@ -488,8 +565,8 @@ def build_map(
     )
 
 
-def _assemble(work: Path, reader: _KeyframeReader, options: BuildOptions, extractor: Any, topics: Sequence[str],
-              plans: Sequence[_BagPlan], build_id: str, identity: dict[str, Any]) -> PlaceMap:
+def _assemble(work: Path, reader: _KeyframeReader | _ReadSummary, options: BuildOptions, extractor: Any,
+              topics: Sequence[str], plans: Sequence[_BagPlan], build_id: str, identity: dict[str, Any]) -> PlaceMap:
     """The map from this shard's chunk files, in keyframe order."""
     map_frame = options.map_frame or reader.map_frame or "map"
     map_id = options.map_id or new_map_id(plans[0].name, build_id[:8])
@@ -526,9 +603,236 @@ def _assemble(work: Path, reader: _KeyframeReader, options: BuildOptions, extrac
 
 
 def _progress_bar(total: int | None, enabled: bool) -> Any:
-    from qaa_vpr_ros.progress import progress_bar
-
     return progress_bar(total, unit="img", desc="build_map", enabled=enabled)  # plain lines in a log
+
+
+# --- the planned build (build_map --ray): work units on a pool of workers ------------------------
+# Testing hook: the first work unit to see this path creates it and SIGKILLs its own worker process.
+KILL_WORKER_ONCE_ENV = "QAA_VPR_ROS_KILL_WORKER_ONCE"
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """How each worker of a planned build makes its own extractor (the model is loaded where it runs)."""
+
+    model: str
+    device: str = "auto"
+    batch_size: int = 16
+    precision: str = "auto"
+    backend: str = "torch"
+    onnx: str | None = None
+
+    def load(self, device: str | None = None) -> Any:
+        from qaa_vpr_ros.extractor import DescriptorExtractor
+        from qaa_vpr_ros.model import load_model
+
+        if not Path(self.model).exists():
+            raise MapError(f"model {self.model} does not exist")
+        return DescriptorExtractor(load_model(self.model), device=device or self.device, batch_size=self.batch_size,
+                                   precision=self.precision, backend=self.backend, onnx_path=self.onnx)
+
+
+class WorkerPool:
+    """What a planned build needs from a distributed engine (:mod:`qaa_vpr_ros.map_tools.ray_build`)."""
+
+    def map(self, function: Any, calls: Sequence[tuple], labels: Sequence[str], *, gpu: bool,
+            on_done: Any = None) -> list[Any]:
+        """``function(*call)`` for every call, results in order; ``on_done(result)`` as each
+        finishes; a failing call's exception is raised (its label names what failed)."""
+        raise NotImplementedError
+
+
+@dataclass
+class _BagSurvey:
+    name: str
+    keyframes: list[_PlannedKeyframe]
+    summary: _ReadSummary
+
+
+def _named(err: BaseException, names: Sequence[str]) -> BaseException:
+    """``err`` with the bag(s) it happened in named, when it does not already name one."""
+    if not isinstance(err, Exception) or any(name in str(err) for name in names):
+        return err
+    where = ", ".join(names)
+    if isinstance(err, (BagError, MapError)):
+        return type(err)(f"bag {where}: {err}")
+    return BagError(f"bag {where}: {type(err).__name__}: {err}")
+
+
+def survey_bag(plan: _BagPlan, options: BuildOptions, topics: Sequence[str], utm_zone: str | None) -> _BagSurvey:
+    """The plan of one bag (a planned build's first work unit; no model): the sequential reader's
+    pass over it (poses, selection, decoding of the selected images only), recording for each
+    keyframe where it is and what the selection had kept before it."""
+    out: queue.Queue = queue.Queue()
+    reader = _KeyframeReader([plan], options, topics, lambda _chunk: False, out, threading.Event(),
+                             utm_zone=utm_zone, final_checks=False)
+    reader.planned = []
+    reader.run()  # in this thread: it only reports the end or an error
+    kind, payload = out.get_nowait()
+    if kind == "error":
+        raise _named(payload, [plan.name])
+    return _BagSurvey(plan.name, reader.planned, reader.summary())
+
+
+_WORKER_EXTRACTORS: dict[tuple[ExtractorSpec, str | None], Any] = {}  # one per worker process
+
+
+def build_chunk(spec: ExtractorSpec, plans: Sequence[_BagPlan], options: BuildOptions, topics: Sequence[str],
+                utm_zone: str | None, start: _ChunkStart, end_index: int, work: Path, device: str | None,
+                torch_threads: int, kill_flag: str | None) -> int:
+    """One chunk of a planned build (a work unit): read ``plans`` from ``start`` up to keyframe
+    ``end_index``, extract in batches as the sequential build does, write the chunk file.
+    Returns the keyframes computed."""
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    key = (spec, device)
+    if key not in _WORKER_EXTRACTORS:
+        _WORKER_EXTRACTORS[key] = spec.load(device)
+    extractor = _WORKER_EXTRACTORS[key]
+    if kill_flag:
+        try:
+            os.close(os.open(kill_flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-build (tests of the retry)
+        except FileExistsError:
+            pass
+    chunk = start.first_index // options.chunk_size
+    items: queue.Queue = queue.Queue(maxsize=options.prefetch)
+    stop = threading.Event()
+    reader = _KeyframeReader(plans, options, topics, lambda c: c == chunk, items, stop, utm_zone=utm_zone,
+                             start=start, end_index=end_index, final_checks=False)
+    try:
+        return _extract_chunks(reader, items, extractor, work, options.chunk_size, spec.batch_size,
+                               _progress_bar(None, False))
+    except Exception as err:
+        raise _named(err, [p.name for p in plans]) from err
+    finally:
+        stop.set()
+        reader.join(timeout=5.0)
+
+
+def _merge_surveys(surveys: Sequence[_BagSurvey], topics: Sequence[str]) -> _ReadSummary:
+    """The bags' surveys as one sequential pass would have counted them."""
+    cameras = {t: CameraStats() for t in topics}
+    stats = ReadStats()
+    truncated: dict[str, str] = {}
+    for survey in surveys:
+        part = survey.summary
+        for topic, counts in part.cameras.items():
+            for name, value in dataclasses.asdict(counts).items():
+                setattr(cameras[topic], name, getattr(cameras[topic], name) + value)
+        stats.undeserialisable += part.read_stats.undeserialisable
+        for reason, n in part.read_stats.reasons.items():
+            stats.reasons[reason] = stats.reasons.get(reason, 0) + n
+        for topic, n in part.read_stats.undeserialisable_by_topic.items():
+            stats.undeserialisable_by_topic[topic] = stats.undeserialisable_by_topic.get(topic, 0) + n
+        truncated.update(part.truncated)
+    _check_topics_deserialised(stats, cameras)
+    map_frame = next((s.summary.map_frame for s in surveys if s.summary.map_frame), None)
+    zone = next((s.summary.utm_zone for s in surveys if s.summary.utm_zone), None)
+    total = sum(len(s.keyframes) for s in surveys)
+    return _ReadSummary(total, map_frame, zone, cameras, stats, truncated)
+
+
+def _chunk_starts(surveys: Sequence[_BagSurvey], chunk_size: int, chunks: Sequence[int]
+                  ) -> dict[int, tuple[int, _ChunkStart]]:
+    """Chunk -> (its first bag, where reading starts): keyframe k of the build is keyframe
+    k - offset of its bag, offsets being the prefix sums of the bags' keyframe counts."""
+    wanted = {c * chunk_size: c for c in chunks}
+    starts: dict[int, tuple[int, _ChunkStart]] = {}
+    offset = 0
+    for b, survey in enumerate(surveys):
+        latest: dict[str, Any] = {}  # what KeyframeSelector.accept kept, keyframe by keyframe
+        for local, (ordinal, camera, stamp, position, orientation) in enumerate(survey.keyframes):
+            chunk = wanted.get(offset + local)
+            if chunk is not None:
+                starts[chunk] = (b, _ChunkStart(offset + local, ordinal, dict(latest)))
+            latest[camera] = (stamp, position, orientation)
+        offset += len(survey.keyframes)
+    return starts
+
+
+def build_map_planned(
+    bags: Sequence[str | Path],
+    output: str | Path,
+    spec: ExtractorSpec,
+    options: BuildOptions,
+    pool: WorkerPool,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_work: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+    torch_threads: int = 1,
+) -> BuildResult:
+    """The map :func:`build_map` writes, built by ``pool``'s workers (docs/MAPS.md, "On a cluster").
+
+    1. Plan: one task per bag surveys it (:func:`survey_bag`, no model); the keyframe counts give
+       each bag's first keyframe number, the records where each chunk starts.
+    2. One task per unfinished chunk (:func:`build_chunk`) extracts with its own extractor
+       (``device``; ``torch_threads`` threads) and writes the chunk file, as the sequential build.
+    3. The driver assembles the map from the chunk files (:func:`_assemble`), as the sequential build.
+    ``resume`` skips the chunks an interrupted build finished (sequential or planned alike).
+    """
+    started = time.monotonic()
+    output = expand_path(output)
+    if output.exists() and not overwrite:
+        raise MapError(f"output {output} exists; pass --overwrite to replace it")
+    if not bags:
+        raise BagError("no bags given")
+    if options.shard != (0, 1):
+        raise ValueError("--shard is for a build without --ray: the cluster plans the work itself")
+    extractor = spec.load("cpu")  # the fingerprint and dim; the workers load their own
+    plans, topics, identity, build_id, work, done = _start(bags, output, options, extractor.fingerprint,
+                                                           spec.batch_size, resume, overwrite)
+    try:
+        labels = [f"bag {p.path}" for p in plans]
+        surveys = pool.map(survey_bag, [(p, options, topics, None) for p in plans], labels, gpu=False)
+        # NavSatFix poses are projected into the zone of the first bag that has a fix (as when read in order).
+        zone = next((s.summary.utm_zone for s in surveys if s.summary.utm_zone), None)
+        again = [i for i, s in enumerate(surveys) if s.summary.utm_zone not in (None, zone)]
+        if again:
+            redone = pool.map(survey_bag, [(plans[i], options, topics, zone) for i in again],
+                              [labels[i] for i in again], gpu=False)
+            for i, survey in zip(again, redone, strict=True):
+                surveys[i] = survey
+        summary = _merge_surveys(surveys, topics)
+        total = summary.keyframes_total
+        todo = [c for c in range(-(-total // options.chunk_size)) if c not in done]
+        starts = _chunk_starts(surveys, options.chunk_size, todo)
+        first_of_bag = np.cumsum([0] + [len(s.keyframes) for s in surveys])
+        kill_flag = os.environ.get(KILL_WORKER_ONCE_ENV) or None
+        calls, unit_labels, sizes = [], [], []
+        for c in todo:
+            first_bag, start = starts[c]
+            end = min(start.first_index + options.chunk_size, total)
+            last_bag = int(np.searchsorted(first_of_bag, end - 1, side="right")) - 1
+            calls.append((spec, plans[first_bag:last_bag + 1], options, topics, zone, start, end, work, device,
+                          torch_threads, kill_flag))
+            unit_labels.append(f"keyframes {start.first_index}..{end - 1} of bag "
+                               f"{', '.join(str(p.path) for p in plans[first_bag:last_bag + 1])}")
+            sizes.append(end - start.first_index)
+        bar = progress_bar(sum(sizes), unit="kf", desc="build_map (keyframes, all workers)", enabled=progress)
+        try:
+            built = pool.map(build_chunk, calls, unit_labels, gpu=True, on_done=bar.update)
+        finally:
+            bar.close()
+    except BaseException:
+        if not any(work.glob("chunk-*.npz")):  # nothing to resume: do not block the next run
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    place_map = _assemble(work, summary, options, extractor, topics, plans, build_id, identity)
+    place_map.save(output)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    skipped = {
+        "undeserialisable_messages": summary.read_stats.undeserialisable,
+        **summary.read_stats.reasons,
+        "damaged_bags": dict(summary.truncated),
+    }
+    return BuildResult(place_map, output, total, sum(built), len(done), summary.cameras, skipped,
+                       time.monotonic() - started)
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -612,8 +916,37 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-truncated", action="store_true",
                         help="use a damaged bag up to the damage (counted in the manifest) instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(parser)
     add_index_arguments(parser)
     return parser
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ray and its placement (shared with eval_map)."""
+    group = parser.add_argument_group("cluster (optional extra: pip install qaa_vpr_ros[ray])")
+    group.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS|local",
+                       help="build as Ray tasks: auto (the running cluster, default), ADDRESS, or local (a private "
+                            "Ray on this machine); the same map as without (docs/MAPS.md)")
+    group.add_argument("--ray-gpus-per-task", type=float,
+                       help="GPUs per extraction task (default: 1 where the cluster has GPUs, else 0)")
+    group.add_argument("--ray-cpus-per-task", type=int, default=1,
+                       help="CPUs per task, also its torch threads (default 1)")
+    group.add_argument("--ray-max-retries", type=int, default=3,
+                       help="retries of a task whose worker process died (default 3)")
+
+
+def ray_pool(args: argparse.Namespace) -> Any:
+    """The Ray pool for --ray (RayMissingError without the extra, ValueError on bad placement)."""
+    from qaa_vpr_ros.map_tools.ray_build import RayOptions, RayPool
+
+    return RayPool(RayOptions(args.ray, args.ray_gpus_per_task, args.ray_cpus_per_task, args.ray_max_retries))
+
+
+def ray_device(args: argparse.Namespace, pool: Any) -> str:
+    """A task's device: --device when given, else cuda where the task holds a GPU, else cpu."""
+    if args.device != "auto":
+        return args.device
+    return "cuda" if pool.gpus_per_task > 0 else "cpu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -636,25 +969,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ValueError, MapError) as err:
         parser.error(str(err))
+    if args.ray and args.shard != (0, 1):
+        parser.error("--shard and --ray do not mix: with --ray the cluster plans the work itself")
+    spec = ExtractorSpec(str(args.model), args.device, args.batch_size, args.precision, args.backend,
+                         str(args.onnx) if args.onnx else None)
     try:
-        from qaa_vpr_ros.extractor import DescriptorExtractor
-        from qaa_vpr_ros.model import load_model
+        if args.ray:
+            from qaa_vpr_ros.map_tools.ray_build import RayMissingError
 
-        if not Path(args.model).exists():
-            raise MapError(f"model {args.model} does not exist")
-        extractor = DescriptorExtractor(
-            load_model(args.model), device=args.device, batch_size=args.batch_size, precision=args.precision,
-            backend=args.backend, onnx_path=args.onnx,
-        )
-        result = build_map(
-            args.bags, args.output, extractor, options, resume=args.resume, overwrite=args.overwrite,
-            keep_work=args.keep_work, progress=not args.no_progress,
-        )
+            try:
+                pool = ray_pool(args)
+            except RayMissingError as err:
+                print(f"build_map: error: {err}", file=sys.stderr)
+                return 2
+            except ValueError as err:
+                parser.error(str(err))
+            with pool:
+                result = build_map_planned(
+                    args.bags, args.output, spec, options, pool, resume=args.resume, overwrite=args.overwrite,
+                    keep_work=args.keep_work, progress=not args.no_progress, device=ray_device(args, pool),
+                    torch_threads=args.ray_cpus_per_task,
+                )
+        else:
+            result = build_map(
+                args.bags, args.output, spec.load(), options, resume=args.resume, overwrite=args.overwrite,
+                keep_work=args.keep_work, progress=not args.no_progress,
+            )
     except KeyboardInterrupt:
         print(f"build_map: interrupted; finished chunks are kept in {args.output}.work — rerun with --resume",
               file=sys.stderr)
         return 130
-    except (BagError, MapError, ValueError, OSError) as err:
+    except (BagError, MapError, ValueError, OSError, RuntimeError) as err:
         print(f"build_map: error: {err}", file=sys.stderr)
         return 1
     print(_summary(result))

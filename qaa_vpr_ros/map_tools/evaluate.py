@@ -39,6 +39,7 @@ import numpy as np
 
 from qaa_vpr_ros.atomic import atomic_write_text, save_figure
 from qaa_vpr_ros.bags import BagError
+from qaa_vpr_ros.map_tools.ray_build import RayMissingError
 from qaa_vpr_ros.maps import MapError, PlaceMap
 from qaa_vpr_ros.paths import path_argument
 
@@ -363,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-below-default", action="store_true",
                         help="let the thresholds go below the node's defaults (still inside their ranges)")
     parser.add_argument("--no-decision", action="store_true", help="skip the decision replay (retrieval only)")
+    from qaa_vpr_ros.map_tools.build import add_ray_arguments
+
+    add_ray_arguments(parser)  # --ray: the query bags' descriptors computed on a Ray cluster
     args = parser.parse_args(argv)
     if not 0.0 < args.target_precision <= 1.0:
         parser.error(f"--target-precision must be in (0, 1], got {args.target_precision}")
@@ -374,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--write-params needs the decision replay (drop --no-decision)")
     if args.query_bags and not (args.model and args.pose_topic):
         parser.error("--query-bags needs --model and --pose-topic")
+    if args.ray and not args.query_bags:
+        parser.error("--ray computes the descriptors of --query-bags; a --query-map needs none")
     try:
         with tempfile.TemporaryDirectory(prefix="eval_map-") as tmp:
             if args.query_bags:
@@ -389,7 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibration = None if args.no_decision else calibrate(
                 reference, query, args.radius, args.target_precision, level=args.confidence_level,
                 folds=args.folds, allow_below_default=args.allow_below_default)
-    except (MapError, BagError, ValueError, OSError) as err:
+    except RayMissingError as err:
+        print(f"eval_map: error: {err}", file=sys.stderr)
+        return 2
+    except (MapError, BagError, ValueError, OSError, RuntimeError) as err:
         print(f"eval_map: error: {err}", file=sys.stderr)
         return 1
     print(format_result(result))
@@ -418,17 +427,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _query_from_bags(args: argparse.Namespace, tmp: Path) -> tuple[PlaceMap, PlaceMap]:
-    from qaa_vpr_ros.extractor import DescriptorExtractor
     from qaa_vpr_ros.keyframes import SelectionConfig
-    from qaa_vpr_ros.map_tools.build import BuildOptions, build_map
-    from qaa_vpr_ros.model import load_model
+    from qaa_vpr_ros.map_tools.build import (
+        BuildOptions,
+        ExtractorSpec,
+        build_map,
+        build_map_planned,
+        ray_device,
+        ray_pool,
+    )
 
-    extractor = DescriptorExtractor(load_model(args.model), device=args.device, batch_size=args.batch_size)
-    reference = PlaceMap.load(args.map, extractor.fingerprint)
+    spec = ExtractorSpec(str(args.model), args.device, args.batch_size)
     options = BuildOptions(
         image_topics=tuple(args.image_topics), pose_topic=args.pose_topic,
         selection=SelectionConfig(args.min_interval, args.min_distance, 0.0),
     )
+    if args.ray:  # the same query map, its bags' work spread over the cluster
+        with ray_pool(args) as pool:
+            result = build_map_planned(args.query_bags, tmp / "query", spec, options, pool,
+                                       progress=not args.no_progress, device=ray_device(args, pool),
+                                       torch_threads=args.ray_cpus_per_task)
+        reference = PlaceMap.load(args.map, result.map.model_fingerprint)
+        return reference, result.map
+    extractor = spec.load()
+    reference = PlaceMap.load(args.map, extractor.fingerprint)
     result = build_map(args.query_bags, tmp / "query", extractor, options, progress=not args.no_progress)
     return reference, result.map
 
