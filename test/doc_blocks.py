@@ -74,8 +74,8 @@ graph = _PoseGraph()
 ''',
     "hydra": '''\
 # doc test: pose_graph_tools_msgs is not on PyPI; its two messages with the fields of their .msg
-# definitions (MIT-SPARK/pose_graph_tools, pose_graph_tools_msgs/msg/PoseGraph{,Edge}.msg).
-import sys
+# definitions (MIT-SPARK/pose_graph_tools, pose_graph_tools_msgs/msg/PoseGraph{,Edge}.msg), which
+# the snippet uses in place of its import line (a substitute marker above it in docs/NODE.md).
 import types
 from dataclasses import dataclass, field
 
@@ -104,10 +104,6 @@ class PoseGraph:
     edges: list = field(default_factory=list)
 
 
-_msg = types.ModuleType("pose_graph_tools_msgs.msg")
-_msg.PoseGraph, _msg.PoseGraphEdge = PoseGraph, PoseGraphEdge
-sys.modules["pose_graph_tools_msgs"] = types.ModuleType("pose_graph_tools_msgs")
-sys.modules["pose_graph_tools_msgs.msg"] = _msg
 hydra_published = []
 hydra_pub = types.SimpleNamespace(publish=hydra_published.append)
 ''',
