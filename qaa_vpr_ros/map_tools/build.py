@@ -550,6 +550,19 @@ def build_map(
         bar.update(max(0, reader.images_seen - bar.n))
         bar.close()
 
+    place_map, skipped = _finish(work, reader, options, extractor, topics, plans, build_id, identity, output,
+                                 keep_work)
+    return BuildResult(
+        place_map, output, reader.keyframes_total, built, len(done), reader.cameras, skipped,
+        time.monotonic() - started,
+    )
+
+
+def _finish(work: Path, reader: _KeyframeReader | _ReadSummary, options: BuildOptions, extractor: Any,
+            topics: Sequence[str], plans: Sequence[_BagPlan], build_id: str, identity: dict[str, Any],
+            output: Path, keep_work: bool) -> tuple[PlaceMap, dict[str, Any]]:
+    """Assemble and save the map from the chunk files (one build or a planned one alike), drop the
+    work folder unless kept; the map and what the reading skipped."""
     place_map = _assemble(work, reader, options, extractor, topics, plans, build_id, identity)
     place_map.save(output)
     if not keep_work:
@@ -559,10 +572,7 @@ def build_map(
         **reader.read_stats.reasons,
         "damaged_bags": dict(reader.truncated),
     }
-    return BuildResult(
-        place_map, output, reader.keyframes_total, built, len(done), reader.cameras, skipped,
-        time.monotonic() - started,
-    )
+    return place_map, skipped
 
 
 def _assemble(work: Path, reader: _KeyframeReader | _ReadSummary, options: BuildOptions, extractor: Any,
@@ -822,15 +832,8 @@ def build_map_planned(
         if not any(work.glob("chunk-*.npz")):  # nothing to resume: do not block the next run
             shutil.rmtree(work, ignore_errors=True)
         raise
-    place_map = _assemble(work, summary, options, extractor, topics, plans, build_id, identity)
-    place_map.save(output)
-    if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    skipped = {
-        "undeserialisable_messages": summary.read_stats.undeserialisable,
-        **summary.read_stats.reasons,
-        "damaged_bags": dict(summary.truncated),
-    }
+    place_map, skipped = _finish(work, summary, options, extractor, topics, plans, build_id, identity, output,
+                                 keep_work)
     return BuildResult(place_map, output, total, sum(built), len(done), summary.cameras, skipped,
                        time.monotonic() - started)
 
