@@ -514,11 +514,7 @@ def build_map(
     """
     options = options or BuildOptions()
     started = time.monotonic()
-    output = expand_path(output)
-    if output.exists() and not overwrite:
-        raise MapError(f"output {output} exists; pass --overwrite to replace it")
-    if not bags:
-        raise BagError("no bags given")
+    output = _checked_output(output, bags, overwrite)
     batch_size = int(getattr(extractor, "batch_size", 16))
     plans, topics, identity, build_id, work, done = _start(bags, output, options, extractor.fingerprint, batch_size,
                                                            resume, overwrite)
@@ -556,6 +552,17 @@ def build_map(
         place_map, output, reader.keyframes_total, built, len(done), reader.cameras, skipped,
         time.monotonic() - started,
     )
+
+
+def _checked_output(output: str | Path, bags: Sequence[str | Path], overwrite: bool) -> Path:
+    """The expanded output folder, once the build may write it (not there, or ``overwrite``) and
+    has bags to read."""
+    output = expand_path(output)
+    if output.exists() and not overwrite:
+        raise MapError(f"output {output} exists; pass --overwrite to replace it")
+    if not bags:
+        raise BagError("no bags given")
+    return output
 
 
 def _finish(work: Path, reader: _KeyframeReader | _ReadSummary, options: BuildOptions, extractor: Any,
@@ -786,11 +793,7 @@ def build_map_planned(
     ``resume`` skips the chunks an interrupted build finished (sequential or planned alike).
     """
     started = time.monotonic()
-    output = expand_path(output)
-    if output.exists() and not overwrite:
-        raise MapError(f"output {output} exists; pass --overwrite to replace it")
-    if not bags:
-        raise BagError("no bags given")
+    output = _checked_output(output, bags, overwrite)
     if options.shard != (0, 1):
         raise ValueError("--shard is for a build without --ray: the cluster plans the work itself")
     extractor = spec.load("cpu")  # the fingerprint and dim; the workers load their own
