@@ -22,7 +22,9 @@ import numpy as np
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
+    "DEPTH_ENCODINGS",
     "SUPPORTED_ENCODINGS",
+    "depth_from_msg",
     "image_from_msg",
     "is_compressed",
 ]
@@ -109,6 +111,53 @@ def image_from_msg(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.n
     if is_compressed(msg):
         return _decode_compressed(msg, max_pixels)
     return _decode_raw(msg, max_pixels)
+
+
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+"""Depth image encodings :func:`depth_from_msg` reads: 16-bit millimetres (``16UC1``, ``mono16``) or
+32-bit float metres (``32FC1``), REP 118."""
+
+
+def depth_from_msg(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A ``sensor_msgs/Image`` depth image -> float32 H x W metres (NaN where there is no depth:
+    0 millimetres, NaN, inf or a negative value).
+
+    Raises:
+        ImageDecodeError: a compressed message, an encoding not in :data:`DEPTH_ENCODINGS`,
+            inconsistent size fields, too short data, or more than ``max_pixels`` pixels.
+    """
+    if is_compressed(msg):
+        raise ImageDecodeError("a CompressedImage is not a depth image this node reads: publish the depth as "
+                               f"sensor_msgs/Image ({', '.join(DEPTH_ENCODINGS)})")
+    try:
+        encoding = str(msg.encoding).strip()
+        height, width, step = int(msg.height), int(msg.width), int(msg.step)
+        bigendian = bool(msg.is_bigendian)
+        data = msg.data
+    except AttributeError as err:
+        raise ImageDecodeError(f"not a sensor_msgs/Image: missing field {err.name!r}") from err
+    sample = {"16uc1": 2, "mono16": 2, "32fc1": 4}.get(encoding.lower())
+    if sample is None:
+        raise ImageDecodeError(f"unsupported depth encoding {encoding!r}; supported: {', '.join(DEPTH_ENCODINGS)} "
+                               "(REP 118: uint16 millimetres or float32 metres)")
+    _check_pixels(height, width, max_pixels, f"{encoding} depth image")
+    if step < width * sample:
+        raise ImageDecodeError(f"{encoding} depth image step {step} is smaller than width x {sample} "
+                               f"= {width * sample}")
+    length = _data_length(data)
+    if length < step * height:
+        raise ImageDecodeError(f"{encoding} depth image data has {length} bytes, shorter than step x height "
+                               f"= {step} x {height} = {step * height}")
+    rows = _byte_view(data)[: step * height].reshape(height, step)[:, : width * sample]
+    order = ">" if bigendian else "<"
+    if sample == 2:
+        millimetres = np.ascontiguousarray(rows).view(f"{order}u2").reshape(height, width)
+        depth = millimetres.astype(np.float32) / np.float32(1000.0)
+        depth[millimetres == 0] = np.nan
+    else:
+        depth = np.ascontiguousarray(rows).view(f"{order}f4").reshape(height, width).astype(np.float32)
+        depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth
 
 
 def _byte_view(data: Any) -> np.ndarray:

@@ -24,13 +24,12 @@ extrinsics: ``T_base_cam * T_match_query(cam) * T_base_cam^-1``.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from qaa_vpr_ros.local_features import Intrinsics, parse_intrinsics
 from qaa_vpr_ros.poses import rotation_angle
 
 __all__ = ["REJECTIONS", "ROBUST_METHOD", "Intrinsics", "KeyframeVerifier", "Verification", "VerificationConfig",
@@ -44,52 +43,6 @@ ROBUST_METHOD = cv2.USAC_DEFAULT
 
 # Classes of Verification.rejection, one counter each in the node's /diagnostics.
 REJECTIONS = ("features", "matches", "inliers", "inlier_ratio", "geometry", "opencv_error", "error")
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics (pixels) and optional OpenCV distortion coefficients of one camera."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    distortion: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not all(math.isfinite(v) for v in (self.fx, self.fy, self.cx, self.cy)) or self.fx <= 0 or self.fy <= 0:
-            raise ValueError(f"intrinsics fx={self.fx}, fy={self.fy}, cx={self.cx}, cy={self.cy}: "
-                             "focal lengths must be finite and > 0 (an all-zero CameraInfo K means "
-                             "the camera is not calibrated)")
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """3x3 camera matrix K."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
-    @classmethod
-    def from_camera_info(cls, k: Sequence[float], d: Sequence[float] = ()) -> Intrinsics:
-        """From ``sensor_msgs/CameraInfo``'s row-major ``k`` (9 values) and ``d``."""
-        k = [float(v) for v in k]
-        if len(k) != 9:
-            raise ValueError(f"CameraInfo k must have 9 values, got {len(k)}")
-        return cls(fx=k[0], fy=k[4], cx=k[2], cy=k[5], distortion=tuple(float(v) for v in d))
-
-    @classmethod
-    def from_parameter(cls, values: Sequence[float]) -> Intrinsics:
-        """From a parameter ``[fx, fy, cx, cy]`` or ``[fx, fy, cx, cy, k1, k2, p1, p2, k3...]``."""
-        values = [float(v) for v in values]
-        if len(values) < 4:
-            raise ValueError(f"intrinsics parameter needs [fx, fy, cx, cy, distortion...], got {values}")
-        return cls(*values[:4], distortion=tuple(values[4:]))
-
-
-def parse_intrinsics(text: str) -> dict[str, Intrinsics]:
-    """The ``camera_intrinsics`` parameter: ``;``-separated ``"TOPIC fx fy cx cy [k1 k2 p1 p2 ...]"``."""
-    from qaa_vpr_ros.parameter_grammar import parse_topic_numbers
-
-    return parse_topic_numbers(text, "camera_intrinsics", "'TOPIC fx fy cx cy [distortion...]'", 4, more=True,
-                               convert=Intrinsics.from_parameter)
 
 
 @dataclass(frozen=True)
