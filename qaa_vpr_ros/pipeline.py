@@ -42,17 +42,25 @@ from qaa_vpr_ros.decision import (
     QueryResult,
     covariance_from_confidence,
 )
-from qaa_vpr_ros.decision.record import OPTICAL_IN_BASE, LoopClosureRecord, channel_records, with_geometry
+from qaa_vpr_ros.decision.record import (
+    OPTICAL_IN_BASE,
+    LoopClosureRecord,
+    channel_records,
+    covariance_in_match_frame,
+    with_geometry,
+    with_geometry_rotation,
+)
+from qaa_vpr_ros.decision.verifier import CandidateVerifier
 from qaa_vpr_ros.extrinsics import ExtrinsicsSource
-from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
+from qaa_vpr_ros.image_conversion import ImageDecodeError, depth_from_msg, image_from_msg
+from qaa_vpr_ros.local_features import FeatureConfig, LocalFeatures, extract_local_features
 from qaa_vpr_ros.poses import Pose
-from qaa_vpr_ros.verification import KeyframeVerifier
 
 if TYPE_CHECKING:
     from qaa_vpr_ros.extractor import DescriptorExtractor
 
-__all__ = ["Answer", "BatchOutput", "ChannelAnswer", "Frame", "FrameOutcome", "FramePipeline", "PlaceMatch",
-           "StampJump", "StampJumps", "confidence_floor"]
+__all__ = ["Answer", "BatchOutput", "ChannelAnswer", "DepthImages", "Frame", "FrameOutcome", "FramePipeline",
+           "PlaceMatch", "StampJump", "StampJumps", "confidence_floor"]
 
 UNMATCHED_VARIANCE = 9999.0  # diagonal of a published unaccepted best guess (publish_unmatched)
 TIME_JUMP_BACK_S = 5.0  # an image stamped this much before its camera's previous one: a new session
@@ -84,12 +92,18 @@ class FrameOutcome:
     frame: Frame
     status: Literal["processed", "gated", "bad"]
     error: str = ""
+    # The depth pairing of a processed frame of a camera with a depth topic: "paired", "missing"
+    # (none within depth_max_age_s) or "bad" (undecodable: depth_error says why); "" otherwise.
+    depth: str = ""
+    depth_error: str = ""
 
 
 @dataclass(frozen=True)
 class PlaceMatch:
-    """What ``~/place_match`` carries for one query: a keyframe's pose in ``frame_id`` with a
-    covariance (row-major 6x6); ``accepted`` False for a best guess (``publish_unmatched``)."""
+    """What ``~/place_match`` carries for one query: where the query is in ``frame_id`` with a
+    covariance (row-major 6x6): the query's own pose when geometry gave a metric relative pose
+    (``source`` "geometry"), else the matched keyframe's pose (``source`` "keyframe");
+    ``accepted`` False for a best guess (``publish_unmatched``)."""
 
     frame_id: str
     position: tuple[float, float, float]
@@ -97,6 +111,7 @@ class PlaceMatch:
     covariance: list[float]
     accepted: bool
     score: float
+    source: str = "keyframe"
 
 
 @dataclass(frozen=True)
@@ -149,7 +164,8 @@ class BatchOutput:
     jump: StampJump | None = None  # applied before this batch
     dropped_online: int = 0  # online keyframes cleared by a jump back
     inference_ms: float = math.nan
-    search_ms: float = math.nan
+    features_ms: float = math.nan  # local features of the batch (verification)
+    search_ms: float = math.nan  # the decision and verification
     warnings: list[str] = field(default_factory=list)  # for the log, each already rate-limited (TF)
     verification_errors: list[str] = field(default_factory=list)  # for the log (OpenCV or other errors)
 
@@ -158,6 +174,48 @@ def confidence_floor(config: LocalizeConfig, source: str) -> float:
     """The confidence an accepted candidate of database ``source`` has at least: the one that
     its covariance is scaled from (``loop_min_confidence`` online, ``min_confidence`` for the map)."""
     return config.loop_min_confidence if source == "online" else config.min_confidence
+
+
+class DepthImages:
+    """A short history of depth images per camera, to pair each colour image with the depth image
+    of the nearest stamp (thread-safe: depth arrives on the node's callbacks, the pipeline looks up)."""
+
+    def __init__(self, history: int = 8) -> None:
+        from collections import deque
+
+        self._history = history
+        self._deque = deque
+        self._images: dict[str, Any] = {}
+        self._cond = threading.Condition()
+
+    def add(self, camera: str, stamp: float, message: Any) -> None:
+        with self._cond:
+            queue = self._images.setdefault(camera, self._deque(maxlen=self._history))
+            queue.append((stamp, message))
+            self._cond.notify_all()
+
+    def lookup(self, camera: str, stamp: float, max_age_s: float, wait: bool = True) -> Any | None:
+        """The message of the nearest stamp within ``max_age_s`` of ``stamp``; with ``wait``, waits up
+        to ``max_age_s`` (wall clock) for one stamped at or after ``stamp`` when none is yet (colour
+        may come first). None: no pair."""
+        deadline = time.monotonic() + max_age_s
+
+        def newest() -> float:
+            queue = self._images.get(camera)
+            return queue[-1][0] if queue else -math.inf
+
+        with self._cond:
+            while wait and newest() < stamp and time.monotonic() < deadline:
+                self._cond.wait(max(deadline - time.monotonic(), 0.0))
+            queue = list(self._images.get(camera, ()))
+        if not queue:
+            return None
+        gap, message = min(((abs(s - stamp), m) for s, m in queue), key=lambda x: x[0])
+        return message if gap <= max_age_s else None
+
+    def clear(self) -> None:
+        with self._cond:
+            self._images.clear()
 
 
 class StampJumps:
@@ -211,10 +269,14 @@ class FramePipeline:
     gives it the extractor and localizer, after which :attr:`ready` is True."""
 
     def __init__(self, config: LocalizeConfig, extrinsics: ExtrinsicsSource,
-                 verifier: KeyframeVerifier | None = None) -> None:
+                 verifier: CandidateVerifier | None = None) -> None:
         self.config = config
         self.extrinsics = extrinsics
         self.verifier = verifier
+        self.depth = DepthImages()
+        self.depth_of = {image: depth for image, depth in zip(config.image_topics, config.depth_topics, strict=False)
+                         if depth}
+        self.feature_config = FeatureConfig(max_features=config.local_features_max)
         self.poses = PoseHistory()
         self.gate = KeyframeGate(config)
         self.stamps = StampJumps()
@@ -236,6 +298,8 @@ class FramePipeline:
         """A validated change of parameters, effective from the next frame."""
         self.config = config
         self.gate.config = config
+        if self.verifier is not None:
+            self.verifier.config = config
         with self.lock:
             if self.localizer is not None:
                 self.localizer.set_config(config)
@@ -252,8 +316,6 @@ class FramePipeline:
             if self.localizer is not None:
                 dropped = len(self.localizer.online_map)
                 self.localizer.reset()
-            if self.verifier is not None:  # keyframe ids start again: drop their images
-                self.verifier.reset()
         self.gate.reset()
         return dropped
 
@@ -280,7 +342,7 @@ class FramePipeline:
                 with self.lock:
                     self.localizer.restart_sequences()
         cfg = self.config
-        taken: list[tuple[Frame, Query, np.ndarray, str]] = []
+        taken: list[tuple[Frame, Query, np.ndarray, str, np.ndarray | None]] = []
         for frame in frames:
             query = self._admit(frame, cfg)
             if query is None:
@@ -292,22 +354,58 @@ class FramePipeline:
                 out.outcomes.append(FrameOutcome(frame, "bad", str(err)))
                 continue
             self.gate.admit(frame.camera, frame.stamp, query.pose)  # commit: decoded and taken
-            out.outcomes.append(FrameOutcome(frame, "processed"))
-            taken.append((frame, query, image, encoding))
+            depth, status, error = self._depth(frame, cfg)
+            out.outcomes.append(FrameOutcome(frame, "processed", depth=status, depth_error=error))
+            taken.append((frame, query, image, encoding, depth))
         if not taken:
             return out
         t0 = time.perf_counter()
         descriptors = self.extractor.extract([t[2] for t in taken], [t[3] for t in taken])
         t1 = time.perf_counter()
-        with self.lock:
-            results = self.localizer.process([t[1] for t in taken], descriptors)
+        features = [self._features(frame, image, depth, out.verification_errors)
+                    for frame, _, image, _, depth in taken]
         t2 = time.perf_counter()
-        out.inference_ms, out.search_ms = 1000.0 * (t1 - t0), 1000.0 * (t2 - t1)
-        for (frame, _, image, _), result in zip(taken, results, strict=True):
-            self._verify(result, image, out.verification_errors)
-            out.answers.append(Answer(result, self._place_match(result), self._channels(result, out.warnings),
-                                      now_s - frame.stamp))
+        with self.lock:
+            results = self.localizer.process([t[1] for t in taken], descriptors, features)
+            online = self.localizer.online_map
+            for (frame, *_), feats in zip(taken, features, strict=True):
+                if feats is not None and frame.camera not in online.cameras:  # a saved online map carries them
+                    online.set_camera(frame.camera, self.verifier.intrinsics(frame.camera))
+            for result, feats in zip(results, features, strict=True):
+                if self.verifier is not None:
+                    out.verification_errors.extend(self.verifier.verify(result, feats, self.localizer))
+        t3 = time.perf_counter()
+        out.inference_ms, out.features_ms, out.search_ms = (1000.0 * (t1 - t0), 1000.0 * (t2 - t1),
+                                                            1000.0 * (t3 - t2))
+        for (frame, *_), result in zip(taken, results, strict=True):
+            channels = self._channels(result, out.warnings)
+            out.answers.append(Answer(result, self._place_match(result, channels), channels, now_s - frame.stamp))
         return out
+
+    def _depth(self, frame: Frame, cfg: LocalizeConfig) -> tuple[np.ndarray | None, str, str]:
+        """The depth image paired with ``frame`` (metres), its pairing status and error."""
+        topic = self.depth_of.get(frame.camera)
+        if topic is None or self.verifier is None or self.verifier.intrinsics(frame.camera) is None:
+            return None, "", ""
+        message = self.depth.lookup(frame.camera, frame.stamp, cfg.depth_max_age_s)
+        if message is None:
+            return None, "missing", ""
+        try:
+            return depth_from_msg(message, max_pixels=cfg.max_image_pixels), "paired", ""
+        except ImageDecodeError as err:
+            return None, "bad", str(err)
+
+    def _features(self, frame: Frame, image: np.ndarray, depth: np.ndarray | None,
+                  errors: list[str]) -> LocalFeatures | None:
+        """The query's local features, when its camera's intrinsics are known (else None: nothing to
+        verify with). An extraction error is logged and leaves the query without features."""
+        if self.verifier is None or self.verifier.intrinsics(frame.camera) is None:
+            return None
+        try:
+            return extract_local_features(image, depth, self.feature_config)
+        except Exception as err:  # cv2.error, a depth image of another shape: never out of the batch
+            errors.append(f"{frame.camera}: local features failed, the frame is not verified: {err!r}")
+            return None
 
     def _admit(self, frame: Frame, cfg: LocalizeConfig) -> Query | None:
         """The frame's query (with its odometry pose) when the keyframe gate takes it, else None.
@@ -324,22 +422,21 @@ class FramePipeline:
         return Query(camera=frame.camera, stamp_sec=frame.stamp_sec, stamp_nanosec=frame.stamp_nanosec,
                      frame_id=frame.frame_id, pose=pose, pose_frame=pose_frame)
 
-    def _verify(self, result: QueryResult, image: np.ndarray, errors: list[str]) -> None:
-        """Geometric verification of an accepted online loop closure (may un-accept it, docs/NODE.md)."""
-        if self.verifier is None:
-            return
-        outcome = self.verifier.check(result, image)  # never raises: an error is a rejection
-        if outcome is not None and outcome.rejection in ("opencv_error", "error"):
-            errors.append(f"{result.query.camera}: geometric verification failed, loop closure rejected: "
-                          f"{outcome.reason}")
-
-    def _place_match(self, result: QueryResult) -> PlaceMatch | None:
-        """The accepted match (a keyframe with a pose), else with ``publish_unmatched`` the best guess."""
+    def _place_match(self, result: QueryResult, channels: list[ChannelAnswer]) -> PlaceMatch | None:
+        """The accepted match: the query's own pose when geometry gave a metric relative pose (the
+        matched keyframe's pose composed with it, the covariance from the verification carried into
+        the map frame), else the matched keyframe's pose. With ``publish_unmatched``, the best guess."""
         place, cfg = result.place, self.config
         if place is None:
             return None
         best = place.best
         if best is not None and best.keyframe.has_pose:  # never an identity pose for an unknown one
+            record = next((r for a in channels if a.channel is place for r in a.records
+                           if r.accepted and r.match_keyframe_id == int(best.keyframe.id)), None)
+            if record is not None and record.transform_source == "geometry":
+                position, orientation = record.query_pose_in_match_frame()
+                return PlaceMatch(place.map_frame, position, orientation, list(covariance_in_match_frame(record)),
+                                  True, best.score, "geometry")
             return PlaceMatch(place.map_frame, tuple(best.keyframe.position), tuple(best.keyframe.orientation),
                               covariance_from_confidence(best.confidence, confidence_floor(cfg, place.source),
                                                          cfg.covariance_base), True, best.score)
@@ -373,15 +470,16 @@ class FramePipeline:
             lambda c: covariance_from_confidence(c.confidence, floor, cfg.covariance_base if c.offset is None
                                                  else cfg.covariance_sequence),
             query_keyframe_id=int(keyframe.id) if keyframe is not None else -1, extrinsics=extrinsic)
-        if self.verifier is None or channel.source != "online":
-            return records
         out = []
-        for r in records:
-            v = self.verifier.verification_of(r.match_keyframe_id, r.query_stamp_sec, r.query_stamp_nanosec)
-            if v is not None and r.accepted:
+        for candidate, r in zip(channel.candidates, records, strict=True):
+            v = candidate.verification
+            if v is not None and v.accepted:
                 # Geometry is in the optical frames: without extrinsics, the REP 103 optical axes.
-                r = with_geometry(r, v.rotation, v.inliers, extrinsic(r.match_camera, OPTICAL_IN_BASE),
-                                  extrinsic(r.camera, OPTICAL_IN_BASE))
+                e_match, e_query = extrinsic(r.match_camera, OPTICAL_IN_BASE), extrinsic(r.camera, OPTICAL_IN_BASE)
+                if v.metric:
+                    r = with_geometry(r, v.matrix, v.covariance, v.inliers, e_match, e_query)
+                else:
+                    r = with_geometry_rotation(r, v.rotation, v.covariance[3:, 3:], v.inliers, e_match, e_query)
             out.append(r)
         return out
 

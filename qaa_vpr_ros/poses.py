@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "Pose",
+    "conjugated_covariance",
     "interpolate_pose",
     "matrix_quaternion",
     "pose_matrix",
@@ -127,6 +128,25 @@ def transform_error(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
     (x, y, z, roll, pitch, yaw) (rotation as a rotation vector, small-angle roll/pitch/yaw)."""
     delta = np.linalg.inv(truth) @ estimate
     return np.concatenate([delta[:3, 3], rotation_vector(delta[:3, :3])])
+
+
+def conjugated_covariance(left: np.ndarray, transform: np.ndarray, right: np.ndarray,
+                          covariance: np.ndarray) -> np.ndarray:
+    """6x6 covariance of ``left @ transform @ right`` (4x4 each) from the 6x6 ``covariance`` of
+    ``transform``, both as (translation added, then a small rotation applied on the left), in the
+    frame the pose is expressed in (first order, exact for the rotation block):
+
+    translation error ``R_L (dt + dtheta x (R t_right))``, rotation error ``R_L dtheta``.
+    A relative pose between two cameras becomes one between their bases this way
+    (``left`` = T_base_cam of one, ``right`` = T_cam_base of the other)."""
+    r_left = np.asarray(left, np.float64)[:3, :3]
+    lever = np.asarray(transform, np.float64)[:3, :3] @ np.asarray(right, np.float64)[:3, 3]
+    cross = np.array([[0.0, -lever[2], lever[1]], [lever[2], 0.0, -lever[0]], [-lever[1], lever[0], 0.0]])
+    jac = np.zeros((6, 6))
+    jac[:3, :3] = jac[3:, 3:] = r_left
+    jac[:3, 3:] = -r_left @ cross
+    out = jac @ np.asarray(covariance, np.float64) @ jac.T
+    return 0.5 * (out + out.T)
 
 
 # --- interpolation ----------------------------------------------------------------------------

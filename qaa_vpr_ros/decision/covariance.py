@@ -28,10 +28,20 @@ __all__ = [
     "covariance_from_confidence",
 ]
 
-TRANSFORM_SOURCES = ("geometry", "sequence", "none")
-"""How ``relative_*`` was obtained: geometric verification (features + RANSAC), the sequence
-alignment's along-track offset, or nothing (identity, with a covariance as wide as the error of a
-place match without geometry)."""
+TRANSFORM_SOURCES = ("geometry", "sequence", "none", "geometry_rotation")
+"""How ``relative_*`` was obtained (the table's ``transform_source`` is an index into this tuple:
+new values are appended, never reordered):
+
+- ``geometry``: geometric verification with depth (PnP of local features on a keyframe's depth):
+  rotation and **metric** translation, with the covariance of that solution;
+- ``sequence``: the sequence alignment's along-track offset (no geometry);
+- ``none``: nothing (identity, with a covariance as wide as the error of a place match);
+- ``geometry_rotation``: geometric verification without depth (essential matrix): the rotation
+  (with its covariance), the translation kept from the sequence alignment or identity (with that
+  source's covariance): a single camera does not see scale.
+
+Before format 2 of the table's meaning, ``geometry`` was rotation-only (online closures); such
+records now read ``geometry_rotation``."""
 
 GEOMETRY_ROTATION_VARIANCE = math.radians(1.0) ** 2
 """Rotation variance (rad^2, each axis) of a geometrically verified match: (1 deg)^2, twice the
@@ -72,12 +82,13 @@ class CovarianceModel:
     none: tuple[float, ...] = (100.0, 4.0, 1.0, 0.01, 0.01, 0.05)
     sequence: tuple[float, ...] = (25.0, 4.0, 1.0, 0.01, 0.01, 0.05)
     geometry: tuple[float, ...] = (25.0, 4.0, 1.0, 0.001, 0.001, 0.001)
+    geometry_rotation: tuple[float, ...] = (25.0, 4.0, 1.0, 0.001, 0.001, 0.001)
     # Smallest calibrated variance: (0.5 m)^2, (0.57 deg)^2: a finite calibration sample that happened
     # to show no error on an axis must not make that axis a hard constraint.
     floor: tuple[float, ...] = (0.25, 0.25, 0.25, 1e-4, 1e-4, 1e-4)
 
     def __post_init__(self) -> None:
-        for name in ("none", "sequence", "geometry", "floor"):
+        for name in (*TRANSFORM_SOURCES, "floor"):
             given = getattr(self, name)
             try:
                 values = tuple(map(float, given))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,6 +65,8 @@ class Candidate:
     # (4, 4) T_match_query from the sequence alignment's along-track offset (accepted best with
     # odometry only; None: not estimated, the record keeps the identity)
     offset: np.ndarray | None = None
+    # The geometric verification of this candidate (qaa_vpr_ros.verification.Verification), when it ran.
+    verification: Any = None
 
 
 @dataclass

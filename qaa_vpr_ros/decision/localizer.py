@@ -22,6 +22,7 @@ from qaa_vpr_ros.decision.sequence import KeyframeTable
 from qaa_vpr_ros.poses import Pose
 
 if TYPE_CHECKING:
+    from qaa_vpr_ros.local_features import LocalFeatures
     from qaa_vpr_ros.maps.place_map import Keyframe, PlaceMap
 
 __all__ = ["SEARCH_DEPTH", "Localizer", "Query", "QueryResult"]
@@ -179,17 +180,20 @@ class Localizer:
                 confidence=float(hyp.confidence[rank]), offset=hyp.offset if first else None))
         return out
 
-    def process(self, queries: Sequence[Query], descriptors: np.ndarray) -> list[QueryResult]:
+    def process(self, queries: Sequence[Query], descriptors: np.ndarray,
+                features: Sequence[LocalFeatures | None] | None = None) -> list[QueryResult]:
         """Decide for a batch of queries (descriptors (N, D) float32, same order) in stamp order;
-        with online loop closure on, each query joins the online database after its decision.
+        with online loop closure on, each query joins the online database after its decision, with
+        its local features (``features``, same order; None: none) for geometric verification.
 
         BLAS runs single-threaded meanwhile: the decision's products are small (a few dozen rows),
         where waking a second thread costs more than it saves, and on a busy CPU far more
         (``scripts/bench_decision.py``: 2x slower with 2 threads on 2 loaded cores)."""
         with self._blas.limit(limits=1, user_api="blas"):
-            return self._process(queries, descriptors)
+            return self._process(queries, descriptors, features)
 
-    def _process(self, queries: Sequence[Query], descriptors: np.ndarray) -> list[QueryResult]:
+    def _process(self, queries: Sequence[Query], descriptors: np.ndarray,
+                 features: Sequence[LocalFeatures | None] | None) -> list[QueryResult]:
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
         if descriptors.shape != (len(queries), self.dim):
             raise ValueError(f"descriptors have shape {descriptors.shape}, "
@@ -229,10 +233,11 @@ class Localizer:
                                                  step=self._step, table_sims=sims)
                 results[i].online = ChannelResult("online", self.online_frame,
                                                   self._candidates(hyp, self._online_keyframes))
-                results[i].keyframe = self._add_online(q, d, path_m)
+                results[i].keyframe = self._add_online(q, d, path_m, features[i] if features is not None else None)
         return results
 
-    def _add_online(self, q: Query, descriptor: np.ndarray, path_m: float) -> Keyframe:
+    def _add_online(self, q: Query, descriptor: np.ndarray, path_m: float,
+                    features: LocalFeatures | None = None) -> Keyframe:
         from qaa_vpr_ros.maps import Keyframe
 
         if q.pose is not None:
@@ -242,7 +247,7 @@ class Localizer:
         keyframe = Keyframe(
             id=self._next_online_id, stamp_sec=q.stamp_sec, stamp_nanosec=q.stamp_nanosec, camera=q.camera,
             frame_id=q.frame_id, position=tuple(position), orientation=tuple(orientation), source="online")
-        self.online_map.add(descriptor[None], [keyframe])
+        self.online_map.add(descriptor[None], [keyframe], features=[features])
         self.online_matcher.table.append(descriptor[None], np.array([position], np.float64),
                                          np.array([orientation], np.float64), np.array([q.stamp]),
                                          np.array([path_m]))
@@ -272,7 +277,7 @@ class Localizer:
         self._online_keyframes = kept
 
     def online_memory_bytes(self) -> int:
-        """Bytes the online database holds: map descriptors + flat index + the decision's table."""
+        """Bytes the online database holds: map descriptors, local features, flat index, the decision's table."""
         table = self.online_matcher.table
         return self.online_map.memory_bytes + sum(
             a.nbytes for a in (table._desc, table._pos, table._rot, table._stamp, table._path, table._posed))

@@ -60,6 +60,13 @@ class LocalizeConfig:
     odom_frame: str = _param(
         "odom", "Frame of the online keyframe database when odometry messages carry no frame_id.",
         read_only=True)
+    depth_topics: list[str] = _param(
+        [], "Depth image topics (sensor_msgs/Image 16UC1 millimetres or 32FC1 metres, registered to the colour "
+        "image), one per image topic in the same order; '' for a camera without depth. Empty: no depth. "
+        "A single string 'a,b' is also accepted.", read_only=True)
+    depth_max_age_s: float = _param(
+        0.05, "A depth image is paired with the colour image of the nearest stamp within this (seconds); the "
+        "node waits that long for a depth image stamped after the colour one.", range=(0.0, 5.0))
     odom_max_age_s: float = _param(
         0.5, "Largest gap between an image stamp and the odometry samples the pose is interpolated "
         "from (or the nearest one, at the ends of the history).", range=(0.0, 60.0))
@@ -167,16 +174,29 @@ class LocalizeConfig:
         "(m, unit quaternion); matches across cameras are corrected by them. Unlisted cameras: identity.",
         read_only=True)
     verify_geometry: bool = _param(
-        False, "Verify accepted online loop closures geometrically (SIFT + USAC on the query's and the "
-        "matched keyframe's images); a failed check un-accepts the loop closure, a passed one gives the "
-        "record its relative rotation. Needs intrinsics: camera_info next to each image topic, or "
-        "camera_intrinsics.", read_only=True)
+        True, "Verify each query's top candidates, map and online, geometrically from local features (SIFT; "
+        "PnP on depth where a keyframe or the query has depth, else the essential matrix): a failed check "
+        "un-accepts a match, a passed one gives its record the relative pose and a covariance from the "
+        "evidence. Needs intrinsics: camera_info next to each image topic, or camera_intrinsics; without "
+        "them (or features) the match stays as decided, counted in /diagnostics.", read_only=True)
     camera_intrinsics: str = _param(
-        "", "Intrinsics for verify_geometry when no camera_info topic: ';'-separated entries "
+        "", "Intrinsics when no camera_info topic: ';'-separated entries "
         "'TOPIC fx fy cx cy [k1 k2 p1 p2 k3]' (pixels).", read_only=True)
-    verify_max_images: int = _param(
-        1000, "verify_geometry: grey images of the newest online keyframes kept for it (640x480: 0.3 MB "
-        "each).", range=(0, 1_000_000), read_only=True)
+    verify_candidates: int = _param(
+        3, "Candidates per database (best sequence score first) verified for each query; the accepted one "
+        "always is.", range=(0, 100))
+    local_features_max: int = _param(
+        700, "Local features (SIFT, strongest first) extracted per query and kept per online keyframe.",
+        range=(50, 10000), read_only=True)
+    geometry_accept: bool = _param(
+        True, "Accept a candidate at once when geometry verifies it strongly (below), without waiting for "
+        "sequence support, also in a map with no rival place beyond confidence_radius_m.")
+    geometry_accept_min_inliers: int = _param(
+        40, "geometry_accept: PnP (or essential-matrix) inliers needed.", range=(6, 100000))
+    geometry_accept_min_inlier_ratio: float = _param(
+        0.3, "geometry_accept: share of the usable matches that are inliers.", range=(0.0, 1.0))
+    geometry_accept_essential: bool = _param(
+        False, "geometry_accept also without depth (essential matrix: rotation only, no metric position).")
     save_map_folder: str = _param(
         "", "Folder ~/save_map writes the online database to. Empty: "
         "~/.ros/qaa_vpr_ros/online_map_<UTC time>.")
@@ -205,12 +225,18 @@ class LocalizeConfig:
                            f"({self.sequence_keyframes}): no sequence could ever give that much support")
             if not self.image_topics:
                 out.append("image_topics is empty: give at least one camera topic")
+            if self.depth_topics and len(self.depth_topics) != len(self.image_topics):
+                out.append(f"depth_topics has {len(self.depth_topics)} entries for {len(self.image_topics)} "
+                           "image_topics: give one per image topic, in the same order ('' for a camera without depth)")
+            clash = sorted(set(self.depth_topics) & set(self.image_topics))
+            if clash:
+                out.append(f"depth_topics {clash} are also image_topics: a depth image is never a camera")
             try:
                 parse_extrinsics(self.camera_extrinsics)
             except ValueError as err:
                 out.append(f"parameter 'camera_extrinsics': {err}")
             try:
-                from qaa_vpr_ros.verification import parse_intrinsics
+                from qaa_vpr_ros.local_features import parse_intrinsics
 
                 parse_intrinsics(self.camera_intrinsics)
             except ValueError as err:
@@ -312,6 +338,10 @@ def normalize(name: str, value: Any) -> Any:
         if isinstance(value, str):
             value = [value]
         return [t.strip() for item in value for t in str(item).split(",") if t.strip()]
+    if name == "depth_topics" and isinstance(value, (str, list, tuple)):
+        # Blanks are kept between entries ('' = a camera without depth), so the order stays the cameras'.
+        items = [t.strip() for item in ([value] if isinstance(value, str) else value) for t in str(item).split(",")]
+        return items if any(items) else []
     if name in ("covariance_base", "covariance_sequence") and isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return [float(v) for v in value]  # anything else stays as given: check() names the parameter

@@ -38,7 +38,7 @@ import numpy as np
 # got their own modules.
 from qaa_vpr_ros.decision.covariance import GEOMETRY_ROTATION_VARIANCE, TRANSFORM_SOURCES, CovarianceModel
 from qaa_vpr_ros.decision.parameters import parse_extrinsics
-from qaa_vpr_ros.poses import matrix_quaternion, pose_matrix, transform_error
+from qaa_vpr_ros.poses import conjugated_covariance, matrix_quaternion, pose_matrix, transform_error
 
 if TYPE_CHECKING:
     from qaa_vpr_ros.decision.decision import Candidate, ChannelResult
@@ -62,6 +62,7 @@ __all__ = [
     "records_to_table",
     "transform_error",
     "with_geometry",
+    "with_geometry_rotation",
 ]
 
 NAME_BYTES = 64
@@ -387,22 +388,46 @@ def covariance_in_match_frame(record: LoopClosureRecord) -> tuple[float, ...]:
     return tuple(float(v) for v in (0.5 * (cov + cov.T)).ravel())
 
 
-def with_geometry(record: LoopClosureRecord, rotation_cam: np.ndarray, inliers: int,
+def with_geometry(record: LoopClosureRecord, transform_cam: np.ndarray, covariance_cam: np.ndarray, inliers: int,
                   t_base_cam_match: np.ndarray, t_base_cam_query: np.ndarray) -> LoopClosureRecord:
-    """``record`` with the relative rotation of geometric verification: ``rotation_cam`` is
-    ``R_match_query`` between the two camera optical frames; the base-frame transform is
-    ``T_base_cam(match) * [R | 0] * T_base_cam(query)^-1`` (a single camera sees the translation
-    only up to scale, so the translation keeps the record's identity-offset covariance). The
-    rotation variance becomes :data:`GEOMETRY_ROTATION_VARIANCE`; ``transform_source`` "geometry"."""
-    cam = np.eye(4)
-    cam[:3, :3] = np.asarray(rotation_cam, dtype=np.float64)
-    relative = np.asarray(t_base_cam_match) @ cam @ np.linalg.inv(np.asarray(t_base_cam_query))
+    """``record`` with the metric relative pose of geometric verification with depth (source
+    ``geometry``): ``transform_cam`` is ``T_match_query`` (4x4) between the two camera optical
+    frames and ``covariance_cam`` its 6x6 covariance there (translation, then rotation applied on
+    the left); the base-frame transform is ``T_base_cam(match) * T_cam * T_base_cam(query)^-1`` and
+    the covariance is carried into the matched keyframe's base frame
+    (:func:`~qaa_vpr_ros.poses.conjugated_covariance`)."""
+    left, right = np.asarray(t_base_cam_match, np.float64), np.linalg.inv(np.asarray(t_base_cam_query, np.float64))
+    relative = left @ np.asarray(transform_cam, np.float64) @ right
+    cov = conjugated_covariance(left, transform_cam, right, covariance_cam)
+    return replace(record, relative_translation=tuple(relative[:3, 3]),
+                   relative_rotation=matrix_quaternion(relative[:3, :3]), covariance=_covariance_tuple(cov),
+                   transform_source="geometry", inliers=int(inliers))
+
+
+def with_geometry_rotation(record: LoopClosureRecord, rotation_cam: np.ndarray,
+                           rotation_covariance_cam: np.ndarray, inliers: int, t_base_cam_match: np.ndarray,
+                           t_base_cam_query: np.ndarray) -> LoopClosureRecord:
+    """``record`` with the relative rotation of geometric verification without depth (source
+    ``geometry_rotation``): ``rotation_cam`` is ``R_match_query`` between the camera optical frames,
+    ``rotation_covariance_cam`` its 3x3 covariance there. The translation is **kept** (the sequence
+    alignment's along-track offset, or identity) with its covariance: a single camera does not see
+    the scale. The base-frame rotation is ``R_base_cam(match) * R_cam * R_base_cam(query)^-1``."""
+    left = np.asarray(t_base_cam_match, np.float64)[:3, :3]
+    right = np.asarray(t_base_cam_query, np.float64)[:3, :3].T
+    rotation = left @ np.asarray(rotation_cam, np.float64) @ right
     cov = np.zeros((6, 6))
     cov[:3, :3] = record.covariance_matrix[:3, :3]
-    cov[3:, 3:] = np.eye(3) * GEOMETRY_ROTATION_VARIANCE
-    return replace(record, relative_translation=tuple(relative[:3, 3]),
-                   relative_rotation=matrix_quaternion(relative[:3, :3]), covariance=tuple(cov.ravel()),
-                   transform_source="geometry", inliers=int(inliers))
+    cov[3:, 3:] = left @ np.asarray(rotation_covariance_cam, np.float64) @ left.T
+    return replace(record, relative_rotation=matrix_quaternion(rotation), covariance=_covariance_tuple(cov),
+                   transform_source="geometry_rotation", inliers=int(inliers))
+
+
+def _covariance_tuple(cov: np.ndarray) -> tuple[float, ...]:
+    """Exactly symmetric, strictly positive diagonal (a record's invariant)."""
+    cov = 0.5 * (cov + cov.T)
+    diag = np.diag(cov).copy()
+    np.fill_diagonal(cov, np.maximum(diag, 1e-12))
+    return tuple(float(v) for v in cov.ravel())
 
 
 OPTICAL_IN_BASE = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])

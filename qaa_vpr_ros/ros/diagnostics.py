@@ -43,6 +43,10 @@ class CameraState:
     gated: int = 0
     bad: int = 0
     last_bad: str = ""
+    depth_paired: int = 0  # processed frames with a depth image of a near stamp (depth_topics)
+    depth_missing: int = 0  # ... without one within depth_max_age_s
+    depth_bad: int = 0  # ... with an undecodable one
+    last_depth_error: str = ""
     last_receive: float | None = None  # time.monotonic()
     frame_age_ms: float = math.nan
     receive_times: deque = field(default_factory=lambda: deque(maxlen=4096))
@@ -128,6 +132,8 @@ def camera_status(name: str, cam: CameraState, cfg: LocalizeConfig, now: float, 
         "gated": cam.gated, "bad_messages": cam.bad, "last_bad_message": cam.last_bad,
         "frame_age_ms": f"{cam.frame_age_ms:.1f}", "clock": clock_name(use_sim_time),
         "silent_s": f"{silent:.1f}", "tf_lookup_failures": tf.failures, "tf_last_error": tf.last_error,
+        "depth_paired": cam.depth_paired, "depth_missing": cam.depth_missing, "depth_bad": cam.depth_bad,
+        "last_depth_error": cam.last_depth_error,
     })
 
 

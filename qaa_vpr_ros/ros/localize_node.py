@@ -34,12 +34,12 @@ from std_srvs.srv import Trigger
 
 from qaa_vpr_ros.decision import ConfigError, LocalizeConfig, Localizer, PoseHistory, normalize, parameter_table
 from qaa_vpr_ros.extrinsics import TransformBuffer
+from qaa_vpr_ros.local_features import Intrinsics
 from qaa_vpr_ros.ros import diagnostics, messages
 from qaa_vpr_ros.ros.diagnostics import CameraState, Counters
 from qaa_vpr_ros.ros.messages import LOOP_CANDIDATE_DTYPE
 from qaa_vpr_ros.ros.outputs import Outputs
 from qaa_vpr_ros.ros.startup import StartupError, build_pipeline, declare_parameters, load
-from qaa_vpr_ros.verification import Intrinsics
 
 if TYPE_CHECKING:  # torch: imported by loading, after the node is up and SIGINT is taken
     from qaa_vpr_ros.extractor import DescriptorExtractor
@@ -103,9 +103,11 @@ class LocalizeNode(Node):
             self.create_subscription(Odometry, cfg.odom_topic, self._on_odom, self._image_qos, callback_group=io)
         if self.pipeline.verifier is not None:  # intrinsics from each camera's sibling camera_info topic
             for topic in cfg.image_topics:
-                base = topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
-                self.create_subscription(CameraInfo, base.rsplit("/", 1)[0] + "/camera_info",
+                self.create_subscription(CameraInfo, messages.camera_info_topic(topic),
                                          lambda msg, cam=topic: self._on_camera_info(cam, msg), 10, callback_group=io)
+            for topic, depth in self.pipeline.depth_of.items():  # registered depth, paired by stamp
+                self.create_subscription(Image, depth, lambda msg, cam=topic: self._on_depth(cam, msg),
+                                         self._image_qos, callback_group=io)
         self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics, clock=steady)
         self.create_timer(1.0, self._watch_inputs, clock=steady)
         self._worker = threading.Thread(target=self._run, name="localize_inference", daemon=True)
@@ -180,6 +182,9 @@ class LocalizeNode(Node):
     def _on_odom(self, msg: Odometry) -> None:
         self._odom_last = time.monotonic()
         self.pipeline.add_odometry(*messages.odometry_of(msg))
+
+    def _on_depth(self, camera: str, msg: Image) -> None:
+        self.pipeline.depth.add(camera, msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec, msg)
 
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
         verifier = self.pipeline.verifier
@@ -257,6 +262,14 @@ class LocalizeNode(Node):
                     cam.gated += 1
                 elif outcome.status == "bad":
                     cam.bad, cam.last_bad = cam.bad + 1, outcome.error
+            for outcome in out.outcomes:
+                cam = self.cameras[outcome.frame.camera]
+                if outcome.depth == "paired":
+                    cam.depth_paired += 1
+                elif outcome.depth == "missing":
+                    cam.depth_missing += 1
+                elif outcome.depth == "bad":
+                    cam.depth_bad, cam.last_depth_error = cam.depth_bad + 1, outcome.depth_error
             for answer in out.answers:
                 cam = self.cameras[answer.query.camera]
                 cam.processed += 1

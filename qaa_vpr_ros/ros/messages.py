@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # faiss: imported with the map, when loading
     from qaa_vpr_ros.maps import Keyframe
 
 __all__ = [
-    "LOOP_CANDIDATE_DTYPE", "candidate_markers", "candidates_msg", "descriptor_of", "frame_of", "initialpose_msg",
+    "LOOP_CANDIDATE_DTYPE", "camera_info_topic", "candidate_markers", "candidates_msg", "descriptor_of", "frame_of",
+    "initialpose_msg",
     "keyframe_marker", "lio_sam_msg", "loop_closure_msg", "loop_line_marker", "odometry_of", "path_msg",
     "place_match_msg", "pose_msg", "records_cloud", "records_from_cloud", "stamp_of", "time_msg",
     "transform_matrix", "transform_msg",
@@ -71,6 +72,13 @@ def descriptor_of(spec: ParamSpec) -> ParameterDescriptor:
 
 
 # --- inputs ------------------------------------------------------------------------------------
+def camera_info_topic(image_topic: str) -> str:
+    """The ``sensor_msgs/CameraInfo`` topic beside an image topic (image_transport's rule):
+    ``/ns/image_raw`` and ``/ns/image_raw/compressed`` -> ``/ns/camera_info``."""
+    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+    return base.rsplit("/", 1)[0] + "/camera_info"
+
+
 def frame_of(camera: str, msg: Image | CompressedImage) -> Frame:
     """An image message (``Image`` or ``CompressedImage``) of camera topic ``camera`` as a Frame."""
     return Frame(camera, msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id, msg)

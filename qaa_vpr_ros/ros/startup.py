@@ -18,11 +18,12 @@ from rclpy.node import Node
 
 from qaa_vpr_ros.decision import ConfigError, LocalizeConfig, Localizer, ParamSpec
 from qaa_vpr_ros.decision.parameters import parse_extrinsics
+from qaa_vpr_ros.decision.verifier import CandidateVerifier
 from qaa_vpr_ros.extrinsics import ExtrinsicsSource, TransformBuffer
+from qaa_vpr_ros.local_features import parse_intrinsics
 from qaa_vpr_ros.paths import PathError, expand_path
 from qaa_vpr_ros.pipeline import FramePipeline
 from qaa_vpr_ros.ros.messages import descriptor_of
-from qaa_vpr_ros.verification import KeyframeVerifier, parse_intrinsics
 
 if TYPE_CHECKING:
     from qaa_vpr_ros.extractor import DescriptorExtractor
@@ -72,7 +73,7 @@ def build_pipeline(node: Node, cfg: LocalizeConfig, tf_buffer: TransformBuffer |
             node._tf_listener = TransformListener(tf_buffer, node)  # kept alive with the node
     verifier = None
     if cfg.verify_geometry:
-        verifier = KeyframeVerifier(cfg.verify_max_images)
+        verifier = CandidateVerifier(cfg)
         for camera, intrinsics in parse_intrinsics(cfg.camera_intrinsics).items():
             verifier.set_intrinsics(camera, intrinsics)
     extrinsics = ExtrinsicsSource(cfg.base_frame, parse_extrinsics(cfg.camera_extrinsics), tf_buffer,
