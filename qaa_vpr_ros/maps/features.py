@@ -16,7 +16,7 @@ import numpy as np
 
 from qaa_vpr_ros.local_features import DESCRIPTOR_BYTES, LocalFeatures
 
-__all__ = ["FLAG_DEPTH", "FLAG_FEATURES", "PackedFeatures", "check_feature_index", "pack_features"]
+__all__ = ["FLAG_DEPTH", "FLAG_FEATURES", "PackedFeatures", "check_feature_index", "feature_bytes", "pack_features"]
 
 FLAG_FEATURES = 1
 FLAG_DEPTH = 2
@@ -53,16 +53,17 @@ class PackedFeatures:
         return PackedFeatures(packed, np.asarray(self.keypoints)[take], np.asarray(self.descriptors)[take],
                               np.asarray(self.depth_mm)[take])
 
-    @property
-    def nbytes_per_row(self) -> np.ndarray:
-        """(N,) int64 bytes each keyframe's features hold (keypoints + descriptors + depth)."""
-        counts, flags = self.index[:, 1], self.index[:, 2]
-        return counts * (8 + DESCRIPTOR_BYTES) + np.where(flags & FLAG_DEPTH, 2 * counts, 0)
-
     @staticmethod
     def empty(rows: int = 0) -> PackedFeatures:
         return PackedFeatures(np.zeros((rows, 3), np.int64), np.zeros((0, 2), np.float32),
                               np.zeros((0, DESCRIPTOR_BYTES), np.uint8), np.zeros(0, np.uint16))
+
+
+def feature_bytes(index: np.ndarray) -> np.ndarray:
+    """(N,) int64 bytes each keyframe's features hold (keypoints + descriptors + depth) from the
+    (N, 3) index."""
+    counts, flags = index[:, 1], index[:, 2]
+    return counts * (8 + DESCRIPTOR_BYTES) + np.where(flags & FLAG_DEPTH, 2 * counts, 0)
 
 
 def pack_features(features: Sequence[LocalFeatures | None], first: int = 0) -> PackedFeatures:

@@ -178,9 +178,10 @@ class PlaceMap:
         self._ids = np.fromiter((kf.id for kf in self._keyframes), np.int64, len(self._keyframes))
         self._index = _index
         self._indexed = _index.ntotal if _index is not None else 0
-        # Local features (maps/features.py): one index row per keyframe row, feature rows packed.
-        packed = _features if _features is not None else PackedFeatures.empty(len(self._keyframes))
-        if len(packed.index) != len(self._keyframes):
+        # Local features (maps/features.py): one index row per keyframe row, feature rows packed; the
+        # index stays empty (all rows without features) until the first keyframe with features.
+        packed = _features if _features is not None else PackedFeatures.empty()
+        if len(packed.index) not in (0, len(self._keyframes)):
             raise MapError(f"{len(packed.index)} feature index rows for {len(self._keyframes)} keyframes")
         self._feat_index = _GrowableArray(3, np.int64, packed.index)
         self._feat_keypoints = _GrowableArray(2, np.float32, packed.keypoints)
@@ -273,7 +274,7 @@ class PlaceMap:
         """(N, 3) int64 per keyframe row: start, count, flags of its local features (a copy;
         :mod:`qaa_vpr_ros.maps.features`)."""
         with self._lock:
-            return np.array(self._feat_index.view())
+            return np.array(self._packed().index)
 
     @property
     def cameras(self) -> dict[str, Intrinsics]:
@@ -308,7 +309,10 @@ class PlaceMap:
 
     def _packed(self) -> PackedFeatures:
         """The feature table as views of the buffers (under the lock)."""
-        return PackedFeatures(self._feat_index.view(), self._feat_keypoints.view(), self._feat_descriptors.view(),
+        index = self._feat_index.view()
+        if len(index) < len(self._keyframes):  # no keyframe has features: the index was never filled
+            index = np.zeros((len(self._keyframes), 3), np.int64)
+        return PackedFeatures(index, self._feat_keypoints.view(), self._feat_descriptors.view(),
                               self._feat_depth.view())
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> PlaceMap:
@@ -320,7 +324,7 @@ class PlaceMap:
                 raise MapError(f"rows must lie in 0..{len(self._keyframes) - 1}")
             kept = PlaceMap(self.dim, self.model_fingerprint, self.index_type, dict(self.index_params), self.map_frame,
                             map_id=self.map_id, _descriptors=np.array(self._desc.view()[rows]),
-                            _keyframes=[self._keyframes[r] for r in rows], _features=self._packed().rows(rows))
+                            _keyframes=[self._keyframes[r] for r in rows], _features=self._packed().rows(rows) if self._with_features else None)
             kept.sources, kept.info = list(self.sources), dict(self.info)
             kept._cameras, kept.feature_config = dict(self._cameras), dict(self.feature_config)
         if len(kept) and not kept.is_exact:  # a trained index is trained now; a flat one at first search
@@ -352,22 +356,27 @@ class PlaceMap:
             clashes = [i for i in new_ids if i in self._row_of_id]
             if clashes or len(set(new_ids)) != len(new_ids):
                 raise MapError(f"keyframe ids already in the map or repeated: {sorted(set(clashes))[:5]}...")
-            try:
-                packed = pack_features(features if features is not None else [None] * len(keyframes),
-                                       first=len(self._feat_keypoints))
-            except TypeError as err:
-                raise MapError(str(err)) from err
+            packed = None
+            if features is not None or len(self._feat_index):
+                try:
+                    packed = pack_features(features if features is not None else [None] * len(keyframes),
+                                           first=len(self._feat_keypoints))
+                except TypeError as err:
+                    raise MapError(str(err)) from err
+                if len(self._feat_index) < len(self._keyframes):  # the rows before: without features
+                    self._feat_index.append(np.zeros((len(self._keyframes), 3), np.int64))
             for offset, kf in enumerate(keyframes):
                 self._row_of_id[int(kf.id)] = len(self._keyframes) + offset
             self._keyframes.extend(keyframes)
             self._ids = np.concatenate([self._ids, np.asarray(new_ids, np.int64)])
             stored = descriptors.astype(np.float16)
             self._desc.append(stored)
-            self._feat_index.append(packed.index)
-            self._feat_keypoints.append(packed.keypoints)
-            self._feat_descriptors.append(packed.descriptors)
-            self._feat_depth.append(packed.depth_mm)
-            self._with_features += int(np.count_nonzero(packed.index[:, 2] & FLAG_FEATURES))
+            if packed is not None:
+                self._feat_index.append(packed.index)
+                self._feat_keypoints.append(packed.keypoints)
+                self._feat_descriptors.append(packed.descriptors)
+                self._feat_depth.append(packed.depth_mm)
+                self._with_features += int(np.count_nonzero(packed.index[:, 2] & FLAG_FEATURES))
             # The index holds exactly the stored (float16) values, so a rebuild reproduces it.
             in_sync = self._indexed == len(self._desc) - len(stored)
             if self._index is not None and self._index.is_trained and in_sync:
@@ -469,12 +478,13 @@ class PlaceMap:
                     write_keyframes(tmp / KEYFRAMES_FILE, self._keyframes)
                     arrays = {DESCRIPTORS_FILE: self._desc}
                     if self._with_features:
-                        arrays.update({FEATURES_INDEX_FILE: self._feat_index, FEATURES_KEYPOINTS_FILE:
+                        arrays.update({FEATURES_INDEX_FILE: self._packed().index, FEATURES_KEYPOINTS_FILE:
                                        self._feat_keypoints, FEATURES_DESCRIPTORS_FILE: self._feat_descriptors,
                                        FEATURES_DEPTH_FILE: self._feat_depth})
                     for name, buffer in arrays.items():
+                        view = buffer if isinstance(buffer, np.ndarray) else buffer.view()
                         with open(tmp / name, "wb") as f:
-                            np.save(f, np.ascontiguousarray(buffer.view()), allow_pickle=False)
+                            np.save(f, np.ascontiguousarray(view), allow_pickle=False)
                     manifest["files"] = {
                         name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                         for name in DATA_FILES + (FEATURE_FILES if self._with_features else ())
