@@ -8,6 +8,13 @@ degrees clockwise from +y/north, written only when the map has orientations; seq
 ``<bag>:<camera>``) and the images under ``ROOT/images/``. Train on it with the ``images_csv``
 dataset format.
 
+A map with local features also gets them beside each image: ``<image>.npz`` (same name, ``.npz``
+for the image suffix) holding ``keypoints`` (K, 2) float32 pixels as detected (still distorted),
+``descriptors`` (K, 128) uint8 SIFT and, when a depth image came with the keyframe, ``depth_mm``
+(K,) uint16 millimetres (0 = none); plain arrays, ``np.load(path, allow_pickle=False)`` reads them.
+``ROOT/cameras.json`` holds each camera's intrinsics: ``{topic: {"fx", "fy", "cx", "cy",
+"distortion": [k1, k2, p1, p2, k3...]}}``.
+
 Example::
 
     export_map campus_map -o campus_dataset
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import re
@@ -74,7 +82,7 @@ def _recorded_bag(name: str, source: dict) -> Path:
 def _is_export_folder(folder: Path) -> bool:
     """An earlier export (images.csv + images/ only): the one kind of folder an export replaces."""
     names = {p.name for p in folder.iterdir()}
-    return "images.csv" in names and names <= {"images.csv", "images"}
+    return "images.csv" in names and names <= {"images.csv", "images", "cameras.json"}
 
 
 def _compass_heading_deg(q: Sequence[float]) -> float:
@@ -134,11 +142,24 @@ def export_map(
                     bgr = _to_bgr(pixels, encoding)
                     if not cv2.imwrite(str(root / rel), bgr):
                         raise OSError(f"could not write {root / rel}")
+                    features = place_map.local_features(kf.id)
+                    if features is not None:
+                        arrays = {"keypoints": features.keypoints, "descriptors": features.descriptors}
+                        if features.depth_mm is not None:
+                            arrays["depth_mm"] = features.depth_mm
+                        with open(root / rel.with_suffix(".npz"), "wb") as f:
+                            np.savez_compressed(f, **arrays)
                     row = [rel.as_posix(), f"{kf.position[0]:.3f}", f"{kf.position[1]:.3f}",
                            f"{_compass_heading_deg(kf.orientation):.2f}" if has_orientation else "",
                            f"{kf.stamp:.9f}", f"{name}:{kf.camera}"]
                     rows.append((kf.id, row))
         rows.sort(key=lambda r: r[0])
+        cameras = place_map.cameras
+        if cameras:
+            text = json.dumps({topic: {"fx": c.fx, "fy": c.fy, "cx": c.cx, "cy": c.cy,
+                                       "distortion": list(c.distortion)} for topic, c in sorted(cameras.items())},
+                              indent=2)
+            (root / "cameras.json").write_text(text + "\n", encoding="utf-8")
         columns = list(CSV_COLUMNS) if has_orientation else [c for c in CSV_COLUMNS if c != "heading"]
         with open(root / "images.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)

@@ -62,6 +62,8 @@ def map_summary(place_map: PlaceMap, folder: str | Path | None = None) -> dict[s
         "model_fingerprint": place_map.model_fingerprint,
         "descriptor_dim": place_map.dim,
         "index": {"type": place_map.index_type, "params": place_map.index_params},
+        "local_features": _feature_summary(place_map),
+        "intrinsics": {topic: c.as_list() for topic, c in sorted(place_map.cameras.items())},
     }
     if folder is not None:
         manifest = read_manifest(folder)
@@ -70,6 +72,23 @@ def map_summary(place_map: PlaceMap, folder: str | Path | None = None) -> dict[s
         summary["tool_version"] = manifest.get("tool_version")
         summary["bytes"] = {name: entry.get("bytes") for name, entry in manifest["files"].items()}
     return summary
+
+
+def _feature_summary(place_map: PlaceMap) -> dict[str, Any]:
+    """Keyframes with local features, with depth, and the bytes their features hold per keyframe."""
+    from qaa_vpr_ros.maps.features import FLAG_DEPTH, FLAG_FEATURES, feature_bytes
+
+    index = place_map.feature_index
+    with_features = (index[:, 2] & FLAG_FEATURES) != 0
+    sizes = feature_bytes(index)[with_features]
+    return {
+        "keyframes_with_features": int(with_features.sum()),
+        "keyframes_with_depth": int(((index[:, 2] & FLAG_DEPTH) != 0).sum()),
+        "features": int(index[:, 1].sum()),
+        "mean_bytes_per_keyframe": float(sizes.mean()) if len(sizes) else 0.0,
+        "max_bytes_per_keyframe": int(sizes.max()) if len(sizes) else 0,
+        "config": dict(place_map.feature_config) if place_map.has_local_features else None,
+    }
 
 
 def plot_keyframes(place_map: PlaceMap, path: str | Path, title: str | None = None) -> None:
@@ -126,6 +145,20 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  extent {size[0]:.1f} x {size[1]:.1f} x {size[2]:.1f} m from "
                      f"({', '.join(f'{v:.1f}' for v in summary['extent']['min'])})"
                      + (f", UTM zone {', '.join(summary['utm_zones'])}" if summary["utm_zones"] else ""))
+    features = summary.get("local_features")
+    if features and features["keyframes_with_features"]:
+        config = features["config"]
+        lines.append(f"  local features ({config['detector']}, at most {config['max_features']} per keyframe): "
+                     f"{features['keyframes_with_features']} keyframes with features, "
+                     f"{features['keyframes_with_depth']} with depth; "
+                     f"{features['mean_bytes_per_keyframe'] / 1e3:.1f} kB per keyframe on average, "
+                     f"{features['max_bytes_per_keyframe'] / 1e3:.1f} kB at most")
+    elif features is not None:
+        lines.append("  no local features: matches against this map are not verified geometrically")
+    for camera, values in (summary.get("intrinsics") or {}).items():
+        fx, fy, cx, cy, *distortion = values
+        lines.append(f"  intrinsics {camera}: fx {fx:g} fy {fy:g} cx {cx:g} cy {cy:g}"
+                     + (f", distortion {' '.join(f'{v:g}' for v in distortion)}" if distortion else ", no distortion"))
     for s in summary["sources"]:
         lines.append(f"  source {s['name']}: {s['keyframes']} keyframes, sha256 {str(s['sha256'])[:12]}…")
     if summary.get("bytes"):

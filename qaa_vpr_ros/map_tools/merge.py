@@ -10,6 +10,9 @@ a merge of one build's shards keeps the build's id (the shards must agree on it)
 several sessions gets its own, "merged-" + 8 hex digits of the sha256 of the inputs' ids in order
 (the same inputs give the same id). ``info.merged_from`` keeps each input's id.
 
+Local features and camera intrinsics are carried with their keyframes; a camera topic with
+different intrinsics in two inputs is an error (one map holds one calibration per camera).
+
 Example::
 
     merge_maps run1_map run2_map -o campus_map
@@ -67,6 +70,19 @@ def merge_maps(
                 f"{name} is in frame {m.map_frame!r}, {names[0]} in {first.map_frame!r}; align them and "
                 "pass --map-frame to merge anyway"
             )
+    cameras: dict[str, tuple[str, Any]] = {}  # topic -> (the first map naming it, its intrinsics)
+    for name, m in zip(names, maps, strict=True):
+        for topic, intrinsics in m.cameras.items():
+            known = cameras.setdefault(topic, (name, intrinsics))
+            if known[1] != intrinsics:
+                raise MapError(f"camera {topic} has intrinsics {known[1].as_list()} in {known[0]} but "
+                               f"{intrinsics.as_list()} in {name}; a map holds one calibration per camera: "
+                               "rename the topic in one of them or rebuild it with the same calibration")
+    with_features = [(name, m) for name, m in zip(names, maps, strict=True) if m.has_local_features]
+    for name, m in with_features:
+        if m.feature_config.get("detector") != with_features[0][1].feature_config.get("detector"):
+            raise MapError(f"{name} has {m.feature_config.get('detector')} local features, {with_features[0][0]} "
+                           f"{with_features[0][1].feature_config.get('detector')}; they cannot be matched")
     zones = {kf.utm_zone for m in maps for kf in m.keyframes if kf.utm_zone}
     if len(zones) > 1:
         raise MapError(f"the maps span UTM zones {sorted(zones)}; positions in different zones are not comparable")
@@ -123,7 +139,12 @@ def merge_maps(
         for kf, _, _ in parts:
             keyframes.append(kf if keep_ids else dataclasses.replace(kf, id=next_id))
             next_id += 1
-        out.add(descriptors.astype(np.float32), keyframes)
+        features = [maps[i].local_features(kf.id) for kf, i, _ in parts]
+        out.add(descriptors.astype(np.float32), keyframes, features)
+    for topic, (_, intrinsics) in cameras.items():
+        out.set_camera(topic, intrinsics)
+    if with_features:
+        out.feature_config = dict(with_features[0][1].feature_config)
 
     seen = set()
     for m in maps:

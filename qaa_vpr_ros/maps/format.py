@@ -8,10 +8,15 @@ Folder layout (format version 2)::
     index.faiss        faiss index over the descriptors (inner product = cosine)
     keyframes.sqlite   one row per keyframe (id, stamp, camera, frame_id, pose, UTM zone, source)
     descriptors.npy    (N, D) float16, row i belongs to keyframe row i; lets the index be rebuilt
+    features_*.npy     only in a map with local features (:mod:`.features`): features_index.npy
+                       (N, 3) int64 start, count, flags per keyframe row; features_keypoints.npy
+                       (F, 2) float32; features_descriptors.npy (F, 128) uint8;
+                       features_depth.npy (F,) uint16 millimetres
 
-Format versions: 1, the first; 2: ``map_id`` (and the local features of the metric loop
-closure, to come under the same number). A format-1 map still loads: it has no ``map_id``, and
-:func:`map_session` falls back to its folder name.
+Format versions: 1, the first; 2: ``map_id`` and the local features of the metric loop closure
+(the manifest's ``local_features`` and ``cameras``, and the features files). A format-1 map still
+loads: it has no ``map_id``, and :func:`map_session` falls back to its folder name. A format-2 map
+without features loads too: it has no local features, and matches against it are not verified.
 """
 from __future__ import annotations
 
@@ -27,12 +32,18 @@ from typing import Any
 import numpy as np
 
 from qaa_vpr_ros.atomic import resolve_folder
+from qaa_vpr_ros.local_features import Intrinsics
 from qaa_vpr_ros.maps.errors import MapError
 from qaa_vpr_ros.maps.index import MAX_DIM, check_index_params
 
 __all__ = [
     "DATA_FILES",
     "DESCRIPTORS_FILE",
+    "FEATURE_FILES",
+    "FEATURES_DEPTH_FILE",
+    "FEATURES_DESCRIPTORS_FILE",
+    "FEATURES_INDEX_FILE",
+    "FEATURES_KEYPOINTS_FILE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "INDEX_FILE",
@@ -41,6 +52,7 @@ __all__ = [
     "MAP_ID_MAX_BYTES",
     "RESERVED_MAP_ID",
     "check_map_id",
+    "cameras_from_manifest",
     "check_npy_header",
     "is_place_map_folder",
     "map_session",
@@ -50,7 +62,7 @@ __all__ = [
     "tool_version",
 ]
 
-FORMAT_VERSION = 2  # 2: map_id (and the local features of the metric loop closure, to come)
+FORMAT_VERSION = 2  # 2: map_id and the local features of the metric loop closure (optional files)
 # A map_id is what a loop-closure record names as its match_session: at most that field's width
 # (decision.record.NAME_BYTES), and never the name records give the robot's own keyframes.
 MAP_ID_MAX_BYTES = 64
@@ -61,6 +73,12 @@ INDEX_FILE = "index.faiss"
 KEYFRAMES_FILE = "keyframes.sqlite"
 DESCRIPTORS_FILE = "descriptors.npy"
 DATA_FILES = (INDEX_FILE, KEYFRAMES_FILE, DESCRIPTORS_FILE)
+FEATURES_INDEX_FILE = "features_index.npy"
+FEATURES_KEYPOINTS_FILE = "features_keypoints.npy"
+FEATURES_DESCRIPTORS_FILE = "features_descriptors.npy"
+FEATURES_DEPTH_FILE = "features_depth.npy"
+# Present (all four) exactly when the manifest has "local_features".
+FEATURE_FILES = (FEATURES_INDEX_FILE, FEATURES_KEYPOINTS_FILE, FEATURES_DESCRIPTORS_FILE, FEATURES_DEPTH_FILE)
 
 
 def tool_version() -> str:
@@ -141,7 +159,7 @@ def is_place_map_folder(folder: str | os.PathLike[str]) -> bool:
     folder = Path(folder)
     try:
         names = {p.name for p in folder.iterdir()}
-        if not names <= {MANIFEST, *DATA_FILES} or MANIFEST not in names:
+        if not names <= {MANIFEST, *DATA_FILES, *FEATURE_FILES} or MANIFEST not in names:
             return False
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -210,7 +228,13 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
             raise MapError(f"{path} field {key!r} must be a {typ.__name__}")
     if not all(isinstance(s, dict) for s in manifest.get("sources", [])):
         raise MapError(f"{path} field 'sources' must be a list of objects")
-    for name in DATA_FILES:
+    features = manifest.get("local_features")
+    if features is not None:
+        _check_local_features(features, path)
+    elif any(name in manifest["files"] for name in FEATURE_FILES):
+        raise MapError(f"{path} field 'files' lists local feature files but the manifest lacks 'local_features'")
+    cameras_from_manifest(manifest, path)
+    for name in DATA_FILES + (FEATURE_FILES if features is not None else ()):
         entry = manifest["files"].get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise MapError(f"{path} field 'files' lacks the sha256 of {name}")
@@ -226,6 +250,40 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def _check_local_features(features: Any, path: Path) -> None:
+    """The manifest's ``local_features``: detector, max_features, contrast_threshold, count."""
+    if not isinstance(features, dict):
+        raise MapError(f"{path} field 'local_features' must be an object")
+    if features.get("detector") != "sift":
+        raise MapError(f"{path} field 'local_features.detector' is {features.get('detector')!r}; this tool "
+                       "reads 'sift'")
+    for key in ("max_features", "count"):
+        value = features.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise MapError(f"{path} field 'local_features.{key}' must be a non-negative integer, got {value!r}")
+    value = features.get("contrast_threshold")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise MapError(f"{path} field 'local_features.contrast_threshold' must be a positive number, got {value!r}")
+
+
+def cameras_from_manifest(manifest: dict[str, Any], path: Path | str = MANIFEST) -> dict[str, Intrinsics]:
+    """The manifest's ``cameras`` (topic -> [fx, fy, cx, cy, distortion...]) as :class:`Intrinsics`;
+    a MapError names the field at fault (``path``: the manifest, for the message)."""
+    cameras = manifest.get("cameras", {})
+    if not isinstance(cameras, dict):
+        raise MapError(f"{path} field 'cameras' must be an object (topic -> [fx, fy, cx, cy, distortion...])")
+    out = {}
+    for topic, values in cameras.items():
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in values):
+            raise MapError(f"{path} field 'cameras.{topic}' must be a list of numbers, got {values!r}")
+        try:
+            out[topic] = Intrinsics.from_parameter(values)
+        except ValueError as err:
+            raise MapError(f"{path} field 'cameras.{topic}': {err}") from err
+    return out
+
+
 def _check_regular_file(path: Path) -> None:
     """Map files are regular files in the map folder: no symlinks out of it, no devices or FIFOs."""
     try:
@@ -238,9 +296,11 @@ def _check_regular_file(path: Path) -> None:
         raise MapError(f"{path} is not a regular file")
 
 
-def check_npy_header(path: Path, count: int, dim: int) -> None:
-    """The .npy header must describe exactly (count, dim) little-endian float16 in C order, and the
-    file must hold exactly that many bytes: nothing is allocated from a header that lies."""
+def check_npy_header(path: Path, shape: tuple[int, ...], dtype: str = "<f2") -> None:
+    """The .npy header must describe exactly ``shape`` of ``dtype`` (little-endian, e.g. "<f2",
+    "<i8", "|u1") in C order, and the file must hold exactly that many bytes: nothing is allocated
+    from a header that lies."""
+    want, expected = tuple(shape), np.dtype(dtype)  # the names are reused for the header's below
     fmt = np.lib.format
     try:
         with open(path, "rb") as f:
@@ -254,11 +314,12 @@ def check_npy_header(path: Path, count: int, dim: int) -> None:
             offset = f.tell()
     except (ValueError, OSError, EOFError, SyntaxError) as err:
         raise MapError(f"{path} is not a readable .npy array: {err}") from err
-    if dtype != np.dtype("<f2") or fortran or tuple(shape) != (count, dim):
+    if dtype != expected or fortran or tuple(shape) != tuple(want):
         raise MapError(
             f"{path} holds {dtype} {tuple(shape)}{' (Fortran order)' if fortran else ''}, the manifest "
-            f"says float16 ({count}, {dim})"
+            f"says {expected} {tuple(want)}"
         )
+    payload = expected.itemsize * int(np.prod(want, dtype=np.int64))
     size = path.stat().st_size
-    if size != offset + 2 * count * dim:
-        raise MapError(f"{path} has {size} bytes, its header promises {offset + 2 * count * dim}")
+    if size != offset + payload:
+        raise MapError(f"{path} has {size} bytes, its header promises {offset + payload}")

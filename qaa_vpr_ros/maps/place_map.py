@@ -1,9 +1,9 @@
 """The place map: keyframe records, their descriptors and a faiss index, saved as one folder.
 
 The store's parts, one module each: the keyframe record and its table (:mod:`.keyframe`), the faiss
-index (:mod:`.index`), the on-disk format, manifest and map id (:mod:`.format`) and the errors
-(:mod:`.errors`); :class:`PlaceMap` puts them together. The names this module exported before the
-split are still importable from it.
+index (:mod:`.index`), the keyframes' local features (:mod:`.features`), the on-disk format, manifest
+and map id (:mod:`.format`) and the errors (:mod:`.errors`); :class:`PlaceMap` puts them together.
+The names this module exported before the split are still importable from it.
 
 Nothing is unpickled when loading; every file is checked against the manifest first.
 """
@@ -15,16 +15,24 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
 from qaa_vpr_ros.atomic import FolderNotOursError, atomic_folder, resolve_folder
+from qaa_vpr_ros.local_features import DESCRIPTOR_BYTES, FeatureConfig, Intrinsics, LocalFeatures
 from qaa_vpr_ros.maps.errors import MapError, MapSaveError
+from qaa_vpr_ros.maps.features import FLAG_FEATURES, PackedFeatures, check_feature_index, pack_features
 from qaa_vpr_ros.maps.format import (
     DATA_FILES,
     DESCRIPTORS_FILE,
+    FEATURE_FILES,
+    FEATURES_DEPTH_FILE,
+    FEATURES_DESCRIPTORS_FILE,
+    FEATURES_INDEX_FILE,
+    FEATURES_KEYPOINTS_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
     INDEX_FILE,
@@ -32,6 +40,7 @@ from qaa_vpr_ros.maps.format import (
     MANIFEST,
     MAP_ID_MAX_BYTES,
     RESERVED_MAP_ID,
+    cameras_from_manifest,
     check_map_id,
     check_npy_header,
     is_place_map_folder,
@@ -89,12 +98,12 @@ class SearchResult:
 
 
 class _GrowableArray:
-    """Row-appendable 2-D buffer with amortised O(1) appends (capacity doubles)."""
+    """Row-appendable 2-D buffer (1-D with ``width`` None) with amortised O(1) appends (capacity doubles)."""
 
-    def __init__(self, width: int, dtype: Any, initial: np.ndarray | None = None) -> None:
+    def __init__(self, width: int | None, dtype: Any, initial: np.ndarray | None = None) -> None:
         self._dtype = np.dtype(dtype)
-        self._width = width
-        self._data = initial if initial is not None else np.empty((0, width), self._dtype)
+        self._tail = () if width is None else (width,)
+        self._data = initial if initial is not None else np.empty((0, *self._tail), self._dtype)
         self._n = len(self._data)
         self._owned = initial is None
 
@@ -105,7 +114,7 @@ class _GrowableArray:
         need = self._n + len(rows)
         if not self._owned or need > len(self._data):
             capacity = max(need, 2 * len(self._data), 64)
-            grown = np.empty((capacity, self._width), self._dtype)
+            grown = np.empty((capacity, *self._tail), self._dtype)
             grown[: self._n] = self._data[: self._n]
             self._data, self._owned = grown, True
         self._data[self._n : need] = rows
@@ -114,9 +123,21 @@ class _GrowableArray:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory (its capacity; 0 while it is still the memory-mapped file)."""
+        return 0 if isinstance(self._data, np.memmap) else int(self._data.nbytes)
+
+
+def feature_config_of(config: FeatureConfig) -> dict[str, Any]:
+    """The manifest's description of how the local features were detected."""
+    return {"detector": "sift", "max_features": int(config.max_features),
+            "contrast_threshold": float(config.contrast_threshold)}
+
 
 class PlaceMap:
-    """Keyframes + descriptors + faiss index. Thread-safe: add/search/save hold one lock.
+    """Keyframes + descriptors + faiss index, and optionally each keyframe's local features and
+    each camera's intrinsics. Thread-safe: add/search/save hold one lock.
 
     Build with :meth:`create` + :meth:`add`, or :meth:`load` a saved folder.
     """
@@ -133,6 +154,7 @@ class PlaceMap:
         _descriptors: np.ndarray | None = None,
         _keyframes: list[Keyframe] | None = None,
         _index: faiss.Index | None = None,
+        _features: PackedFeatures | None = None,
     ) -> None:
         if dim <= 0:
             raise MapError(f"descriptor dim must be positive, got {dim}")
@@ -156,6 +178,20 @@ class PlaceMap:
         self._ids = np.fromiter((kf.id for kf in self._keyframes), np.int64, len(self._keyframes))
         self._index = _index
         self._indexed = _index.ntotal if _index is not None else 0
+        # Local features (maps/features.py): one index row per keyframe row, feature rows packed; the
+        # index stays empty (all rows without features) until the first keyframe with features.
+        packed = _features if _features is not None else PackedFeatures.empty()
+        if len(packed.index) not in (0, len(self._keyframes)):
+            raise MapError(f"{len(packed.index)} feature index rows for {len(self._keyframes)} keyframes")
+        self._feat_index = _GrowableArray(3, np.int64, packed.index)
+        self._feat_keypoints = _GrowableArray(2, np.float32, packed.keypoints)
+        self._feat_descriptors = _GrowableArray(DESCRIPTOR_BYTES, np.uint8, packed.descriptors)
+        self._feat_depth = _GrowableArray(None, np.uint16, packed.depth_mm)
+        self._with_features = int(np.count_nonzero(np.asarray(packed.index)[:, 2] & FLAG_FEATURES))
+        self._cameras: dict[str, Intrinsics] = {}
+        # How the features were detected (the manifest's "local_features", without its count).
+        self.feature_config: dict[str, Any] = feature_config_of(FeatureConfig())
+        self._feature_source = "the map"  # names the files in errors about stored features
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -217,26 +253,80 @@ class PlaceMap:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held in memory: the float16 descriptor buffer (its capacity) and, for a flat index,
-        its float32 copy (other index types: their code size is not counted here)."""
+        """Bytes held in memory: the float16 descriptor buffer and the local feature buffers (their
+        capacity; a loaded map's stay on disk until it grows) and, for a flat index, its float32
+        copy (other index types: their code size is not counted here)."""
         with self._lock:
-            data = self._desc._data
-            held = 0 if isinstance(data, np.memmap) else data.nbytes  # a loaded map stays on disk
+            held = sum(buffer.nbytes for buffer in (self._desc, self._feat_index, self._feat_keypoints,
+                                                    self._feat_descriptors, self._feat_depth))
             if self._index is not None and self.is_exact:
                 held += self._index.ntotal * self.dim * 4
             return int(held)
 
+    @property
+    def has_local_features(self) -> bool:
+        """Whether any keyframe has local features stored (False for a map built without them)."""
+        with self._lock:
+            return self._with_features > 0
+
+    @property
+    def feature_index(self) -> np.ndarray:
+        """(N, 3) int64 per keyframe row: start, count, flags of its local features (a copy;
+        :mod:`qaa_vpr_ros.maps.features`)."""
+        with self._lock:
+            return np.array(self._packed().index)
+
+    @property
+    def cameras(self) -> dict[str, Intrinsics]:
+        """Camera topic -> intrinsics and distortion (a copy)."""
+        with self._lock:
+            return dict(self._cameras)
+
+    def set_camera(self, camera: str, intrinsics: Intrinsics) -> None:
+        """Store the intrinsics of ``camera`` (a topic), replacing any before."""
+        if not isinstance(camera, str) or not camera:
+            raise MapError(f"camera must be a non-empty topic name, got {camera!r}")
+        if not isinstance(intrinsics, Intrinsics):
+            raise MapError(f"intrinsics of {camera} must be an Intrinsics, got {type(intrinsics).__name__}")
+        with self._lock:
+            self._cameras[camera] = intrinsics
+
+    def local_features(self, keyframe_id: int) -> LocalFeatures | None:
+        """The local features of the keyframe with this id (read-only views), None when none are
+        stored for it (KeyError when the id is absent; MapError when the stored values are invalid)."""
+        with self._lock:
+            row = self._row_of_id[int(keyframe_id)]
+            packed = self._packed()
+            try:
+                features = packed.features(row)
+            except ValueError as err:
+                raise MapError(f"{self._feature_source}: local features of keyframe {keyframe_id}: {err}") from err
+        if features is not None:
+            for array in (features.keypoints, features.descriptors, features.depth_mm):
+                if array is not None and array.flags.writeable:
+                    array.flags.writeable = False
+        return features
+
+    def _packed(self) -> PackedFeatures:
+        """The feature table as views of the buffers (under the lock)."""
+        index = self._feat_index.view()
+        if len(index) < len(self._keyframes):  # no keyframe has features: the index was never filled
+            index = np.zeros((len(self._keyframes), 3), np.int64)
+        return PackedFeatures(index, self._feat_keypoints.view(), self._feat_descriptors.view(),
+                              self._feat_depth.view())
+
     def subset(self, rows: Sequence[int] | np.ndarray) -> PlaceMap:
         """A new map of the keyframes at ``rows`` (kept in row order, ids unchanged) with its index
-        rebuilt from their descriptors; map_id, sources and info are copied."""
+        rebuilt from their descriptors; map_id, sources, info, local features and cameras are copied."""
         with self._lock:
             rows = np.unique(np.asarray(rows, np.int64))
             if len(rows) and (rows[0] < 0 or rows[-1] >= len(self._keyframes)):
                 raise MapError(f"rows must lie in 0..{len(self._keyframes) - 1}")
             kept = PlaceMap(self.dim, self.model_fingerprint, self.index_type, dict(self.index_params), self.map_frame,
                             map_id=self.map_id, _descriptors=np.array(self._desc.view()[rows]),
-                            _keyframes=[self._keyframes[r] for r in rows])
+                            _keyframes=[self._keyframes[r] for r in rows], _features=self._packed().rows(rows) if self._with_features else None)
             kept.sources, kept.info = list(self.sources), dict(self.info)
+            kept._cameras, kept.feature_config = dict(self._cameras), dict(self.feature_config)
         if len(kept) and not kept.is_exact:  # a trained index is trained now; a flat one at first search
             with kept._lock:
                 kept._ensure_index()
@@ -248,8 +338,10 @@ class PlaceMap:
             return self._keyframes[self._row_of_id[int(keyframe_id)]]
 
     # --- mutation -----------------------------------------------------------------------------
-    def add(self, descriptors: np.ndarray, keyframes: Sequence[Keyframe]) -> None:
-        """Append N keyframes with their (N, D) L2-normalised float32 descriptors."""
+    def add(self, descriptors: np.ndarray, keyframes: Sequence[Keyframe],
+            features: Sequence[LocalFeatures | None] | None = None) -> None:
+        """Append N keyframes with their (N, D) L2-normalised float32 descriptors and, optionally,
+        their local features (one entry per keyframe, None for one without)."""
         descriptors = np.asarray(descriptors, dtype=np.float32)
         if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:
             raise MapError(f"descriptors must have shape (N, {self.dim}), got {descriptors.shape}")
@@ -257,17 +349,34 @@ class PlaceMap:
             raise MapError(f"{len(descriptors)} descriptors but {len(keyframes)} keyframes")
         if not np.all(np.isfinite(descriptors)):
             raise MapError("descriptors contain NaN or inf")
+        if features is not None and len(features) != len(keyframes):
+            raise MapError(f"{len(features)} local features entries but {len(keyframes)} keyframes")
         new_ids = [int(kf.id) for kf in keyframes]
         with self._lock:
             clashes = [i for i in new_ids if i in self._row_of_id]
             if clashes or len(set(new_ids)) != len(new_ids):
                 raise MapError(f"keyframe ids already in the map or repeated: {sorted(set(clashes))[:5]}...")
+            packed = None
+            if features is not None or len(self._feat_index):
+                try:
+                    packed = pack_features(features if features is not None else [None] * len(keyframes),
+                                           first=len(self._feat_keypoints))
+                except TypeError as err:
+                    raise MapError(str(err)) from err
+                if len(self._feat_index) < len(self._keyframes):  # the rows before: without features
+                    self._feat_index.append(np.zeros((len(self._keyframes), 3), np.int64))
             for offset, kf in enumerate(keyframes):
                 self._row_of_id[int(kf.id)] = len(self._keyframes) + offset
             self._keyframes.extend(keyframes)
             self._ids = np.concatenate([self._ids, np.asarray(new_ids, np.int64)])
             stored = descriptors.astype(np.float16)
             self._desc.append(stored)
+            if packed is not None:
+                self._feat_index.append(packed.index)
+                self._feat_keypoints.append(packed.keypoints)
+                self._feat_descriptors.append(packed.descriptors)
+                self._feat_depth.append(packed.depth_mm)
+                self._with_features += int(np.count_nonzero(packed.index[:, 2] & FLAG_FEATURES))
             # The index holds exactly the stored (float16) values, so a rebuild reproduces it.
             in_sync = self._indexed == len(self._desc) - len(stored)
             if self._index is not None and self._index.is_trained and in_sync:
@@ -347,6 +456,9 @@ class PlaceMap:
             "utm_zones": sorted(zones),
             "sources": list(self.sources),
             "info": dict(self.info),
+            **({"local_features": {**self.feature_config, "count": len(self._feat_keypoints)}}
+               if self._with_features else {}),
+            **({"cameras": {t: c.as_list() for t, c in sorted(self._cameras.items())}} if self._cameras else {}),
         }
 
     def save(self, folder: str | os.PathLike[str]) -> None:
@@ -364,11 +476,18 @@ class PlaceMap:
                     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a map is an ordinary folder
                     faiss.write_index(index, str(tmp / INDEX_FILE))
                     write_keyframes(tmp / KEYFRAMES_FILE, self._keyframes)
-                    with open(tmp / DESCRIPTORS_FILE, "wb") as f:
-                        np.save(f, np.ascontiguousarray(self._desc.view()), allow_pickle=False)
+                    arrays = {DESCRIPTORS_FILE: self._desc}
+                    if self._with_features:
+                        arrays.update({FEATURES_INDEX_FILE: self._packed().index, FEATURES_KEYPOINTS_FILE:
+                                       self._feat_keypoints, FEATURES_DESCRIPTORS_FILE: self._feat_descriptors,
+                                       FEATURES_DEPTH_FILE: self._feat_depth})
+                    for name, buffer in arrays.items():
+                        view = buffer if isinstance(buffer, np.ndarray) else buffer.view()
+                        with open(tmp / name, "wb") as f:
+                            np.save(f, np.ascontiguousarray(view), allow_pickle=False)
                     manifest["files"] = {
                         name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-                        for name in DATA_FILES
+                        for name in DATA_FILES + (FEATURE_FILES if self._with_features else ())
                     }
                     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
                     (tmp / MANIFEST).write_text(text, encoding="utf-8")
@@ -421,7 +540,8 @@ class PlaceMap:
                 f"fingerprint {expected_fingerprint}; rebuild the map with this model (build_map) "
                 "or load the model the map was built with"
             )
-        for name in DATA_FILES:
+        feature_manifest = manifest.get("local_features")  # checked by read_manifest
+        for name in DATA_FILES + (FEATURE_FILES if feature_manifest is not None else ()):
             path = folder / name
             expected = manifest["files"][name]
             size = path.lstat().st_size
@@ -438,7 +558,7 @@ class PlaceMap:
                     )
         dim = manifest["descriptor_dim"]
         count = manifest["counts"]["keyframes"]
-        check_npy_header(folder / DESCRIPTORS_FILE, count, dim)
+        check_npy_header(folder / DESCRIPTORS_FILE, (count, dim))
         try:
             descriptors = np.load(
                 folder / DESCRIPTORS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False
@@ -455,6 +575,9 @@ class PlaceMap:
             raise MapError(
                 f"{folder / KEYFRAMES_FILE} has {len(keyframes)} keyframes, the manifest says {count}"
             )
+        features = None
+        if feature_manifest is not None:
+            features = _load_features(folder, count, feature_manifest["count"], mmap)
         index = None
         if trusted:
             try:
@@ -477,6 +600,7 @@ class PlaceMap:
                 _descriptors=descriptors,
                 _keyframes=keyframes,
                 _index=index,
+                _features=features,
             )
         except MapError as err:
             raise MapError(f"{folder / MANIFEST}: {err}") from err
@@ -489,4 +613,31 @@ class PlaceMap:
         place_map.info = dict(manifest.get("info", {}))
         place_map.created = manifest.get("created")
         place_map.map_id = manifest.get("map_id")  # checked by read_manifest; None in a format-1 map
+        place_map._cameras = cameras_from_manifest(manifest, folder / MANIFEST)
+        if feature_manifest is not None:
+            place_map.feature_config = {k: v for k, v in feature_manifest.items() if k != "count"}
+        place_map._feature_source = str(folder)
         return place_map
+
+
+def _load_features(folder: Path, count: int, total: int, mmap: bool) -> PackedFeatures:
+    """The four feature files of a map folder (sizes and checksums checked already): headers
+    first, then the arrays (memory-mapped with ``mmap``), then the index rows' consistency."""
+    layout = {FEATURES_INDEX_FILE: ((count, 3), "<i8"), FEATURES_KEYPOINTS_FILE: ((total, 2), "<f4"),
+              FEATURES_DESCRIPTORS_FILE: ((total, DESCRIPTOR_BYTES), "|u1"), FEATURES_DEPTH_FILE: ((total,), "<u2")}
+    arrays = {}
+    for name, (shape, dtype) in layout.items():
+        path = folder / name
+        check_npy_header(path, shape, dtype)
+        try:
+            # The index is read whole (N x 24 bytes, checked row by row next); the rest stays on disk.
+            mode = "r" if mmap and name != FEATURES_INDEX_FILE and total else None
+            arrays[name] = np.load(path, mmap_mode=mode, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise MapError(f"{path} is not a readable .npy array: {err}") from err
+    index = arrays[FEATURES_INDEX_FILE]
+    problem = check_feature_index(index, total, str(folder / FEATURES_INDEX_FILE))
+    if problem is not None:
+        raise MapError(f"{problem}; the map is corrupt: rebuild or restore it")
+    return PackedFeatures(index, arrays[FEATURES_KEYPOINTS_FILE], arrays[FEATURES_DESCRIPTORS_FILE],
+                          arrays[FEATURES_DEPTH_FILE])
