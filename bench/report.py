@@ -197,6 +197,33 @@ def _node(results: dict[str, Any], out: Path, lines: list[str]) -> None:
     save_figure(fig, out / "node.png")
 
 
+def _local_features(results: dict[str, Any], lines: list[str]) -> None:
+    section = results["sections"].get("local_features")
+    if not section:
+        return
+    lines += ["## Local features for geometric verification (SIFT + depth, TUM fr1/rpy)", ""]
+    if "skipped" in section:
+        lines += [f"Skipped: {section['skipped']}.", ""]
+        return
+    lines += [f"{section['frames']} real Kinect frames ({section['image']}, at most {section['max_features']} SIFT "
+              f"features, {section['features_mean']:.0f} on average, {100 * section['keypoints_with_depth']:.0f} % "
+              "of them with depth), CPU:", "",
+              "| OpenCV threads | ms per frame (median) | p90 | vs the DINOv2-B + QAA descriptor (same run) |",
+              "|---|---:|---:|---:|"]
+    for label, key, ratio in (("1", "1_thread", "ratio_1_thread_vs_descriptor"),
+                              (f"default ({section['opencv_default_threads']})", "default_threads",
+                               "ratio_default_vs_descriptor")):
+        versus = (f"{section[ratio]:.3f}x its {section['descriptor_ms']:.0f} ms" if ratio in section
+                  else "not measured in this run")
+        lines.append(f"| {label} | {section[f'ms_{key}_median']:.1f} | {section[f'ms_{key}_p90']:.1f} | {versus} |")
+    budget = 100_000
+    verdict = "met" if section["bytes_max"] <= budget else "NOT met"
+    lines += ["", "Feature bytes per keyframe (keypoints + descriptors + depth): "
+              f"**{section['bytes_mean'] / 1e3:.1f} kB mean, {section['bytes_max'] / 1e3:.1f} kB max** "
+              f"(budget {budget / 1e3:.0f} kB at 640x480: {verdict}).", "",
+              _load_note(results, "local_features"), ""]
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
     load = results.get("overall_load", {})
     lines = ["# make bench report", "",
@@ -216,6 +243,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     _extraction(results, out, lines)
     _search(results, out, lines)
     _node(results, out, lines)
+    _local_features(results, lines)
     if results["errors"] or results["skipped"]:
         lines += ["## Not measured in this run", ""]
         lines += [f"- {name}: FAILED: {error}" for name, error in results["errors"].items()]

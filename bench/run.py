@@ -18,7 +18,10 @@ figure), so that a loaded or slow machine shifts both sides alike:
    (``scripts.bench_node``, its own processes), and map building from a bag as a ratio to the bare
    extractor (``scripts.bench_maps.bench_build``);
 6. build_map --ray on a local Ray instance as a ratio to the one-process build of the same bags, and
-   Ray's start-up (``scripts.bench_maps.bench_ray_build``).
+   Ray's start-up (``scripts.bench_maps.bench_ray_build``);
+7. local features: SIFT extraction ms per 640x480 TUM fr1/rpy frame (1 OpenCV thread and the
+   default), as a ratio to the DINOv2 descriptor's time when section 2 ran in the same run, and
+   the feature bytes per keyframe with depth (``../shared/data/tum_fr1_rpy``; skipped without it).
 
 Every section runs under its own time limit inside ``--budget-s`` (default 19 minutes) and in a
 try/except, so one failure is reported and the rest still run. How busy the CPU was with other
@@ -365,6 +368,58 @@ def section_ray_build(ctx: Context) -> dict[str, Any]:
     return bench_ray_build(args)
 
 
+def section_local_features(ctx: Context) -> dict[str, Any]:
+    """SIFT + depth of every TUM fr1/rpy frame (what a keyframe stores), timed with 1 OpenCV thread and
+    with OpenCV's default, interleaved frame by frame so that both see the same load."""
+    import cv2
+
+    from qaa_vpr_ros.local_features import FeatureConfig, extract_local_features
+    from scripts.tum_rgbd import TUM_FR1_RPY, load_tum
+
+    if not (TUM_FR1_RPY / "associations.txt").is_file():
+        return {"skipped": f"TUM RGB-D data absent: {TUM_FR1_RPY} (../shared/data/README.md)"}
+    sequence = load_tum(TUM_FR1_RPY)
+    frames = range(0, len(sequence), 4 if ctx.quick else 1)
+    default_threads = cv2.getNumThreads()
+    config = FeatureConfig()
+    ms: dict[str, list[float]] = {"1": [], "default": []}
+    nbytes, counts, with_depth = [], [], []
+    try:
+        extract_local_features(sequence.rgb(0), sequence.depth_m(0), config)  # warm-up
+        for i in frames:
+            rgb, depth = sequence.rgb(i), sequence.depth_m(i)
+            for key, threads in (("1", 1), ("default", default_threads)):
+                cv2.setNumThreads(threads)
+                started = time.perf_counter()
+                features = extract_local_features(rgb, depth, config)
+                ms[key].append(1e3 * (time.perf_counter() - started))
+            nbytes.append(features.nbytes)
+            counts.append(len(features))
+            with_depth.append(float(np.mean(features.depth_mm > 0)) if len(features) else 0.0)
+    finally:
+        cv2.setNumThreads(default_threads)
+    out: dict[str, Any] = {
+        "frames": len(nbytes), "image": "640x480", "max_features": config.max_features,
+        "opencv_default_threads": default_threads,
+        "ms_1_thread_median": float(np.median(ms["1"])), "ms_1_thread_p90": float(np.percentile(ms["1"], 90)),
+        "ms_default_threads_median": float(np.median(ms["default"])),
+        "ms_default_threads_p90": float(np.percentile(ms["default"], 90)),
+        "bytes_mean": float(np.mean(nbytes)), "bytes_max": int(np.max(nbytes)),
+        "features_mean": float(np.mean(counts)), "keypoints_with_depth": float(np.mean(with_depth))}
+    log(f"  SIFT + depth, {out['frames']} TUM frames 640x480: {out['ms_1_thread_median']:.1f} ms (1 OpenCV thread), "
+        f"{out['ms_default_threads_median']:.1f} ms ({default_threads} threads) per frame (median); "
+        f"{out['bytes_mean'] / 1e3:.1f} kB mean, {out['bytes_max'] / 1e3:.1f} kB max per keyframe "
+        f"({out['features_mean']:.0f} features, {100 * out['keypoints_with_depth']:.0f} % with depth)")
+    extraction = ctx.sections.get("extraction", {}).get("322")
+    if extraction:  # the DINOv2-B + QAA descriptor measured earlier in this run (batch 1, 322x322)
+        out["descriptor_ms"] = 1e3 / extraction["full_img_s"]
+        out["ratio_1_thread_vs_descriptor"] = out["ms_1_thread_median"] / out["descriptor_ms"]
+        out["ratio_default_vs_descriptor"] = out["ms_default_threads_median"] / out["descriptor_ms"]
+        log(f"  -> {out['ratio_1_thread_vs_descriptor']:.3f} (1 thread), {out['ratio_default_vs_descriptor']:.3f} "
+            f"(default) of the DINOv2-B + QAA descriptor's {out['descriptor_ms']:.0f} ms (322x322, same run)")
+    return out
+
+
 # --- driver -----------------------------------------------------------------------------------------
 SECTIONS: list[tuple[str, Callable[[Context], Any], float]] = [
     # Search first after the heads: its 1M x 1024 part is the headline figure and the slowest.
@@ -375,15 +430,18 @@ SECTIONS: list[tuple[str, Callable[[Context], Any], float]] = [
     ("node", section_node, 240),
     ("build", section_build, 150),
     ("ray_build", section_ray_build, 150),
+    ("local_features", section_local_features, 90),
 ]
 
 
 class Context:
-    """What a CPU section reads: ``quick`` and the seconds of the budget left."""
+    """What a CPU section reads: ``quick``, the seconds of the budget left, and the sections measured
+    so far in this run (for same-run ratios)."""
 
     def __init__(self, quick: bool, runner: Runner) -> None:
         self.quick = quick
         self.left = runner.left
+        self.sections: dict[str, Any] = runner.results["sections"]
 
 
 def run_sections(runner: Runner, ctx: Context, only: list[str] | None) -> dict[str, Any]:

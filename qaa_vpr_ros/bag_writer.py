@@ -1,4 +1,4 @@
-"""Write rosbag2 recordings (.db3 or .mcap) of cameras, odometry and camera_info, without ROS.
+"""Write rosbag2 recordings (.db3 or .mcap) of cameras, depth, odometry and camera_info, without ROS.
 
 The one bag writer of the project: the demos, the benchmarks and the tests record their drives
 with it, and a user can make a small test bag for ``build_map`` the same way::
@@ -8,7 +8,8 @@ with it, and a user can make a small test bag for ``build_map`` the same way::
         bag.write("/camera/image_raw", stamp_ns, image_message(rgb, stamp_ns))
 
 Messages are rosbags' ROS 2 Humble types (what ``qaa_vpr_ros.bags`` reads); stamps are integer
-nanoseconds; images are RGB uint8 (H, W, 3) arrays. Messages are written in the order given.
+nanoseconds; images are RGB uint8 (H, W, 3) arrays, depth images uint16 millimetres or float metres (H, W).
+Messages are written in the order given.
 """
 from __future__ import annotations
 
@@ -72,6 +73,55 @@ def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", *, e
         rows = np.ascontiguousarray(pixels).reshape(height, -1)
     return _T["sensor_msgs/msg/Image"](header=head, height=height, width=width, encoding=encoding, is_bigendian=0,
                                        step=rows.shape[1], data=rows.reshape(-1))
+
+
+DepthEncoding = Literal["16UC1", "32FC1"]
+MAX_DEPTH_MM = 65535  # what 16UC1 holds
+
+
+def depth_message(depth: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: DepthEncoding | None = None,
+                  *, bigendian: bool = False) -> Any:
+    """sensor_msgs/Image of a depth image (REP 118), what ``image_conversion.depth_from_msg`` reads.
+
+    ``depth``: uint16 (H, W) millimetres (0 = no depth) -> ``16UC1``, or float32/float64 (H, W)
+    metres (NaN = no depth) -> ``32FC1``. ``encoding`` forces the other one: ``"16UC1"`` from
+    metres rounds to whole millimetres (NaN, inf and values <= 0 -> 0); ``"32FC1"`` from
+    millimetres divides by 1000 (0 -> NaN). ``bigendian`` writes the samples big-endian.
+
+    Raises ValueError for another dtype or shape, an unknown encoding, or metres beyond 65.535 m
+    asked for as ``16UC1``."""
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or min(depth.shape) == 0 or not (depth.dtype == np.uint16 or depth.dtype.kind == "f"):
+        raise ValueError(f"depth_message: expected a uint16 (H, W) millimetre or float (H, W) metre array, got "
+                         f"{depth.dtype} {depth.shape}")
+    if encoding is None:
+        encoding = "16UC1" if depth.dtype == np.uint16 else "32FC1"
+    if encoding == "16UC1":
+        if depth.dtype == np.uint16:
+            samples = depth
+        else:
+            metres = depth.astype(np.float64)
+            valid = np.isfinite(metres) & (metres > 0)
+            millimetres = np.rint(np.where(valid, metres, 0.0) * 1000.0)
+            if millimetres.max() > MAX_DEPTH_MM:
+                raise ValueError(f"depth_message: {float(metres[valid].max()):.3f} m does not fit 16UC1 (uint16 "
+                                 f"millimetres, at most {MAX_DEPTH_MM / 1000:.3f} m); write it as 32FC1")
+            samples = millimetres.astype(np.uint16)
+        dtype = ">u2" if bigendian else "<u2"
+    elif encoding == "32FC1":
+        if depth.dtype == np.uint16:
+            samples = depth.astype(np.float32) / np.float32(1000.0)
+            samples[depth == 0] = np.nan
+        else:
+            samples = depth.astype(np.float32)
+        dtype = ">f4" if bigendian else "<f4"
+    else:
+        raise ValueError(f"depth_message: encoding must be '16UC1' (millimetres) or '32FC1' (metres), not {encoding!r}")
+    height, width = samples.shape
+    rows = np.ascontiguousarray(samples, dtype=dtype).view(np.uint8).reshape(height, -1)
+    return _T["sensor_msgs/msg/Image"](header=header(stamp_ns, frame_id), height=height, width=width,
+                                       encoding=encoding, is_bigendian=int(bigendian), step=rows.shape[1],
+                                       data=rows.reshape(-1))
 
 
 def odometry_message(stamp_ns: int, position: Vector3, orientation: Quaternion = (0.0, 0.0, 0.0, 1.0),

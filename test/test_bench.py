@@ -47,3 +47,23 @@ def test_report_states_the_goals_from_the_figures(tmp_path, boq_gflops, ivf_ms, 
     assert "- node: skipped: budget spent" in report and "- a note" in report
     for png in ("heads.png", "search.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("bytes_max", "verdict", "descriptor_ms"),
+                         [(96_600, "met", 400.0), (120_000, "NOT met", None)])
+def test_report_states_the_local_feature_budget_and_ratio(tmp_path, bytes_max, verdict, descriptor_ms) -> None:
+    results = _results(8.0, 1.0)
+    section = {"frames": 139, "image": "640x480", "max_features": 700, "opencv_default_threads": 2,
+               "ms_1_thread_median": 80.0, "ms_1_thread_p90": 95.0, "ms_default_threads_median": 50.0,
+               "ms_default_threads_p90": 60.0, "bytes_mean": 83_200.0, "bytes_max": bytes_max,
+               "features_mean": 603.0, "keypoints_with_depth": 0.83}
+    if descriptor_ms:
+        section |= {"descriptor_ms": descriptor_ms, "ratio_1_thread_vs_descriptor": 80.0 / descriptor_ms,
+                    "ratio_default_vs_descriptor": 50.0 / descriptor_ms}
+    results["sections"]["local_features"] = section
+    write_report(results, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    one_thread = next(line for line in report.splitlines() if line.startswith("| 1 |"))
+    assert one_thread.startswith("| 1 | 80.0 | 95.0 |")
+    assert ("0.200x its 400 ms" if descriptor_ms else "not measured in this run") in one_thread
+    assert f"83.2 kB mean, {bytes_max / 1e3:.1f} kB max** (budget 100 kB at 640x480: {verdict})" in report
