@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,6 +76,10 @@ class ChannelResult:
     source: str
     map_frame: str
     candidates: list[Candidate]
+    # The query's best search hits by descriptor similarity that are not candidates already (the
+    # decision spreads its candidates over places; geometric verification looks at the nearest
+    # keyframes themselves). One that geometry accepts joins ``candidates``.
+    hits: list[Candidate] = field(default_factory=list)
 
     @property
     def best(self) -> Candidate | None:

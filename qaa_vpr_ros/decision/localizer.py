@@ -180,6 +180,19 @@ class Localizer:
                 confidence=float(hyp.confidence[rank]), offset=hyp.offset if first else None))
         return out
 
+    def _hits(self, channel: ChannelResult, rows: np.ndarray, descriptor: np.ndarray, table: KeyframeTable,
+              keyframes: Sequence[Keyframe]) -> list[Candidate]:
+        """The ``verify_candidates`` best search hits (rows, best first) not among the channel's candidates."""
+        count = self.config.verify_candidates if self.config.verify_geometry else 0
+        taken = {int(c.keyframe.id) for c in channel.candidates}
+        out = []
+        for rank, row in enumerate(np.asarray(rows, np.int64)[:count]):
+            if row < 0 or int(keyframes[int(row)].id) in taken:
+                continue
+            score = float(table.descriptors[int(row)] @ descriptor)
+            out.append(Candidate(keyframe=keyframes[int(row)], score=score, rank=rank, reason="search hit"))
+        return out
+
     def process(self, queries: Sequence[Query], descriptors: np.ndarray,
                 features: Sequence[LocalFeatures | None] | None = None) -> list[QueryResult]:
         """Decide for a batch of queries (descriptors (N, D) float32, same order) in stamp order;
@@ -217,6 +230,8 @@ class Localizer:
                                               table_sims=row_sims)
                 results[i].map = ChannelResult("map", self.prior_map.map_frame,
                                                self._candidates(hyp, self._prior_keyframes))
+                results[i].map.hits = self._hits(results[i].map, prior_hits[i], d, self.map_matcher.table,
+                                                 self._prior_keyframes)
             elif self.prior_map is not None:
                 results[i].map = ChannelResult("map", self.prior_map.map_frame, [])
             if cfg.online_loop_closure:
@@ -233,6 +248,11 @@ class Localizer:
                                                  step=self._step, table_sims=sims)
                 results[i].online = ChannelResult("online", self.online_frame,
                                                   self._candidates(hyp, self._online_keyframes))
+                # Geometry needs no travel guard: a verified view is the same place after any path
+                # (a handheld camera back at a view after geometry_loop_exclude_recent_s).
+                geometry_mask = table.eligible(q.stamp - cfg.geometry_loop_exclude_recent_s, None)
+                results[i].online.hits = self._hits(results[i].online, self._online_hits(sims, geometry_mask), d,
+                                                    table, self._online_keyframes)
                 results[i].keyframe = self._add_online(q, d, path_m, features[i] if features is not None else None)
         return results
 

@@ -195,6 +195,10 @@ class LocalizeConfig:
         40, "geometry_accept: PnP (or essential-matrix) inliers needed.", range=(6, 100000))
     geometry_accept_min_inlier_ratio: float = _param(
         0.3, "geometry_accept: share of the usable matches that are inliers.", range=(0.0, 1.0))
+    geometry_loop_exclude_recent_s: float = _param(
+        10.0, "Online loop closures accepted on geometry: past keyframes younger than this are never "
+        "candidates; no loop_min_travel_m guard (a camera back at a view without travelling far).",
+        range=(0.0, 86400.0))
     geometry_accept_essential: bool = _param(
         False, "geometry_accept also without depth (essential matrix: rotation only, no metric position).")
     save_map_folder: str = _param(

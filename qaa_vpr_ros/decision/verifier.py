@@ -74,7 +74,7 @@ class CandidateVerifier:
         errors: list[str] = []
         k_query = self.intrinsics(result.query.camera)
         for channel in (result.map, result.online):
-            if channel is None or not channel.candidates:
+            if channel is None or not (channel.candidates or channel.hits):
                 continue
             if k_query is None:
                 self._count("skipped_no_intrinsics")
@@ -91,6 +91,7 @@ class CandidateVerifier:
         store = localizer.prior_map if channel.source == "map" else localizer.online_map
         chosen = channel.candidates[: max(cfg.verify_candidates, 0)]
         chosen += [c for c in channel.candidates[len(chosen):] if c.accepted]  # the accepted one, always
+        chosen += channel.hits  # the nearest keyframes by descriptor (verify_candidates of them)
         for candidate in chosen:
             outcome = self._one(candidate, features, k_query, store, channel.source)
             if outcome is None:
@@ -106,6 +107,10 @@ class CandidateVerifier:
             if strong:
                 best = max(strong, key=lambda c: c.verification.inliers)
                 best.accepted, best.reason = True, "geometry"
+                if best not in channel.candidates:  # a search hit: it becomes a candidate (and a record)
+                    channel.hits.remove(best)
+                    best.rank = len(channel.candidates)
+                    channel.candidates.append(best)
                 self._count("accepted_on_geometry")
 
     def strong(self, verification: Verification | None) -> bool:
