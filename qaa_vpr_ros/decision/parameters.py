@@ -149,12 +149,14 @@ class LocalizeConfig:
         0.0, "With odometry: ... or this much rotation. 0 disables.", range=(0.0, math.pi))
     # Outputs
     covariance_base: list[float] = _param(
-        [1.0, 1.0, 1.0, 0.1, 0.1, 0.1], "Covariance diagonal (x, y, z m^2; roll, pitch, yaw "
-        "rad^2) of a perfect place match; scaled up to 10x as the confidence falls to min_confidence.")
+        [640.0, 110.0, 1.0, 0.1, 0.1, 0.1], "Covariance diagonal (x, y, z m^2; roll, pitch, yaw "
+        "rad^2) of a confident place match with an identity transform (transform_source 'none'); "
+        "scaled up to 10x as the confidence falls to min_confidence. Measured on held-out Nordland "
+        "(scripts/covariance_honesty.py, docs/NODE.md).")
     covariance_sequence: list[float] = _param(
-        [0.4, 1.0, 1.0, 0.1, 0.1, 0.1], "The same for a match whose relative transform carries the "
-        "sequence alignment's along-track offset (transform_source 'sequence'); calibrated against "
-        "ground truth like covariance_base (docs/NODE.md).")
+        [65.0, 3.0, 1.0, 0.1, 0.1, 0.1], "The same for a match whose relative transform carries the "
+        "sequence alignment's along-track offset (transform_source 'sequence'); measured like "
+        "covariance_base (docs/NODE.md).")
     publish_unmatched: bool = _param(
         False, "When nothing is accepted, still publish ~/place_match (best candidate's pose or "
         "identity) with 9999 on the covariance diagonal.")
