@@ -304,9 +304,15 @@ def _pnp(points: np.ndarray, normalized: np.ndarray, focal: float, cfg: FeatureV
     if len(obj) < cfg.min_inliers:
         return f"{len(obj)} matches with depth < min_inliers {cfg.min_inliers}"
     threshold = cfg.pnp_threshold_px / focal
-    ok, rvec, tvec, inliers = cv2.solvePnPRansac(obj, img, np.eye(3), None, iterationsCount=cfg.pnp_iterations,
-                                                 reprojectionError=threshold, confidence=cfg.confidence,
-                                                 flags=cv2.SOLVEPNP_SQPNP)
+    for flags in (cv2.SOLVEPNP_SQPNP, cv2.SOLVEPNP_ITERATIVE):
+        try:
+            ok, rvec, tvec, inliers = cv2.solvePnPRansac(
+                obj, img, np.eye(3), None, iterationsCount=cfg.pnp_iterations, reprojectionError=threshold,
+                confidence=cfg.confidence, flags=flags)
+            break
+        except cv2.error:  # SQPnP asserts on a near-degenerate sample (OpenCV 5.1); the iterative solver does not
+            if flags == cv2.SOLVEPNP_ITERATIVE:
+                raise
     if not ok or inliers is None or len(inliers) < 6:
         return "no PnP solution"
     inliers = inliers.ravel()
