@@ -554,19 +554,22 @@ def _resolve_intrinsics(bags: Sequence[_BagPlan], topics: Sequence[str], options
         raise ValueError(f"--camera-intrinsics names {unknown}, not cameras of this build {list(topics)}")
     found: dict[str, tuple[str, Intrinsics]] = {}
     for plan in bags:
-        with open_bag(plan.path) as bag:
-            for topic in topics:
-                info = camera_info_topic(topic)
-                if bag.topics.get(info) != "sensor_msgs/msg/CameraInfo":
-                    continue
-                intrinsics = _first_intrinsics(bag, info)
-                if intrinsics is None:
-                    continue
-                first = found.setdefault(topic, (plan.name, intrinsics))
-                if first[1] != intrinsics:
-                    raise MapError(f"camera {topic}: {info} gives intrinsics {first[1].as_list()} in bag {first[0]} "
-                                   f"but {intrinsics.as_list()} in bag {plan.name}; a map holds one calibration per "
-                                   "camera: build the bags into separate maps")
+        try:
+            with open_bag(plan.path) as bag:
+                in_bag = {t: _first_intrinsics(bag, camera_info_topic(t)) for t in topics
+                          if bag.topics.get(camera_info_topic(t)) == "sensor_msgs/msg/CameraInfo"}
+        except BagError:
+            if not options.allow_truncated:
+                raise
+            continue  # the reader keeps what the damaged bag yields and names it in the manifest
+        for topic, intrinsics in in_bag.items():
+            if intrinsics is None:
+                continue
+            first = found.setdefault(topic, (plan.name, intrinsics))
+            if first[1] != intrinsics:
+                raise MapError(f"camera {topic}: {camera_info_topic(topic)} gives intrinsics {first[1].as_list()} "
+                               f"in bag {first[0]} but {intrinsics.as_list()} in bag {plan.name}; a map holds one "
+                               "calibration per camera: build the bags into separate maps")
     resolved = {**options.camera_intrinsics, **{t: i for t, (_, i) in found.items()}}
     return {t: resolved[t] for t in topics if t in resolved}
 
