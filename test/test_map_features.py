@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from qaa_vpr_ros.bag_writer import _T, BagWriter, camera_info_message, header, image_message
+from qaa_vpr_ros.keyframes import SelectionConfig
 from qaa_vpr_ros.local_features import FeatureConfig, Intrinsics, LocalFeatures, extract_local_features
 from qaa_vpr_ros.map_tools.build import BuildOptions, ExtractorSpec, WorkerPool, build_map, build_map_planned
 from qaa_vpr_ros.map_tools.build import main as build_main
@@ -348,9 +349,6 @@ class SerialPool(WorkerPool):
 
 def test_chunked_and_planned_builds_store_the_same_features(tmp_path, tum, model_dir, extractor):
     bag = write_tum_bag(tmp_path / "tum", tum, colour_first=False)
-    options = BuildOptions(image_topics=(COLOUR,), depth_topics=(DEPTH,), chunk_size=2)
-    from qaa_vpr_ros.keyframes import SelectionConfig
-
     options = BuildOptions(image_topics=(COLOUR,), depth_topics=(DEPTH,), chunk_size=2,
                            selection=SelectionConfig(0.0, 0.0, 0.0))
     whole = build_map([bag], tmp_path / "whole", extractor, BuildOptions(
