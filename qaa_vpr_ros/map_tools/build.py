@@ -10,6 +10,11 @@ Keyframe k (numbered over all bags, in order) belongs to chunk k // chunk_size. 
 chunks, so an interrupted build (Ctrl-C, kill -9) loses at most one chunk and ends with the same
 map. ``--shard i/N`` processes chunks c with c % N == i; ``merge_maps`` puts the shards together.
 
+Every keyframe of a camera with intrinsics (its ``camera_info`` topic, else ``--camera-intrinsics``)
+also gets its local features (SIFT keypoints and descriptors), and with ``--depth-topics`` each
+keypoint's depth from the depth image of the nearest stamp within ``--depth-max-age`` (depth
+images are kept a short while per camera: the colour image may come first in the bag).
+
 Example::
 
     build_map run1/ --model model/ --image-topics /cam_front /cam_rear --pose-topic /odom -o run1_map
@@ -29,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,20 +51,42 @@ from qaa_vpr_ros.bags import (
     TopicError,
     bag_message_count,
     bag_sha256,
+    camera_info_topic,
+    check_topics,
     iter_image_messages,
     open_bag,
     read_pose_track,
     resolve_bag,
 )
-from qaa_vpr_ros.image_conversion import ImageDecodeError, image_from_msg
+from qaa_vpr_ros.image_conversion import ImageDecodeError, depth_from_msg, image_from_msg
 from qaa_vpr_ros.keyframes import KeyframeSelector, PoseSkip, PoseTrack, SelectionConfig
+from qaa_vpr_ros.local_features import (
+    FeatureConfig,
+    Intrinsics,
+    LocalFeatures,
+    extract_local_features,
+    parse_intrinsics,
+)
 from qaa_vpr_ros.maps import INDEX_TYPES, Keyframe, MapError, PlaceMap, check_map_id, new_map_id
+from qaa_vpr_ros.maps.features import (
+    FLAG_DEPTH,
+    FLAG_FEATURES,
+    PackedFeatures,
+    check_feature_index,
+    feature_bytes,
+    feature_config_of,
+    pack_features,
+)
 from qaa_vpr_ros.paths import expand_path, path_argument
 from qaa_vpr_ros.progress import progress_bar
 
 __all__ = ["BuildOptions", "BuildResult", "build_map", "main"]
 
-WORK_FORMAT = 1
+WORK_FORMAT = 2  # 2: chunks carry local features
+# Depth images kept per camera for pairing: those within --depth-max-age + DEPTH_WAIT_S of the
+# newest, at most DEPTH_HISTORY; a keyframe waits for its depth image at most DEPTH_WAIT_S of log time.
+DEPTH_WAIT_S = 1.0
+DEPTH_HISTORY = 64
 # Testing hook: SIGKILL this process after writing this many chunks (simulates a crash mid-build).
 CRASH_AFTER_CHUNKS_ENV = "QAA_VPR_ROS_CRASH_AFTER_CHUNKS"
 
@@ -82,6 +110,12 @@ class BuildOptions:
     index_type: str = "flat"
     index_params: dict[str, Any] = field(default_factory=dict)
     prefetch: int = 64  # decoded keyframes waiting for the extractor (bounds memory)
+    # Local features (None: none). Depth topics pair with the cameras in order; intrinsics by
+    # camera topic (a camera_info topic beside the image topic overrides them).
+    local_features: FeatureConfig | None = field(default_factory=FeatureConfig)
+    depth_topics: tuple[str, ...] = ()
+    depth_max_age_s: float = 0.05
+    camera_intrinsics: dict[str, Intrinsics] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -93,6 +127,18 @@ class BuildOptions:
             raise ValueError(f"max_pose_gap_s must be > 0, got {self.max_pose_gap_s}")
         if self.prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
+        if not self.depth_max_age_s > 0:
+            raise ValueError(f"depth_max_age_s must be > 0, got {self.depth_max_age_s}")
+        if len(set(self.depth_topics)) != len(self.depth_topics):
+            raise ValueError(f"--depth-topics names a topic twice: {list(self.depth_topics)}")
+        both = sorted(set(self.depth_topics) & set(self.image_topics))
+        if both:
+            raise ValueError(f"{both} given both as image (camera) and as depth topics; a depth topic is never "
+                             "a camera")
+        if self.image_topics and self.depth_topics and len(self.depth_topics) != len(self.image_topics):
+            raise ValueError(f"--depth-topics has {len(self.depth_topics)} topics for {len(self.image_topics)} "
+                             f"--image-topics {list(self.image_topics)}: give one depth topic per camera, in the "
+                             "same order")
         if self.index_type not in INDEX_TYPES:
             raise ValueError(f"index type {self.index_type!r} not one of {INDEX_TYPES}")
         if self.map_id is not None:
@@ -124,6 +170,7 @@ class BuildResult:
     cameras: dict[str, CameraStats]
     skipped: dict[str, Any]
     seconds: float
+    local_features: dict[str, Any] = field(default_factory=dict)  # what the summary reports (_feature_report)
 
 
 @dataclass
@@ -133,6 +180,17 @@ class _Candidate:
     image: np.ndarray
     encoding: str
     images_seen: int
+    features: LocalFeatures | None = None
+
+
+@dataclass
+class _Pending:
+    """A keyframe waiting for its depth image (the colour image may come first in the bag)."""
+
+    candidate: _Candidate
+    log_time_ns: int
+    resolved: bool = False
+    depth_msg: Any = None  # the paired depth image, once resolved (None: no pair)
 
 
 @dataclass
@@ -192,6 +250,7 @@ class _KeyframeReader(threading.Thread):
         self.keyframes_total = start.first_index if start is not None else 0
         self.images_seen = 0
         self.planned: list[_PlannedKeyframe] | None = None  # set to [] to record the plan of a bag
+        self.depth_of = dict(zip(self.topics, options.depth_topics, strict=True)) if options.depth_topics else {}
 
     def _past_end(self) -> bool:
         return self.end_index is not None and self.keyframes_total >= self.end_index
@@ -243,13 +302,28 @@ class _KeyframeReader(threading.Thread):
             )
             self.utm_zone = self.utm_zone or track.utm_zone
             self.map_frame = self.map_frame or track.frame_id
+        # A survey (planned is not None) extracts nothing: it reads no depth images.
+        depth_topics = list(self.depth_of.values()) if self.options.local_features and self.planned is None else []
+        if depth_topics:
+            check_topics(bag, depth_topics, ("sensor_msgs/msg/Image",), "depth")
+        history: dict[str, deque] = {d: deque(maxlen=DEPTH_HISTORY) for d in depth_topics}
+        newest: dict[str, int] = {}
+        pending: deque[_Pending] = deque()
         ordinal = -1  # images of this bag before this one
-        for image_msg in iter_image_messages(bag, self.topics, self.read_stats):
+        for image_msg in iter_image_messages(bag, self.topics + depth_topics, self.read_stats):
+            if self.stop.is_set():
+                return
+            if image_msg.topic in history:
+                self._remember_depth(history[image_msg.topic], newest, image_msg)
+                self._release(pending, history, newest, image_msg.log_time_ns)
+                continue
             ordinal += 1
             if ordinal < skip:
                 continue
-            if self.stop.is_set() or self._past_end():
-                return
+            if self._past_end():
+                if not pending:
+                    return
+                continue  # read on only for the depth images of the keyframes waiting
             self.images_seen += 1
             stats = self.cameras[image_msg.topic]
             stats.images += 1
@@ -291,7 +365,58 @@ class _KeyframeReader(threading.Thread):
                 utm_zone=track.utm_zone if track is not None else None,
                 source=plan.name,
             )
-            self._put(("keyframe", _Candidate(index, keyframe, image, encoding, self.images_seen)))
+            pending.append(_Pending(_Candidate(index, keyframe, image, encoding, self.images_seen),
+                                    image_msg.log_time_ns))
+            self._release(pending, history, newest, image_msg.log_time_ns)
+        self._release(pending, history, newest, None)  # the end of the bag: no depth image comes any more
+
+    def _remember_depth(self, history: deque, newest: dict[str, int], msg: Any) -> None:
+        """Keep a depth image (not decoded yet) in its camera's short history."""
+        history.append((msg.stamp_ns, msg.msg))
+        newest[msg.topic] = max(newest.get(msg.topic, msg.stamp_ns), msg.stamp_ns)
+        horizon = newest[msg.topic] - int((self.options.depth_max_age_s + DEPTH_WAIT_S) * 1e9)
+        while history and history[0][0] < horizon:
+            history.popleft()
+
+    def _release(self, pending: deque[_Pending], history: dict[str, deque], newest: dict[str, int],
+                 now_ns: int | None) -> None:
+        """Pair every waiting keyframe whose depth image is settled (one stamped past its window has
+        come, it waited DEPTH_WAIT_S of log time, or ``now_ns`` None: the bag ended), then hand over
+        the settled ones at the head of the queue, in keyframe order. Pairing depends only on the
+        bag's messages, so every build path pairs alike."""
+        max_age = int(self.options.depth_max_age_s * 1e9)
+        for item in pending:
+            if item.resolved:
+                continue
+            stamp = item.candidate.keyframe.stamp_ns
+            depth_topic = self.depth_of.get(item.candidate.keyframe.camera)
+            if depth_topic in history and now_ns is not None:
+                settled = newest.get(depth_topic, -1) >= stamp + max_age
+                if not settled and now_ns - item.log_time_ns < max_age + int(DEPTH_WAIT_S * 1e9):
+                    continue
+            if depth_topic in history:
+                near = [(abs(t - stamp), t, m) for t, m in history[depth_topic] if abs(t - stamp) <= max_age]
+                item.depth_msg = min(near, key=lambda n: (n[0], n[1]))[2] if near else None
+            item.resolved = True
+        while pending and pending[0].resolved:
+            item = pending.popleft()
+            item.candidate.features = self._features(item)
+            self._put(("keyframe", item.candidate))
+
+    def _features(self, item: _Pending) -> LocalFeatures | None:
+        """The local features of a keyframe: none without a feature config or intrinsics; without
+        depth when it has no (decodable) depth pair."""
+        candidate = item.candidate
+        if self.options.local_features is None or candidate.keyframe.camera not in self.options.camera_intrinsics:
+            return None
+        depth = None
+        if item.depth_msg is not None:
+            try:
+                depth = depth_from_msg(item.depth_msg)
+            except ImageDecodeError:
+                depth = None  # counted with the keyframes that had no depth pair
+        image = candidate.image[:, :, ::-1] if candidate.encoding == "bgr" else candidate.image
+        return extract_local_features(image, depth, self.options.local_features)
 
 
 def _check_topics_deserialised(read_stats: ReadStats, cameras: dict[str, CameraStats]) -> None:
@@ -322,10 +447,16 @@ def _chunk_path(work: Path, chunk: int) -> Path:
     return work / f"chunk-{chunk:06d}.npz"
 
 
-def _write_chunk(path: Path, descriptors: np.ndarray, keyframes: Sequence[Keyframe]) -> None:
+def _write_chunk(path: Path, descriptors: np.ndarray, keyframes: Sequence[Keyframe],
+                 features: Sequence[LocalFeatures | None]) -> None:
     buffer = io.BytesIO()
+    packed = pack_features(features)
     np.savez(
         buffer,
+        features_index=packed.index,
+        features_keypoints=packed.keypoints,
+        features_descriptors=packed.descriptors,
+        features_depth=packed.depth_mm,
         descriptors=np.asarray(descriptors, np.float16).reshape(len(keyframes), -1),
         id=np.array([k.id for k in keyframes], np.int64),
         stamp_sec=np.array([k.stamp_sec for k in keyframes], np.int64),
@@ -340,10 +471,16 @@ def _write_chunk(path: Path, descriptors: np.ndarray, keyframes: Sequence[Keyfra
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _read_chunk(path: Path) -> tuple[np.ndarray, list[Keyframe]]:
+def _read_chunk(path: Path) -> tuple[np.ndarray, list[Keyframe], list[LocalFeatures | None]]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
+        packed = PackedFeatures(arrays["features_index"], arrays["features_keypoints"],
+                                arrays["features_descriptors"], arrays["features_depth"])
+        problem = check_feature_index(packed.index, len(packed.keypoints), "its features_index")
+        if problem is not None:
+            raise ValueError(problem)
+        features = [packed.features(row) for row in range(len(packed.index))]
     except (ValueError, OSError, KeyError) as err:
         raise MapError(f"work chunk {path} is unreadable ({err}); delete it and rerun with --resume") from err
     keyframes = [
@@ -360,18 +497,81 @@ def _read_chunk(path: Path) -> tuple[np.ndarray, list[Keyframe]]:
         )
         for i in range(len(arrays["id"]))
     ]
-    return arrays["descriptors"], keyframes
+    return arrays["descriptors"], keyframes, features
 
 
 # --- the build ---------------------------------------------------------------------------------
+DEPTH_ENCODINGS = ("16uc1", "32fc1")  # an image topic whose first message has one is a depth image
+
+
+def _is_depth_image_topic(bag: OpenBag, topic: str) -> bool:
+    """Whether the first message of an Image topic has a depth encoding (16UC1 or 32FC1)."""
+    if bag.topics.get(topic) != "sensor_msgs/msg/Image":
+        return False
+    for _, msgtype, _, raw in bag.messages([topic]):
+        try:
+            return str(bag.deserialize(raw, msgtype).encoding).strip().lower() in DEPTH_ENCODINGS
+        except Exception:  # an undeserialisable first message: the reader counts it as a camera's
+            return False
+    return False
+
+
 def _resolve_topics(bags: Sequence[_BagPlan], options: BuildOptions) -> tuple[str, ...]:
+    """The camera topics: ``--image-topics``, else every Image/CompressedImage topic of the first bag
+    that is not a depth topic (named in ``--depth-topics``, or of a depth encoding)."""
     if options.image_topics:
         return tuple(options.image_topics)
     with open_bag(bags[0].path) as bag:
-        topics = tuple(sorted(t for t, typ in bag.topics.items() if typ in IMAGE_TYPES))
+        candidates = sorted(t for t, typ in bag.topics.items() if typ in IMAGE_TYPES and t not in options.depth_topics)
+        topics = tuple(t for t in candidates if not _is_depth_image_topic(bag, t))
     if not topics:
-        raise BagError(f"bag {bags[0].path} has no sensor_msgs/Image or CompressedImage topic")
+        raise BagError(f"bag {bags[0].path} has no sensor_msgs/Image or CompressedImage topic that is not a depth "
+                       "image")
+    if options.depth_topics and len(options.depth_topics) != len(topics):
+        raise TopicError(f"--depth-topics has {len(options.depth_topics)} topics but bag {bags[0].path} has "
+                         f"{len(topics)} cameras {list(topics)}; pass --image-topics with one depth topic per "
+                         "camera, in the same order")
     return topics
+
+
+def _first_intrinsics(bag: OpenBag, topic: str) -> Intrinsics | None:
+    """The intrinsics of the first valid CameraInfo on ``topic`` (an all-zero K is not valid)."""
+    for _, msgtype, _, raw in bag.messages([topic]):
+        try:
+            msg = bag.deserialize(raw, msgtype)
+            return Intrinsics.from_camera_info(msg.k, msg.d)
+        except Exception:  # undeserialisable or uncalibrated: try the next one
+            continue
+    return None
+
+
+def _resolve_intrinsics(bags: Sequence[_BagPlan], topics: Sequence[str], options: BuildOptions
+                        ) -> dict[str, Intrinsics]:
+    """Each camera's intrinsics: the first valid CameraInfo beside its topic (the same in every bag
+    that has one), else ``options.camera_intrinsics``; cameras with neither are left out."""
+    unknown = sorted(set(options.camera_intrinsics) - set(topics))
+    if unknown:
+        raise ValueError(f"--camera-intrinsics names {unknown}, not cameras of this build {list(topics)}")
+    found: dict[str, tuple[str, Intrinsics]] = {}
+    for plan in bags:
+        try:
+            with open_bag(plan.path) as bag:
+                in_bag = {t: _first_intrinsics(bag, camera_info_topic(t)) for t in topics
+                          if bag.topics.get(camera_info_topic(t)) == "sensor_msgs/msg/CameraInfo"}
+        except BagError:
+            if not options.allow_truncated:
+                raise
+            continue  # the reader keeps what the damaged bag yields and names it in the manifest
+        for topic, intrinsics in in_bag.items():
+            if intrinsics is None:
+                continue
+            first = found.setdefault(topic, (plan.name, intrinsics))
+            if first[1] != intrinsics:
+                raise MapError(f"camera {topic}: {camera_info_topic(topic)} gives intrinsics {first[1].as_list()} "
+                               f"in bag {first[0]} but {intrinsics.as_list()} in bag {plan.name}; a map holds one "
+                               "calibration per camera: build the bags into separate maps")
+    resolved = {**options.camera_intrinsics, **{t: i for t, (_, i) in found.items()}}
+    return {t: resolved[t] for t in topics if t in resolved}
 
 
 def _identity(bags: Sequence[_BagPlan], topics: Sequence[str], options: BuildOptions, fingerprint: str,
@@ -387,6 +587,10 @@ def _identity(bags: Sequence[_BagPlan], topics: Sequence[str], options: BuildOpt
         "batch_size": batch_size,
         "model_fingerprint": fingerprint,
         "allow_truncated": options.allow_truncated,
+        "local_features": None if options.local_features is None else dataclasses.asdict(options.local_features),
+        "depth_topics": list(options.depth_topics),
+        "depth_max_age_s": options.depth_max_age_s,
+        "cameras": {t: c.as_list() for t, c in sorted(options.camera_intrinsics.items())},
     }
 
 
@@ -421,9 +625,9 @@ def _prepare_work(work: Path, identity: dict[str, Any], resume: bool, fresh: boo
 
 def _start(bags: Sequence[str | Path], output: Path, options: BuildOptions, fingerprint: str, batch_size: int,
            resume: bool, overwrite: bool
-           ) -> tuple[list[_BagPlan], tuple[str, ...], dict[str, Any], str, Path, set[int]]:
-    """What every build fixes first: the bags, topics, build identity and id, the work folder and the
-    chunks an earlier run finished."""
+           ) -> tuple[list[_BagPlan], tuple[str, ...], dict[str, Any], str, Path, set[int], BuildOptions]:
+    """What every build fixes first: the bags, topics, build identity and id, the work folder, the
+    chunks an earlier run finished and the options with every camera's intrinsics resolved."""
     PlaceMap.create(1, "", options.index_type, **options.index_params)  # bad index parameters fail now
     plans = []
     for bag in bags:
@@ -433,10 +637,11 @@ def _start(bags: Sequence[str | Path], output: Path, options: BuildOptions, fing
     if len(set(names)) != len(names):
         raise BagError(f"bags must have distinct names (keyframes record their source bag): {names}")
     topics = _resolve_topics(plans, options)
+    options = dataclasses.replace(options, camera_intrinsics=_resolve_intrinsics(plans, topics, options))
     identity = _identity(plans, topics, options, fingerprint, batch_size)
     work = output.with_name(output.name + ".work")
     done = set(_prepare_work(work, identity, resume, fresh=overwrite))
-    return plans, topics, identity, _digest(identity), work, done
+    return plans, topics, identity, _digest(identity), work, done, options
 
 
 def _extract_chunks(reader: _KeyframeReader, items: queue.Queue, extractor: Any, work: Path, chunk_size: int,
@@ -450,6 +655,7 @@ def _extract_chunks(reader: _KeyframeReader, items: queue.Queue, extractor: Any,
     chunk: int | None = None
     chunk_keyframes: list[Keyframe] = []
     chunk_descriptors: list[np.ndarray] = []
+    chunk_features: list[LocalFeatures | None] = []
     batch: list[_Candidate] = []
 
     def run_batch() -> None:
@@ -458,6 +664,7 @@ def _extract_chunks(reader: _KeyframeReader, items: queue.Queue, extractor: Any,
             descriptors = extractor.extract([c.image for c in batch], [c.encoding for c in batch])
             chunk_descriptors.append(np.asarray(descriptors, np.float32))
             chunk_keyframes.extend(c.keyframe for c in batch)
+            chunk_features.extend(c.features for c in batch)
             built += len(batch)
             batch.clear()
 
@@ -465,12 +672,13 @@ def _extract_chunks(reader: _KeyframeReader, items: queue.Queue, extractor: Any,
         nonlocal written
         run_batch()
         if chunk is not None and chunk_keyframes:
-            _write_chunk(_chunk_path(work, chunk), np.concatenate(chunk_descriptors), chunk_keyframes)
+            _write_chunk(_chunk_path(work, chunk), np.concatenate(chunk_descriptors), chunk_keyframes, chunk_features)
             written += 1
             if crash_after and written >= crash_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         chunk_keyframes.clear()
         chunk_descriptors.clear()
+        chunk_features.clear()
 
     while True:
         kind, payload = items.get()
@@ -516,8 +724,8 @@ def build_map(
     started = time.monotonic()
     output = _checked_output(output, bags, overwrite)
     batch_size = int(getattr(extractor, "batch_size", 16))
-    plans, topics, identity, build_id, work, done = _start(bags, output, options, extractor.fingerprint, batch_size,
-                                                           resume, overwrite)
+    plans, topics, identity, build_id, work, done, options = _start(bags, output, options, extractor.fingerprint,
+                                                                    batch_size, resume, overwrite)
     shard_index, shard_count = options.shard
 
     def wanted(chunk: int) -> bool:
@@ -550,7 +758,7 @@ def build_map(
                                  keep_work)
     return BuildResult(
         place_map, output, reader.keyframes_total, built, len(done), reader.cameras, skipped,
-        time.monotonic() - started,
+        time.monotonic() - started, place_map.info["build"]["local_features"],
     )
 
 
@@ -595,8 +803,12 @@ def _assemble(work: Path, reader: _KeyframeReader | _ReadSummary, options: Build
         path = _chunk_path(work, c)
         if not path.exists():
             raise MapError(f"work chunk {path} is missing after the build; rerun with --resume")
-        descriptors, keyframes = _read_chunk(path)
-        place_map.add(descriptors.astype(np.float32), keyframes)
+        descriptors, keyframes, features = _read_chunk(path)
+        place_map.add(descriptors.astype(np.float32), keyframes, features)
+    for topic, intrinsics in options.camera_intrinsics.items():
+        place_map.set_camera(topic, intrinsics)
+    if options.local_features is not None:
+        place_map.feature_config = feature_config_of(options.local_features)
     place_map.sources = [
         {"name": p.name, "path": str(p.path.resolve()), "sha256": p.sha256, "image_topics": list(topics),
          "pose_topic": options.pose_topic}
@@ -614,9 +826,30 @@ def _assemble(work: Path, reader: _KeyframeReader | _ReadSummary, options: Build
             "damaged_bags": dict(reader.truncated),
             "undeserialisable_messages": reader.read_stats.undeserialisable,
             "skipped_pose_messages": dict(reader.read_stats.reasons),
+            "local_features": _feature_report(place_map, options, topics),
         }
     }
     return place_map
+
+
+def _feature_report(place_map: PlaceMap, options: BuildOptions, topics: Sequence[str]) -> dict[str, Any]:
+    """What the build stored of local features (from the map: right after a resume too)."""
+    index = place_map.feature_index
+    flags = index[:, 2]
+    with_features = (flags & FLAG_FEATURES) != 0
+    depth_of = dict(zip(topics, options.depth_topics, strict=True)) if options.depth_topics else {}
+    paired = np.array([kf.camera in depth_of for kf in place_map.keyframes], bool)
+    sizes = feature_bytes(index)[with_features]
+    cameras = [kf.camera for kf in place_map.keyframes]
+    return {
+        "keyframes_with_features": int(with_features.sum()),
+        "keyframes_with_depth": int(((flags & FLAG_DEPTH) != 0).sum()),
+        "missing_depth_pairs": int((paired & with_features & ((flags & FLAG_DEPTH) == 0)).sum()),
+        "mean_bytes_per_keyframe": float(sizes.mean()) if len(sizes) else 0.0,
+        "max_bytes_per_keyframe": int(sizes.max()) if len(sizes) else 0,
+        "without_intrinsics": {t: cameras.count(t) for t in topics if t not in options.camera_intrinsics},
+        "disabled": options.local_features is None,
+    }
 
 
 def _progress_bar(total: int | None, enabled: bool) -> Any:
@@ -797,8 +1030,8 @@ def build_map_planned(
     if options.shard != (0, 1):
         raise ValueError("--shard is for a build without --ray: the cluster plans the work itself")
     extractor = spec.load("cpu")  # the fingerprint and dim; the workers load their own
-    plans, topics, identity, build_id, work, done = _start(bags, output, options, extractor.fingerprint,
-                                                           spec.batch_size, resume, overwrite)
+    plans, topics, identity, build_id, work, done, options = _start(bags, output, options, extractor.fingerprint,
+                                                                    spec.batch_size, resume, overwrite)
     try:
         labels = [f"bag {p.path}" for p in plans]
         surveys = pool.map(survey_bag, [(p, options, topics, None) for p in plans], labels, gpu=False)
@@ -838,7 +1071,7 @@ def build_map_planned(
     place_map, skipped = _finish(work, summary, options, extractor, topics, plans, build_id, identity, output,
                                  keep_work)
     return BuildResult(place_map, output, total, sum(built), len(done), summary.cameras, skipped,
-                       time.monotonic() - started)
+                       time.monotonic() - started, place_map.info["build"]["local_features"])
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -922,6 +1155,19 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-truncated", action="store_true",
                         help="use a damaged bag up to the damage (counted in the manifest) instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = parser.add_argument_group("local features (geometric verification of matches, docs/MAPS.md)")
+    group.add_argument("--depth-topics", nargs="+", default=[], metavar="DEPTH",
+                       help="registered depth images (sensor_msgs/Image 16UC1 millimetres or 32FC1 metres), one per "
+                            "camera in --image-topics order; never taken as cameras")
+    group.add_argument("--camera-intrinsics", default="",
+                       help="'TOPIC fx fy cx cy [k1 k2 p1 p2 k3]; ...' for cameras without a camera_info topic beside "
+                            "the image topic (/ns/image_raw -> /ns/camera_info, which wins)")
+    group.add_argument("--depth-max-age", type=float, default=0.05, metavar="SECONDS",
+                       help="pair a keyframe with the depth image of the nearest stamp within this (default 0.05)")
+    group.add_argument("--max-local-features", type=int, default=FeatureConfig.max_features, metavar="N",
+                       help=f"strongest SIFT features kept per keyframe (default {FeatureConfig.max_features})")
+    group.add_argument("--no-local-features", action="store_true",
+                       help="store no local features (matches against the map are then not verified)")
     add_ray_arguments(parser)
     add_index_arguments(parser)
     return parser
@@ -972,6 +1218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             index_type=args.index,
             index_params=index_params_from_args(args),
             prefetch=args.prefetch,
+            local_features=None if args.no_local_features else FeatureConfig(max_features=args.max_local_features),
+            depth_topics=tuple(args.depth_topics),
+            depth_max_age_s=args.depth_max_age,
+            camera_intrinsics=parse_intrinsics(args.camera_intrinsics),
         )
     except (ValueError, MapError) as err:
         parser.error(str(err))
@@ -1027,7 +1277,21 @@ def _summary(result: BuildResult) -> str:
         lines.append(f"  damaged bag {name} (used up to the damage): {why}")
     if result.skipped.get("undeserialisable_messages"):
         lines.append(f"  {result.skipped['undeserialisable_messages']} undeserialisable messages skipped")
+    lines.extend(_feature_lines(result.local_features))
     return "\n".join(lines)
+
+
+def _feature_lines(report: dict[str, Any]) -> list[str]:
+    if not report or report.get("disabled"):
+        return ["  no local features (--no-local-features): matches against this map are not verified"]
+    lines = [f"  local features: {report['keyframes_with_features']} keyframes with features, "
+             f"{report['keyframes_with_depth']} with depth, {report['missing_depth_pairs']} without a depth image "
+             f"pair; {report['mean_bytes_per_keyframe'] / 1e3:.1f} kB per keyframe on average"]
+    for topic, n in report.get("without_intrinsics", {}).items():
+        lines.append(f"  warning: camera {topic} has no intrinsics (no CameraInfo on {camera_info_topic(topic)}, "
+                     f"none in --camera-intrinsics): its {n} keyframes have no local features and cannot be "
+                     "verified")
+    return lines
 
 
 if __name__ == "__main__":

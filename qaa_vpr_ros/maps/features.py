@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from qaa_vpr_ros.local_features import DESCRIPTOR_BYTES, LocalFeatures
+from qaa_vpr_ros.local_features import DESCRIPTOR_BYTES, FeatureConfig, LocalFeatures
 
-__all__ = ["FLAG_DEPTH", "FLAG_FEATURES", "PackedFeatures", "check_feature_index", "feature_bytes", "pack_features"]
+__all__ = ["FLAG_DEPTH", "FLAG_FEATURES", "PackedFeatures", "check_feature_index", "feature_bytes",
+           "feature_config_of", "pack_features"]
 
 FLAG_FEATURES = 1
 FLAG_DEPTH = 2
@@ -57,6 +59,12 @@ class PackedFeatures:
     def empty(rows: int = 0) -> PackedFeatures:
         return PackedFeatures(np.zeros((rows, 3), np.int64), np.zeros((0, 2), np.float32),
                               np.zeros((0, DESCRIPTOR_BYTES), np.uint8), np.zeros(0, np.uint16))
+
+
+def feature_config_of(config: FeatureConfig) -> dict[str, Any]:
+    """The manifest's ``local_features`` (without its count): how the features were detected."""
+    return {"detector": "sift", "max_features": int(config.max_features),
+            "contrast_threshold": float(config.contrast_threshold)}
 
 
 def feature_bytes(index: np.ndarray) -> np.ndarray:

@@ -24,7 +24,13 @@ import numpy as np
 from qaa_vpr_ros.atomic import FolderNotOursError, atomic_folder, resolve_folder
 from qaa_vpr_ros.local_features import DESCRIPTOR_BYTES, FeatureConfig, Intrinsics, LocalFeatures
 from qaa_vpr_ros.maps.errors import MapError, MapSaveError
-from qaa_vpr_ros.maps.features import FLAG_FEATURES, PackedFeatures, check_feature_index, pack_features
+from qaa_vpr_ros.maps.features import (
+    FLAG_FEATURES,
+    PackedFeatures,
+    check_feature_index,
+    feature_config_of,
+    pack_features,
+)
 from qaa_vpr_ros.maps.format import (
     DATA_FILES,
     DESCRIPTORS_FILE,
@@ -127,12 +133,6 @@ class _GrowableArray:
     def nbytes(self) -> int:
         """Bytes held in memory (its capacity; 0 while it is still the memory-mapped file)."""
         return 0 if isinstance(self._data, np.memmap) else int(self._data.nbytes)
-
-
-def feature_config_of(config: FeatureConfig) -> dict[str, Any]:
-    """The manifest's description of how the local features were detected."""
-    return {"detector": "sift", "max_features": int(config.max_features),
-            "contrast_threshold": float(config.contrast_threshold)}
 
 
 class PlaceMap:
@@ -324,7 +324,8 @@ class PlaceMap:
                 raise MapError(f"rows must lie in 0..{len(self._keyframes) - 1}")
             kept = PlaceMap(self.dim, self.model_fingerprint, self.index_type, dict(self.index_params), self.map_frame,
                             map_id=self.map_id, _descriptors=np.array(self._desc.view()[rows]),
-                            _keyframes=[self._keyframes[r] for r in rows], _features=self._packed().rows(rows) if self._with_features else None)
+                            _keyframes=[self._keyframes[r] for r in rows],
+                            _features=self._packed().rows(rows) if self._with_features else None)
             kept.sources, kept.info = list(self.sources), dict(self.info)
             kept._cameras, kept.feature_config = dict(self._cameras), dict(self.feature_config)
         if len(kept) and not kept.is_exact:  # a trained index is trained now; a flat one at first search
