@@ -2,6 +2,8 @@
 
     ros2 launch qaa_vpr_ros localize.launch.py model:=/path/to/model map:=/path/to/map \\
         image_topics:='[/front/image_raw, /rear/image_raw/compressed]' odom_topic:=/odom device:=cuda
+    ros2 launch qaa_vpr_ros localize.launch.py model:=M map:=MAP image_topics:=/camera/rgb/image_raw \\
+        depth_topics:=/camera/depth/image_raw odom_topic:=/odom        # RGB-D: metric loop closures
     ros2 launch qaa_vpr_ros localize.launch.py --show-args    # every argument, documented
 
 Parameters come from ``params_file`` (default: the installed ``config/localize.yaml``); the
@@ -35,6 +37,20 @@ def _image_topics(text):
     return [t.strip() for t in items if t.strip()]
 
 
+def _depth_topics(text):
+    """'[/a/depth, ""]' (YAML list) or '/a/depth,' (comma-separated): one entry per image topic, in
+    the same order; an empty entry is a camera without depth."""
+    text = text.strip()
+    if text.startswith('['):
+        value = yaml.safe_load(text)
+        if not isinstance(value, list):
+            raise ValueError(f'depth_topics:={text!r} is not a list; write [/a/depth, /b/depth] or /a/depth,/b/depth')
+        items = ['' if v is None else str(v) for v in value]
+    else:
+        items = text.split(',')
+    return [t.strip() for t in items]
+
+
 def _flag(name, text):
     value = text.lower()
     if value not in ('true', 'false', '1', '0', 'yes', 'no'):
@@ -58,6 +74,10 @@ def _launch_setup(context, *args, **kwargs):
                 raise ValueError(f'{name}:={arg(name)!r} is not a number') from None
     if arg('image_topics'):
         overrides['image_topics'] = _image_topics(arg('image_topics'))
+    if arg('depth_topics'):
+        overrides['depth_topics'] = _depth_topics(arg('depth_topics'))
+    if arg('camera_intrinsics'):
+        overrides['camera_intrinsics'] = arg('camera_intrinsics')
     params_file = str(expand_path(arg('params_file')))  # ~ and $VARS; the node expands map/model itself
     if not os.path.isfile(params_file):
         raise FileNotFoundError(f'params_file:={params_file!r} does not exist; give a YAML file with '
@@ -97,6 +117,15 @@ def generate_launch_description():
             'image_topics', default_value='',
             description="Camera topics as a YAML list '[/a, /b]' or comma-separated '/a,/b'. "
                         'Empty: the params file value.'),
+        DeclareLaunchArgument(
+            'depth_topics', default_value='',
+            description="Registered depth image topics (16UC1 mm or 32FC1 m), one per image topic in the same "
+                        "order, as '[/a/depth, /b/depth]' or '/a/depth,/b/depth' ('' for a camera without "
+                        'depth): metric loop closures and relocalization. Empty: the params file value.'),
+        DeclareLaunchArgument(
+            'camera_intrinsics', default_value='',
+            description="Intrinsics where no camera_info is published beside an image topic: "
+                        "'TOPIC fx fy cx cy [k1 k2 p1 p2 k3]; ...'. Empty: the params file value."),
         DeclareLaunchArgument(
             'device', default_value='',
             description='Inference device: auto, cpu or cuda. Empty: the params file value.'),
