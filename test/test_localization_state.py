@@ -152,3 +152,18 @@ def test_parameters_have_ranges() -> None:
         problems = LocalizeConfig(**{name: bad}).problems()
         assert any(name in p for p in problems), (name, problems)
     assert LocalizeConfig().lost_after_s == pytest.approx(5.0)
+
+
+def test_the_pipeline_resets_it_with_its_session_and_follows_parameter_changes() -> None:
+    from qaa_vpr_ros.extrinsics import ExtrinsicsSource
+    from qaa_vpr_ros.pipeline import FramePipeline
+
+    config = LocalizeConfig().validate()
+    pipeline = FramePipeline(config, ExtrinsicsSource(config.base_frame, {}))
+    pipeline.localization.update(T0, True, _pose(0.0), "geometry")
+    assert pipeline.localization.current().state == "localized"
+    pipeline.reset()  # ~/reset, and what a jump back of the stamps calls
+    assert pipeline.localization.current() == LocalizationState(config).current()
+    pipeline.set_config(LocalizeConfig(lost_after_s=1.0).validate())
+    pipeline.localization.update(T0 + 10, True, _pose(0.0), "geometry")
+    assert pipeline.localization.update(T0 + 11.5, False, None, "").state == "lost"
