@@ -42,6 +42,7 @@ from qaa_vpr_ros.decision import (
     QueryResult,
     covariance_from_confidence,
 )
+from qaa_vpr_ros.decision.localization_state import LocalizationState, StateUpdate
 from qaa_vpr_ros.decision.record import (
     OPTICAL_IN_BASE,
     LoopClosureRecord,
@@ -130,6 +131,7 @@ class Answer:
     place_match: PlaceMatch | None
     channels: list[ChannelAnswer]
     age_s: float  # the caller's clock at the start of processing minus the image stamp (NaN: no clock)
+    localization: StateUpdate | None = None  # the localization state after this query (initialpose due?)
 
     @property
     def query(self) -> Query:
@@ -280,6 +282,7 @@ class FramePipeline:
         self.poses = PoseHistory()
         self.gate = KeyframeGate(config)
         self.stamps = StampJumps()
+        self.localization = LocalizationState(config)  # localized / lost, the initialpose policy
         self.extractor: DescriptorExtractor | None = None
         self.localizer: Localizer | None = None
         self.map_session = "map"  # match_session of records against the prior map
@@ -298,6 +301,7 @@ class FramePipeline:
         """A validated change of parameters, effective from the next frame."""
         self.config = config
         self.gate.config = config
+        self.localization.config = config
         if self.verifier is not None:
             self.verifier.config = config
         with self.lock:
@@ -309,14 +313,15 @@ class FramePipeline:
 
     def reset(self) -> int:
         """A new session (``~/reset``, a jump back of the stamps): the online database, the match
-        sequences, the verifier's keyframe images and the keyframe gate start afresh (the prior map
-        stays). Returns the number of online keyframes dropped (0 before loading)."""
+        sequences, the verifier's keyframe images, the keyframe gate and the localization state start
+        afresh (the prior map stays). Returns the number of online keyframes dropped (0 before loading)."""
         with self.lock:
             dropped = 0
             if self.localizer is not None:
                 dropped = len(self.localizer.online_map)
                 self.localizer.reset()
         self.gate.reset()
+        self.localization.reset()
         return dropped
 
     def save_online(self, folder: str | Path) -> tuple[int, str]:
@@ -380,6 +385,9 @@ class FramePipeline:
         for (frame, *_), result in zip(taken, results, strict=True):
             channels = self._channels(result, out.warnings)
             out.answers.append(Answer(result, self._place_match(result, channels), channels, now_s - frame.stamp))
+        for answer in out.answers:  # map matches only: online closures are in the odometry frame
+            answer.localization = self.localization.observe(
+                answer.query, next((a.records for a in answer.channels if a.channel.source == "map"), []))
         return out
 
     def _depth(self, frame: Frame, cfg: LocalizeConfig) -> tuple[np.ndarray | None, str, str]:

@@ -7,7 +7,8 @@
 - :mod:`~qaa_vpr_ros.decision.decision`: hypotheses, confidence, accept (:class:`SequenceMatcher`);
 - :mod:`~qaa_vpr_ros.decision.localizer`: the prebuilt map and the online database together (:class:`Localizer`);
 - :mod:`~qaa_vpr_ros.decision.record`: the published loop-closure record and its table row;
-- :mod:`~qaa_vpr_ros.decision.covariance`: the covariance a record carries.
+- :mod:`~qaa_vpr_ros.decision.covariance`: the covariance a record carries;
+- :mod:`~qaa_vpr_ros.decision.localization_state`: localized / lost, and when ``initialpose`` is due.
 """
 from qaa_vpr_ros.decision.covariance import covariance_from_confidence
 from qaa_vpr_ros.decision.decision import Candidate, ChannelResult, Hypotheses, SequenceMatcher

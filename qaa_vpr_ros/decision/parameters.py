@@ -165,9 +165,19 @@ class LocalizeConfig:
         "std_msgs/Float64MultiArray [t_current, t_previous] (LIO-SAM's lio_loop/loop_closure_detection). "
         "Empty: off.", read_only=True)
     initialpose_topic: str = _param(
-        "", "Relocalization adapter: each accepted map match is also published on this topic as "
-        "geometry_msgs/PoseWithCovarianceStamped of the robot in the map frame (e.g. Nav2's "
-        "/initialpose). Empty: off.", read_only=True)
+        "", "Relocalization adapter: the robot's pose in the map frame by an accepted map match, as "
+        "geometry_msgs/PoseWithCovarianceStamped (e.g. Nav2's /initialpose), on the first relocalization, "
+        "the first after being lost, and for a correction above initialpose_min_correction_m/_rad. "
+        "Empty: off.", read_only=True)
+    lost_after_s: float = _param(
+        5.0, "~/localization_status turns lost when no map match was accepted for this long (image-stamp "
+        "seconds, so bag replays and sim time behave).", range=(0.0, 86400.0))
+    initialpose_min_correction_m: float = _param(
+        0.5, "After the first relocalization (or the first after being lost), initialpose is published "
+        "again only when an accepted map pose differs from the last published one, moved by the odometry "
+        "since, by more than this (metres) ...", range=(0.0, 1e6))
+    initialpose_min_correction_rad: float = _param(
+        0.2, "... or by more than this rotation (radians).", range=(0.0, math.pi))
     base_frame: str = _param(
         "base_link", "Robot base frame: camera extrinsics (base -> image frame_id) come from TF when "
         "tf2_ros is importable, else from camera_extrinsics.", read_only=True)

@@ -14,6 +14,7 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 
 from qaa_vpr_ros.decision import LocalizeConfig, Localizer
+from qaa_vpr_ros.decision.localization_state import StateUpdate
 from qaa_vpr_ros.extrinsics import CameraTfStatus
 from qaa_vpr_ros.pipeline import BatchOutput
 from qaa_vpr_ros.ros.outputs import Published
@@ -140,9 +141,11 @@ def camera_status(name: str, cam: CameraState, cfg: LocalizeConfig, now: float, 
 def localizer_status(name: str, state: str, state_message: str, cfg: LocalizeConfig, counters: Counters,
                      cameras: list[CameraState], localizer: Localizer | None, device: str, now: float,
                      jumps: tuple[int, int], tf_failures: dict[str, CameraTfStatus], base_frame_missing: bool,
-                     verify_counts: dict[str, int] | None) -> DiagnosticStatus:
+                     verify_counts: dict[str, int] | None,
+                     localization: StateUpdate | None = None) -> DiagnosticStatus:
     """``<node>: localizer``: ERROR on a fatal start-up error or failed batches in a row, WARN while
-    loading or while ``base_frame`` is not in the TF tree."""
+    loading or while ``base_frame`` is not in the TF tree. ``localization``: the state against the
+    map (``~/localization_status``), also as key-values here."""
     status = DiagnosticStatus(name=f"{name}: localizer", hardware_id=name, message=state_message)
     if state == "error":
         status.level = DiagnosticStatus.ERROR
@@ -176,6 +179,8 @@ def localizer_status(name: str, state: str, state_message: str, cfg: LocalizeCon
         # every camera's count, map keyframes' cameras included (they have no status of their own)
         "tf_lookup_failures_by_camera": "; ".join(f"{c}: {f.failures}" for c, f in sorted(tf_failures.items())),
     }
+    if localization is not None:
+        values.update({"localization": localization.state, "localization_message": localization.message})
     if verify_counts is not None:  # verify_geometry: outcomes, rejections per reason class
         values.update({f"verify_{k}": n for k, n in verify_counts.items()})
     return _values(status, values)

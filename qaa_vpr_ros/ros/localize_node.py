@@ -7,7 +7,8 @@ Wiring only; the work is :class:`~qaa_vpr_ros.pipeline.FramePipeline` (no ROS):
 - one inference thread hands the pending frames of all cameras to the pipeline as a batch and
   publishes what comes back (:mod:`.messages` converts);
 - outputs (all relative to the node, ``~/``): ``place_match``, ``place_candidates``,
-  ``loop_candidates``, ``loop_closure``, ``markers``; ``/diagnostics`` (:mod:`.diagnostics`);
+  ``loop_candidates``, ``loop_closure``, ``markers``, ``localization_status``; ``/diagnostics``
+  (:mod:`.diagnostics`);
   services ``save_map`` and ``reset``; start-up and loading in :mod:`.startup`. See docs/NODE.md.
 """
 from __future__ import annotations
@@ -332,6 +333,8 @@ class LocalizeNode(Node):
             self.outputs.publish_online_keyframes(self.localizer, self.pipeline.lock)
         cfg, pipe, now, name = self.config, self.pipeline, time.monotonic(), self.get_fully_qualified_name()
         sim, tf = self._use_sim_time(), pipe.extrinsics.failures()  # camera -> CameraTfStatus, cameras that failed
+        localization = pipe.localization.current()
+        self.outputs.publish_localization(localization)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         with self._lock:
@@ -342,7 +345,8 @@ class LocalizeNode(Node):
         array.status.append(diagnostics.localizer_status(
             name, self.state, self.state_message, cfg, counters, cameras, self.localizer,
             str(self.extractor.device) if self.extractor else "", now, (pipe.stamps.back, pipe.stamps.forward), tf,
-            pipe.extrinsics.base_frame_missing(), pipe.verifier.counts() if pipe.verifier is not None else None))
+            pipe.extrinsics.base_frame_missing(), pipe.verifier.counts() if pipe.verifier is not None else None,
+            localization))
         self.diagnostics_pub.publish(array)
 
     # --- lifecycle ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
@@ -24,6 +25,7 @@ from std_msgs.msg import ColorRGBA, Float64MultiArray, Header
 from visualization_msgs.msg import Marker
 
 from qaa_vpr_ros.decision import Candidate, ChannelResult, ParamSpec, Query
+from qaa_vpr_ros.decision.localization_state import StateUpdate
 from qaa_vpr_ros.decision.record import (
     RECORD_DTYPE,
     LoopClosureRecord,
@@ -42,7 +44,8 @@ if TYPE_CHECKING:  # faiss: imported with the map, when loading
 __all__ = [
     "LOOP_CANDIDATE_DTYPE", "camera_info_topic", "candidate_markers", "candidates_msg", "descriptor_of", "frame_of",
     "initialpose_msg",
-    "keyframe_marker", "lio_sam_msg", "loop_closure_msg", "loop_line_marker", "odometry_of", "path_msg",
+    "keyframe_marker", "lio_sam_msg", "localization_status_msg", "loop_closure_msg", "loop_line_marker",
+    "odometry_of", "path_msg",
     "place_match_msg", "pose_msg", "records_cloud", "records_from_cloud", "stamp_of", "time_msg",
     "transform_matrix", "transform_msg",
 ]
@@ -163,6 +166,22 @@ def initialpose_msg(record: LoopClosureRecord) -> PoseWithCovarianceStamped:
     msg.pose.pose = pose_msg(*record.query_pose_in_match_frame())
     msg.pose.covariance = list(covariance_in_match_frame(record))
     return msg
+
+
+def localization_status_msg(name: str, update: StateUpdate) -> DiagnosticStatus:
+    """``~/localization_status``: level OK when localized, WARN when lost; ``name`` ``<node>:
+    localization``; the message says since when; key-values ``state``, ``since_sec``,
+    ``since_nanosec`` (the image stamp the state began; empty before any query),
+    ``last_match_stamp`` (s; empty: never) and ``source`` (of the last accepted map match)."""
+    since = stamp_of(update.since) if update.since is not None else None
+    values = {"state": update.state, "since_sec": since.sec if since else "",
+              "since_nanosec": since.nanosec if since else "",
+              "last_match_stamp": f"{update.last_match:.9f}" if update.last_match is not None else "",
+              "source": update.source}
+    return DiagnosticStatus(
+        level=DiagnosticStatus.OK if update.state == "localized" else DiagnosticStatus.WARN,
+        name=f"{name}: localization", message=update.message, hardware_id=name,
+        values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
 def path_msg(stamp: Time, frame: str, poses: Sequence[tuple[float, np.ndarray]]) -> PathMsg:

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Path as PathMsg
 from rclpy.node import Node
@@ -15,6 +16,7 @@ from std_msgs.msg import Float64MultiArray, Header
 from visualization_msgs.msg import MarkerArray
 
 from qaa_vpr_ros.decision import LocalizeConfig, Localizer
+from qaa_vpr_ros.decision.localization_state import StateUpdate
 from qaa_vpr_ros.pipeline import Answer
 from qaa_vpr_ros.ros import messages
 
@@ -36,7 +38,8 @@ class Published:
 
 class Outputs:
     """The node's output topics (all relative to the node): ``place_match``, ``place_candidates``,
-    ``loop_candidates``, ``loop_closure``, ``markers``, and the adapters' topics (parameters)."""
+    ``loop_candidates``, ``loop_closure``, ``markers``, ``localization_status``, and the adapters'
+    topics (parameters)."""
 
     def __init__(self, node: Node, cfg: LocalizeConfig) -> None:
         self.place_match = node.create_publisher(PoseWithCovarianceStamped, "~/place_match", 10)
@@ -53,6 +56,10 @@ class Outputs:
         # stay latched for late subscribers however many candidate/loop markers follow on the other.
         self.keyframe_markers = node.create_publisher(MarkerArray, "~/markers", latched)
         self.markers = node.create_publisher(MarkerArray, "~/markers", latched)
+        # Latched: a late subscriber hears the current state at once (published on each change and
+        # every diagnostics_period_s).
+        self.localization_status = node.create_publisher(DiagnosticStatus, "~/localization_status", latched)
+        self._name = node.get_fully_qualified_name()
         self._loop_marker_id = 0
         self.online_markers_published = 0  # keyframes in the last online marker; -1: publish again
         self._online_markers_time = -math.inf
@@ -77,8 +84,8 @@ class Outputs:
             if best_record is not None and self.lio_sam is not None and best_record.is_online:
                 self.lio_sam.publish(messages.lio_sam_msg(best_record))
             if (best_record is not None and self.initialpose is not None and not best_record.is_online
-                    and all(math.isfinite(v) for v in best_record.match_position)):
-                self.initialpose.publish(messages.initialpose_msg(best_record))
+                    and answer.localization is not None and answer.localization.publish_initialpose):
+                self.initialpose.publish(messages.initialpose_msg(best_record))  # not every match: the state says
             if markers is not None:
                 markers.markers.extend(messages.candidate_markers(header, channel, min_score))
             best = channel.best
@@ -91,7 +98,13 @@ class Outputs:
                     self._loop_marker_id += 1
         if markers is not None and markers.markers:
             self.markers.publish(markers)
+        if answer.localization is not None and answer.localization.changed:
+            self.publish_localization(answer.localization)
         return out
+
+    def publish_localization(self, update: StateUpdate) -> None:
+        """``~/localization_status``: localized / lost and since when."""
+        self.localization_status.publish(messages.localization_status_msg(self._name, update))
 
     def publish_map_keyframes(self, prior_map: PlaceMap) -> None:
         self.keyframe_markers.publish(MarkerArray(markers=[messages.keyframe_marker(
