@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 # slerp, quaternion_angle and yaw_of are re-exported from their home, qaa_vpr_ros.poses.
 from qaa_vpr_ros.poses import interpolate_pose, quaternion_angle, slerp, yaw_of
 
+if TYPE_CHECKING:  # local features need cv2: imported only where the view rule runs
+    from qaa_vpr_ros.local_features import LocalFeatures
+
 __all__ = [
     "KeyframeSelector",
     "PoseSkip",
     "PoseTrack",
+    "Selected",
     "SelectionConfig",
     "latlon_to_utm",
     "quaternion_angle",
     "slerp",
     "utm_zone",
+    "view_changed",
+    "view_overlap",
     "yaw_of",
 ]
 
@@ -108,18 +115,35 @@ class SelectionConfig:
 
     An image becomes a keyframe when at least ``min_interval_s`` passed since the camera's last
     keyframe AND (when a pose is known and a motion threshold is set) the robot moved at least
-    ``min_distance_m`` OR turned at least ``min_rotation_rad``. Zero disables a threshold.
+    ``min_distance_m`` OR turned at least ``min_rotation_rad`` OR (where local features exist,
+    :meth:`KeyframeSelector.decide`'s ``view``) the view changed: less than ``min_view_overlap``
+    of the image's features match the camera's last keyframe's. Zero disables a threshold.
     """
 
     min_interval_s: float = 0.0
     min_distance_m: float = 0.0
     min_rotation_rad: float = 0.0
+    min_view_overlap: float = 0.0  # share of the image's features matched to the last keyframe's, [0, 1]
 
     def __post_init__(self) -> None:
-        for name in ("min_interval_s", "min_distance_m", "min_rotation_rad"):
+        for name in ("min_interval_s", "min_distance_m", "min_rotation_rad", "min_view_overlap"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.min_view_overlap > 1:
+            raise ValueError(f"min_view_overlap is a share of features in [0, 1], got {self.min_view_overlap}")
+
+
+class Selected(enum.Enum):
+    """Why :meth:`KeyframeSelector.decide` takes an image as a keyframe."""
+
+    FIRST = "the camera's first image"
+    MOTION = "interval passed and moved or turned enough (or no motion rule applies)"
+    VIEW = "the view changed (too few features match the last keyframe's)"
+
+
+# The view rule's features of an image, computed only when needed (None: it has none).
+ViewFeatures = Callable[[], "LocalFeatures | None"]
 
 
 @dataclass
@@ -130,6 +154,8 @@ class KeyframeSelector:
     _last: dict[str, tuple[int, tuple[float, ...] | None, tuple[float, ...] | None]] = field(
         default_factory=dict
     )
+    # Each camera's last keyframe's features for the view rule, computed on first use (None: none).
+    _view: dict[str, ViewFeatures] = field(default_factory=dict)
 
     def wants(
         self,
@@ -137,35 +163,64 @@ class KeyframeSelector:
         stamp_ns: int,
         position: Sequence[float] | None = None,
         orientation: Sequence[float] | None = None,
+        view: ViewFeatures | None = None,
     ) -> bool:
         """Would this image be a keyframe? Does not change state (call :meth:`accept` for that)."""
+        return self.decide(camera, stamp_ns, position, orientation, view) is not None
+
+    def decide(
+        self,
+        camera: str,
+        stamp_ns: int,
+        position: Sequence[float] | None = None,
+        orientation: Sequence[float] | None = None,
+        view: ViewFeatures | None = None,
+    ) -> Selected | None:
+        """Why this image would be a keyframe, or None. ``view`` computes the image's local
+        features; it is called only when the interval passed, the pose rules skip the image and
+        the view rule is on and has the last keyframe's features (features cost far more than
+        poses). Does not change state."""
         last = self._last.get(camera)
         if last is None:
-            return True
+            return Selected.FIRST
         last_stamp, last_position, last_orientation = last
         cfg = self.config
         if (stamp_ns - last_stamp) < cfg.min_interval_s * 1e9:
-            return False
+            return None
         motion_gated = cfg.min_distance_m > 0 or cfg.min_rotation_rad > 0
         if not motion_gated or position is None or last_position is None:
-            return True
+            return Selected.MOTION
         moved = math.dist(position, last_position) if cfg.min_distance_m > 0 else -1.0
         turned = (
             quaternion_angle(orientation, last_orientation)
             if cfg.min_rotation_rad > 0 and orientation is not None and last_orientation is not None
             else -1.0
         )
-        return (cfg.min_distance_m > 0 and moved >= cfg.min_distance_m) or (
+        if (cfg.min_distance_m > 0 and moved >= cfg.min_distance_m) or (
             cfg.min_rotation_rad > 0 and turned >= cfg.min_rotation_rad
-        )
+        ):
+            return Selected.MOTION
+        if cfg.min_view_overlap > 0 and view is not None and camera in self._view:
+            reference = self._view[camera]()
+            if reference is not None:
+                current = view()
+                if current is not None and view_changed(current, reference, cfg.min_view_overlap):
+                    return Selected.VIEW
+        return None
 
     def latest(self) -> dict[str, tuple[int, tuple[float, ...] | None, tuple[float, ...] | None]]:
         """Each camera's latest keyframe (stamp_ns, position, orientation) as :meth:`accept` recorded it."""
         return dict(self._last)
 
     def restore(self, latest: dict[str, tuple[int, tuple[float, ...] | None, tuple[float, ...] | None]]) -> None:
-        """Continue a selection from :meth:`latest` of an earlier pass (a planned build's work unit)."""
+        """Continue a selection from :meth:`latest` of an earlier pass (a planned build's work unit);
+        the view rule's features come with :meth:`restore_view`."""
         self._last = dict(latest)
+        self._view = {}
+
+    def restore_view(self, camera: str, view: ViewFeatures) -> None:
+        """Give the camera's latest keyframe (from :meth:`restore`) its features for the view rule."""
+        self._view[camera] = _once(view)
 
     def accept(
         self,
@@ -173,13 +228,61 @@ class KeyframeSelector:
         stamp_ns: int,
         position: Sequence[float] | None = None,
         orientation: Sequence[float] | None = None,
+        view: ViewFeatures | None = None,
     ) -> None:
-        """Record that this image became the camera's latest keyframe."""
+        """Record that this image became the camera's latest keyframe; ``view`` computes its
+        features when the view rule first needs them (None: this keyframe has none, the view
+        rule waits for the next keyframe that has)."""
         self._last[camera] = (
             int(stamp_ns),
             tuple(position) if position is not None else None,
             tuple(orientation) if orientation is not None else None,
         )
+        if view is None:
+            self._view.pop(camera, None)
+        else:
+            self._view[camera] = _once(view)
+
+
+def _once(compute: ViewFeatures) -> ViewFeatures:
+    """``compute``, called at most once (its result kept)."""
+    done: list = []
+
+    def cached() -> LocalFeatures | None:
+        if not done:
+            done.append(compute())
+        return done[0]
+
+    return cached
+
+
+# Fewer features than this on the current image: the view rule does not decide (a blank or
+# blurred frame is no new view); the reference with fewer is a view that cannot be verified.
+VIEW_MIN_FEATURES = 30
+VIEW_RATIO = 0.8  # Lowe's ratio test: what verify_features matches with (FeatureVerificationConfig.ratio)
+
+
+def view_overlap(current: LocalFeatures, reference: LocalFeatures, ratio: float = VIEW_RATIO) -> float:
+    """Share of ``current``'s local features whose ratio-test match (the matching of
+    :func:`qaa_vpr_ros.verification.verify_features`) is in ``reference``; NaN without features."""
+    from qaa_vpr_ros.verification import feature_matches  # cv2: only where features exist
+
+    if len(current) == 0:
+        return math.nan
+    if len(reference) < 2:  # the ratio test needs two neighbours
+        return 0.0
+    rows, _ = feature_matches(current, reference, ratio)
+    return len(rows) / len(current)
+
+
+def view_changed(current: LocalFeatures, reference: LocalFeatures, min_overlap: float) -> bool:
+    """The view rule: ``current`` (with at least VIEW_MIN_FEATURES features) shares less than
+    ``min_overlap`` of its features with ``reference``."""
+    if len(current) < VIEW_MIN_FEATURES:
+        return False
+    if len(reference) < VIEW_MIN_FEATURES:
+        return True
+    return view_overlap(current, reference) < min_overlap
 
 
 # --- WGS84 -> UTM (Krueger series to 3rd order in n: sub-millimetre within a zone) -------------

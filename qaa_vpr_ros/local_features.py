@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["DESCRIPTOR_BYTES", "FeatureConfig", "Intrinsics", "LocalFeatures", "extract_local_features",
-           "parse_intrinsics"]
+__all__ = ["DESCRIPTOR_BYTES", "FeatureConfig", "Intrinsics", "LocalFeatures", "add_depth",
+           "extract_local_features", "parse_intrinsics"]
 
 DESCRIPTOR_BYTES = 128  # SIFT
 MAX_DEPTH_MM = 65535  # uint16
@@ -210,30 +210,55 @@ def extract_local_features(image: np.ndarray, depth_m: np.ndarray | None = None,
     Raises ValueError for an image or depth array of the wrong type or shape."""
     cfg = config or FeatureConfig()
     gray = _gray(image)
-    if depth_m is not None:
-        depth_m = np.asarray(depth_m)
-        if depth_m.ndim == 3 and depth_m.shape[2] == 1:
-            depth_m = depth_m[:, :, 0]
-        if depth_m.ndim != 2 or depth_m.dtype.kind != "f" or min(depth_m.shape) == 0:
-            raise ValueError(f"depth must be a float HxW array in metres, got {depth_m.dtype} {depth_m.shape}")
+    depth_m = _checked_depth(depth_m)
+    features = _detect(gray, cfg)
+    return features if depth_m is None else _with_depth(features, gray.shape[:2], depth_m, cfg)
+
+
+def add_depth(features: LocalFeatures, image_shape: tuple[int, ...], depth_m: np.ndarray | None,
+              config: FeatureConfig | None = None) -> LocalFeatures:
+    """``features`` (of an image of ``image_shape``, extracted without depth) with each keypoint's
+    depth from ``depth_m``: what :func:`extract_local_features` with that depth gives. None: as is."""
+    depth_m = _checked_depth(depth_m)
+    if depth_m is None:
+        return features
+    return _with_depth(features, tuple(image_shape[:2]), depth_m, config or FeatureConfig())
+
+
+def _checked_depth(depth_m: np.ndarray | None) -> np.ndarray | None:
+    if depth_m is None:
+        return None
+    depth_m = np.asarray(depth_m)
+    if depth_m.ndim == 3 and depth_m.shape[2] == 1:
+        depth_m = depth_m[:, :, 0]
+    if depth_m.ndim != 2 or depth_m.dtype.kind != "f" or min(depth_m.shape) == 0:
+        raise ValueError(f"depth must be a float HxW array in metres, got {depth_m.dtype} {depth_m.shape}")
+    return depth_m
+
+
+def _detect(gray: np.ndarray, cfg: FeatureConfig) -> LocalFeatures:
     key = (cfg.max_features, cfg.contrast_threshold)
     sift = _SIFT_CACHE.get(key)
     if sift is None:  # a SIFT object is stateless between calls; creating one costs ~1 ms
         sift = _SIFT_CACHE.setdefault(key, cv2.SIFT_create(nfeatures=0, contrastThreshold=cfg.contrast_threshold))
     keypoints, descriptors = sift.detectAndCompute(gray, None)
     if descriptors is None or not keypoints:
-        return LocalFeatures.empty(depth_m is not None)
+        return LocalFeatures.empty()
     order = np.argsort([-k.response for k in keypoints], kind="stable")[: cfg.max_features]
     pts = np.array([keypoints[i].pt for i in order], np.float32).reshape(-1, 2)
     # OpenCV's float SIFT descriptors are integers 0..255 already: uint8 is lossless.
     desc = np.clip(np.rint(descriptors[order]), 0, 255).astype(np.uint8)
-    depth = None
-    if depth_m is not None:
-        h, w = gray.shape[:2]
-        dh, dw = depth_m.shape
-        u = np.clip(np.rint(pts[:, 0] * (dw / w) - 0.5 * (dw / w - 1)).astype(np.int64), 0, dw - 1)
-        v = np.clip(np.rint(pts[:, 1] * (dh / h) - 0.5 * (dh / h - 1)).astype(np.int64), 0, dh - 1)
-        z = depth_m[v, u].astype(np.float64)
-        ok = np.isfinite(z) & (z >= cfg.min_depth_m) & (z <= cfg.max_depth_m)
-        depth = np.where(ok, np.rint(np.where(ok, z, 0.0) * 1000.0), 0).astype(np.uint16)
-    return LocalFeatures(pts, desc, depth)
+    return LocalFeatures(pts, desc)
+
+
+def _with_depth(features: LocalFeatures, shape: tuple[int, int], depth_m: np.ndarray,
+                cfg: FeatureConfig) -> LocalFeatures:
+    pts = features.keypoints
+    h, w = shape
+    dh, dw = depth_m.shape
+    u = np.clip(np.rint(pts[:, 0] * (dw / w) - 0.5 * (dw / w - 1)).astype(np.int64), 0, dw - 1)
+    v = np.clip(np.rint(pts[:, 1] * (dh / h) - 0.5 * (dh / h - 1)).astype(np.int64), 0, dh - 1)
+    z = depth_m[v, u].astype(np.float64)
+    ok = np.isfinite(z) & (z >= cfg.min_depth_m) & (z <= cfg.max_depth_m)
+    depth = np.where(ok, np.rint(np.where(ok, z, 0.0) * 1000.0), 0).astype(np.uint16)
+    return LocalFeatures(pts, features.descriptors, depth)

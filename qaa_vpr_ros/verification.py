@@ -288,6 +288,9 @@ def _feature_matches(query: LocalFeatures, match: LocalFeatures, ratio: float) -
     return rows[:, 0], rows[:, 1]
 
 
+feature_matches = _feature_matches  # public: keyframe selection's view rule matches alike (keyframes.py)
+
+
 @dataclass
 class _Pnp:
     transform: np.ndarray  # 4x4 T_image_object: object-camera points into the image camera

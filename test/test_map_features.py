@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from qaa_vpr_ros.bag_writer import _T, BagWriter, camera_info_message, header, image_message
-from qaa_vpr_ros.keyframes import SelectionConfig
+from qaa_vpr_ros.bag_writer import _T, BagWriter, camera_info_message, header, image_message, odometry_message
+from qaa_vpr_ros.keyframes import SelectionConfig, view_overlap
 from qaa_vpr_ros.local_features import FeatureConfig, Intrinsics, LocalFeatures, extract_local_features
 from qaa_vpr_ros.map_tools.build import BuildOptions, ExtractorSpec, WorkerPool, build_map, build_map_planned
 from qaa_vpr_ros.map_tools.build import main as build_main
@@ -29,6 +29,7 @@ TUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tum_fr1_
 TUM_INTRINSICS = Intrinsics(517.3, 516.5, 318.6, 255.3, (0.2624, -0.9531, -0.0054, 0.0026, 1.1633))
 FRAMES = 6
 COLOUR, DEPTH, INFO = "/camera/rgb/image_color", "/camera/depth/image", "/camera/rgb/camera_info"
+ODOM = "/odom"
 
 
 # --- synthetic features: the store ---------------------------------------------------------------
@@ -207,13 +208,17 @@ def test_map_info_reports_features_and_intrinsics():
 
 
 # --- build_map on real RGB-D frames ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tum() -> list[tuple[float, Path, float, Path]]:
-    """(rgb stamp, rgb file, depth stamp, depth file) of the first frames, or skip."""
+def tum_frames(count: int) -> list[tuple[float, Path, float, Path]]:
+    """(rgb stamp, rgb file, depth stamp, depth file) of the first ``count`` frames, or skip."""
     if not (TUM / "associations.txt").is_file():
         pytest.skip(f"shared test data absent: {TUM} (../shared/data/README.md)")
     rows = [line.split() for line in (TUM / "associations.txt").read_text().splitlines() if not line.startswith("#")]
-    return [(float(a), TUM / b, float(c), TUM / d) for a, b, c, d in rows[:FRAMES]]
+    return [(float(a), TUM / b, float(c), TUM / d) for a, b, c, d in rows[:count]]
+
+
+@pytest.fixture(scope="module")
+def tum() -> list[tuple[float, Path, float, Path]]:
+    return tum_frames(FRAMES)
 
 
 def depth_image_message(png: Path, stamp_ns: int, encoding: str) -> object:
@@ -240,12 +245,16 @@ def rgb(path: Path) -> np.ndarray:
 
 
 def write_tum_bag(path: Path, frames, *, encoding: str = "16UC1", colour_first: bool = True,
-                  camera_info: bool = True, drop_depth: tuple[int, ...] = ()) -> Path:
+                  camera_info: bool = True, drop_depth: tuple[int, ...] = (), still_odometry: bool = False) -> Path:
     """The frames on COLOUR and DEPTH (stamps as recorded, 0.01-0.04 ms apart), depth written after
-    (``colour_first``) or before its colour image; CameraInfo on INFO with TUM's calibration."""
+    (``colour_first``) or before its colour image; CameraInfo on INFO with TUM's calibration;
+    with ``still_odometry``, on ODOM a robot that never moves (while the hand-held camera does)."""
     with BagWriter(path) as bag:
         for i, (t_rgb, rgb_file, t_depth, depth_file) in enumerate(frames):
             stamp, depth_stamp = int(round(t_rgb * 1e9)), int(round(t_depth * 1e9))
+            if still_odometry:
+                for odom_stamp in (stamp - 5_000_000, stamp + 5_000_000):
+                    bag.write(ODOM, odom_stamp, odometry_message(odom_stamp, (1.0, 2.0, 0.0)))
             messages = [(COLOUR, stamp, image_message(rgb(rgb_file), stamp, "camera_rgb_optical_frame"))]
             if i not in drop_depth:
                 messages.append((DEPTH, depth_stamp, depth_image_message(depth_file, depth_stamp, encoding)))
@@ -390,3 +399,52 @@ def test_export_writes_each_keyframes_features_beside_its_image(tmp_path, tum, m
     assert Intrinsics(**{k: (tuple(v) if k == "distortion" else v) for k, v in cameras[COLOUR].items()}) == \
         TUM_INTRINSICS
     shutil.rmtree(tmp_path / "export")
+
+
+# --- keyframes by what the camera sees ------------------------------------------------------------
+VIEW_FRAMES = 12  # 0.4 s of the hand-held Kinect turning (TUM fr1/rpy)
+
+
+def keyframe_stamps(place_map: PlaceMap) -> list[int]:
+    return [kf.stamp_ns for kf in place_map.keyframes]
+
+
+def test_a_camera_whose_view_changes_gets_keyframes_while_odometry_stands_still(tmp_path, model_dir, extractor,
+                                                                              capsys):
+    frames = tum_frames(VIEW_FRAMES)
+    bag = write_tum_bag(tmp_path / "tum", frames, still_odometry=True)
+    common = [bag, "--model", model_dir, "--pose-topic", ODOM, "--depth-topics", DEPTH, "--no-progress"]
+    # The pose rules alone (1 m, 0.26 rad): the odometry never moves, one keyframe.
+    assert build_main([*map(str, common), "-o", str(tmp_path / "poses"), "--min-view-overlap", "0"]) == 0
+    assert len(PlaceMap.load(tmp_path / "poses")) == 1
+    capsys.readouterr()
+
+    # Defaults: the view rule takes a keyframe where the image shares < 0.10 of its features with the last one.
+    assert build_main([*map(str, common), "-o", str(tmp_path / "view")]) == 0
+    view = PlaceMap.load(tmp_path / "view")
+    assert len(view) >= 3
+    assert f"{VIEW_FRAMES} images, {len(view)} keyframes ({len(view) - 1} by view change)" in capsys.readouterr().out
+    features = [extract_local_features(rgb(f[1])) for f in frames]
+    kept = [next(i for i, f in enumerate(frames) if round(f[0] * 1e9) == stamp) for stamp in keyframe_stamps(view)]
+    last = 0
+    for i in range(1, VIEW_FRAMES):
+        share = view_overlap(features[i], features[last])
+        assert (i in kept) == (share < 0.10), f"frame {i}: overlap {share:.3f} with keyframe frame {last}"
+        last = i if i in kept else last
+    for kf in view.keyframes:  # the stored features are those of the keyframe's image, with depth
+        assert view.local_features(kf.id).has_depth
+
+    # The same keyframes and features in chunks, resumed, and planned (chunk tasks start mid-bag).
+    chunked = [*map(str, common), "-o", str(tmp_path / "chunked"), "--chunk-size", "2", "--keep-work"]
+    assert build_main(chunked) == 0
+    shutil.rmtree(tmp_path / "chunked")
+    (tmp_path / "chunked.work" / "chunk-000001.npz").unlink()
+    assert build_main([*chunked, "--resume"]) == 0
+    options = BuildOptions(image_topics=(COLOUR,), pose_topic=ODOM, depth_topics=(DEPTH,), chunk_size=2,
+                           selection=SelectionConfig(0.0, 1.0, 0.26, 0.10))
+    planned = build_map_planned([bag], tmp_path / "planned", ExtractorSpec(str(model_dir), "cpu", 16), options,
+                                SerialPool(), progress=False).map
+    for other in (PlaceMap.load(tmp_path / "chunked"), planned):
+        assert keyframe_stamps(other) == keyframe_stamps(view)
+        for kf in view.keyframes:
+            assert_same(other.local_features(kf.id), view.local_features(kf.id))

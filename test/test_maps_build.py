@@ -128,7 +128,8 @@ def test_selection_thresholds_thin_out_keyframes(tmp_path, bags, model_dir):
     assert len(place_map) == 2 * FRAMES // 2
     info = json.loads((out / "manifest.json").read_text())["info"]["build"]["cameras"]["/cam_front"]
     assert info == {"images": FRAMES, "keyframes": FRAMES // 2, "not_selected": FRAMES // 2,
-                    "outside_pose_range": 0, "in_pose_gap": 0, "undecodable": 0}
+                    "outside_pose_range": 0, "in_pose_gap": 0, "undecodable": 0,
+                    "view_keyframes": 0}
 
 
 def test_images_outside_the_poses_or_in_gaps_are_skipped_and_counted(tmp_path, nordland, drive, model_dir):

@@ -116,3 +116,65 @@ def test_utm_zone_exceptions_and_forced_zone():
     assert zone == "32W" and east_in_32 > latlon_to_utm(65.0, 13.0)[0]
     with pytest.raises(ValueError, match="UPS"):
         utm_zone(85.0, 0.0)
+
+
+# --- the view rule ---------------------------------------------------------------------------------
+def sift_like(seed: int, n: int = 200):
+    from qaa_vpr_ros.local_features import LocalFeatures
+
+    rng = np.random.default_rng(seed)
+    return LocalFeatures(rng.uniform(0, 640, (n, 2)).astype(np.float32), rng.integers(0, 256, (n, 128), np.uint8))
+
+
+class CountingView:
+    """A view-rule input that counts how often its features were computed."""
+
+    def __init__(self, features) -> None:
+        self.features, self.calls = features, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.features
+
+
+def test_the_view_rule_takes_a_changed_view_and_extracts_only_where_the_pose_rules_skip():
+    from qaa_vpr_ros.keyframes import Selected, SelectionConfig
+
+    selector = KeyframeSelector(SelectionConfig(min_interval_s=0.5, min_distance_m=1.0, min_view_overlap=0.1))
+    same, other = sift_like(1), sift_like(2)
+    first = CountingView(same)
+    assert selector.decide("/cam", 0, (0, 0, 0), None, first) is Selected.FIRST
+    selector.accept("/cam", 0, (0, 0, 0), None, first)
+    too_soon = CountingView(other)
+    assert selector.decide("/cam", 100_000_000, (0, 0, 0), None, too_soon) is None  # the interval rule
+    moved = CountingView(other)
+    assert selector.decide("/cam", 10**9, (2, 0, 0), None, moved) is Selected.MOTION
+    assert first.calls == too_soon.calls == moved.calls == 0  # no features computed for either
+    still = CountingView(same)
+    assert selector.decide("/cam", 10**9, (0, 0, 0), None, still) is None  # same view, no motion
+    changed = CountingView(other)
+    assert selector.decide("/cam", 10**9, (0, 0, 0), None, changed) is Selected.VIEW
+    assert selector.decide("/cam", 10**9, (0, 0, 0), None, CountingView(other)) is Selected.VIEW
+    assert first.calls == 1 and still.calls == changed.calls == 1  # the reference computed once
+    selector.accept("/cam", 10**9, (0, 0, 0), None, changed)
+    assert selector.decide("/cam", 2 * 10**9, (0, 0, 0), None, CountingView(other)) is None
+    # Off (0) or without features for the image or its last keyframe: the pose rules alone.
+    selector.accept("/cam", 3 * 10**9, (0, 0, 0), None, None)
+    assert selector.decide("/cam", 4 * 10**9, (0, 0, 0), None, CountingView(same)) is None
+    off = KeyframeSelector(SelectionConfig(min_distance_m=1.0))
+    off.accept("/cam", 0, (0, 0, 0), None, CountingView(same))
+    assert off.decide("/cam", 10**9, (0, 0, 0), None, CountingView(other)) is None
+
+
+def test_view_overlap_is_the_share_of_the_images_features_matched_by_the_ratio_test():
+    from qaa_vpr_ros.keyframes import view_overlap
+    from qaa_vpr_ros.local_features import LocalFeatures
+
+    a, b = sift_like(3), sift_like(4)
+    half = LocalFeatures(np.r_[a.keypoints[:100], b.keypoints[:100]], np.r_[a.descriptors[:100], b.descriptors[:100]])
+    assert view_overlap(a, a) == 1.0 and view_overlap(b, a) < 0.05
+    assert view_overlap(half, a) == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match="min_view_overlap"):
+        from qaa_vpr_ros.keyframes import SelectionConfig
+
+        SelectionConfig(min_view_overlap=1.5)

@@ -15,6 +15,13 @@ also gets its local features (SIFT keypoints and descriptors), and with ``--dept
 keypoint's depth from the depth image of the nearest stamp within ``--depth-max-age`` (depth
 images are kept a short while per camera: the colour image may come first in the bag).
 
+Keyframes (per camera): the first image, then an image at least ``--min-interval`` after the last
+keyframe that moved ``--min-distance`` or turned ``--min-rotation`` from it, or, for a camera with
+intrinsics, whose view changed: less than ``--min-view-overlap`` of its local features match the
+last keyframe's (ratio test, as verification matches). Features of an image the pose rules skip
+are extracted for that test only; the selection is decided in the reader, before the chunking,
+so every build path keeps the same keyframes.
+
 Example::
 
     build_map run1/ --model model/ --image-topics /cam_front /cam_rear --pose-topic /odom -o run1_map
@@ -59,11 +66,12 @@ from qaa_vpr_ros.bags import (
     resolve_bag,
 )
 from qaa_vpr_ros.image_conversion import ImageDecodeError, depth_from_msg, image_from_msg
-from qaa_vpr_ros.keyframes import KeyframeSelector, PoseSkip, PoseTrack, SelectionConfig
+from qaa_vpr_ros.keyframes import KeyframeSelector, PoseSkip, PoseTrack, Selected, SelectionConfig
 from qaa_vpr_ros.local_features import (
     FeatureConfig,
     Intrinsics,
     LocalFeatures,
+    add_depth,
     extract_local_features,
     parse_intrinsics,
 )
@@ -87,6 +95,11 @@ WORK_FORMAT = 2  # 2: chunks carry local features
 # newest, at most DEPTH_HISTORY; a keyframe waits for its depth image at most DEPTH_WAIT_S of log time.
 DEPTH_WAIT_S = 1.0
 DEPTH_HISTORY = 64
+# The view rule's threshold (--min-view-overlap): on TUM fr1/rpy (Kinect, motion blur) consecutive
+# frames share 0.33 of their SIFT features (median; p10 0.16), so a threshold well below 0.16 is
+# not set off by blur alone; 0.10 of 700 features is ~70 ratio-test matches, about what PnP needs
+# for verify_features' 30 inliers: every image between two keyframes still verifies against one.
+DEFAULT_MIN_VIEW_OVERLAP = 0.10
 # Testing hook: SIGKILL this process after writing this many chunks (simulates a crash mid-build).
 CRASH_AFTER_CHUNKS_ENV = "QAA_VPR_ROS_CRASH_AFTER_CHUNKS"
 
@@ -156,6 +169,7 @@ class CameraStats:
     in_pose_gap: int = 0
     undecodable: int = 0
     not_selected: int = 0
+    view_keyframes: int = 0  # of keyframes: taken by the view rule (the pose rules would have skipped them)
 
 
 @dataclass
@@ -181,6 +195,42 @@ class _Candidate:
     encoding: str
     images_seen: int
     features: LocalFeatures | None = None
+    view: _View | None = None  # its features without depth, when the view rule computed them
+
+
+class _View:
+    """An image's local features without depth, computed on first call (the view rule's input,
+    :class:`qaa_vpr_ros.keyframes.KeyframeSelector`); the decoded image is kept for the keyframe."""
+
+    def __init__(self, msg: Any, config: FeatureConfig) -> None:
+        self.msg, self.config = msg, config
+        self._decoded: tuple[np.ndarray, str] | ImageDecodeError | None = None
+        self._features: LocalFeatures | None = None
+
+    def decoded(self) -> tuple[np.ndarray, str]:
+        """(image, encoding) as :func:`image_from_msg` gives them; raises its ImageDecodeError."""
+        if self._decoded is None:
+            try:
+                self._decoded = image_from_msg(self.msg)
+            except ImageDecodeError as err:
+                self._decoded = err
+        if isinstance(self._decoded, ImageDecodeError):
+            raise self._decoded
+        return self._decoded
+
+    def __call__(self) -> LocalFeatures | None:
+        if self._features is None:
+            try:
+                image, encoding = self.decoded()
+            except ImageDecodeError:
+                return None  # no view to compare: the pose rules decide alone
+            self._features = extract_local_features(_feature_image(image, encoding), None, self.config)
+        return self._features
+
+
+def _feature_image(image: np.ndarray, encoding: str) -> np.ndarray:
+    """The decoded image as extract_local_features takes it (RGB or mono)."""
+    return image[:, :, ::-1] if encoding == "bgr" else image
 
 
 @dataclass
@@ -213,6 +263,8 @@ class _ChunkStart:
     first_index: int  # global number of the unit's first keyframe
     skip_images: int
     selector_latest: dict[str, Any]
+    # camera -> the bag ordinal of its latest keyframe: the unit extracts its features for the view rule
+    view_ordinals: dict[str, int] = field(default_factory=dict)
 
 
 def _digest(data: Any) -> str:
@@ -310,6 +362,7 @@ class _KeyframeReader(threading.Thread):
         newest: dict[str, int] = {}
         pending: deque[_Pending] = deque()
         ordinal = -1  # images of this bag before this one
+        view_ordinals = self.unit_start.view_ordinals if self.unit_start is not None and skip else {}
         for image_msg in iter_image_messages(bag, self.topics + depth_topics, self.read_stats):
             if self.stop.is_set():
                 return
@@ -319,6 +372,8 @@ class _KeyframeReader(threading.Thread):
                 continue
             ordinal += 1
             if ordinal < skip:
+                if view_ordinals.get(image_msg.topic) == ordinal and self._view_rule(image_msg.topic):
+                    selector.restore_view(image_msg.topic, _View(image_msg.msg, self.options.local_features))
                 continue
             if self._past_end():
                 if not pending:
@@ -337,15 +392,19 @@ class _KeyframeReader(threading.Thread):
                     stats.in_pose_gap += 1
                     continue
                 position, orientation = pose
-            if not selector.wants(image_msg.topic, image_msg.stamp_ns, position, orientation):
+            view = _View(image_msg.msg, self.options.local_features) if self._view_rule(image_msg.topic) else None
+            selected = selector.decide(image_msg.topic, image_msg.stamp_ns, position, orientation, view)
+            if selected is None:
                 stats.not_selected += 1
                 continue
             try:
-                image, encoding = image_from_msg(image_msg.msg)
+                image, encoding = view.decoded() if view is not None else image_from_msg(image_msg.msg)
             except ImageDecodeError:
                 stats.undecodable += 1  # the next good image of this camera may become the keyframe
                 continue
-            selector.accept(image_msg.topic, image_msg.stamp_ns, position, orientation)
+            selector.accept(image_msg.topic, image_msg.stamp_ns, position, orientation, view)
+            if selected is Selected.VIEW:
+                stats.view_keyframes += 1
             if self.planned is not None:
                 _, kept_position, kept_orientation = selector.latest()[image_msg.topic]
                 self.planned.append((ordinal, image_msg.topic, image_msg.stamp_ns, kept_position, kept_orientation))
@@ -365,10 +424,15 @@ class _KeyframeReader(threading.Thread):
                 utm_zone=track.utm_zone if track is not None else None,
                 source=plan.name,
             )
-            pending.append(_Pending(_Candidate(index, keyframe, image, encoding, self.images_seen),
+            pending.append(_Pending(_Candidate(index, keyframe, image, encoding, self.images_seen, view=view),
                                     image_msg.log_time_ns))
             self._release(pending, history, newest, image_msg.log_time_ns)
         self._release(pending, history, newest, None)  # the end of the bag: no depth image comes any more
+
+    def _view_rule(self, camera: str) -> bool:
+        """Does the view rule select this camera's keyframes (features on, intrinsics known, threshold set)?"""
+        return (self.options.local_features is not None and self.options.selection.min_view_overlap > 0
+                and camera in self.options.camera_intrinsics)
 
     def _remember_depth(self, history: deque, newest: dict[str, int], msg: Any) -> None:
         """Keep a depth image (not decoded yet) in its camera's short history."""
@@ -415,7 +479,11 @@ class _KeyframeReader(threading.Thread):
                 depth = depth_from_msg(item.depth_msg)
             except ImageDecodeError:
                 depth = None  # counted with the keyframes that had no depth pair
-        image = candidate.image[:, :, ::-1] if candidate.encoding == "bgr" else candidate.image
+        if candidate.view is not None:  # extracted for the view rule: the same SIFT, only the depth is new
+            features = candidate.view()
+            if features is not None:
+                return add_depth(features, candidate.image.shape, depth, self.options.local_features)
+        image = _feature_image(candidate.image, candidate.encoding)
         return extract_local_features(image, depth, self.options.local_features)
 
 
@@ -993,11 +1061,13 @@ def _chunk_starts(surveys: Sequence[_BagSurvey], chunk_size: int, chunks: Sequen
     offset = 0
     for b, survey in enumerate(surveys):
         latest: dict[str, Any] = {}  # what KeyframeSelector.accept kept, keyframe by keyframe
+        ordinals: dict[str, int] = {}  # where each camera's latest keyframe is in the bag (the view rule's)
         for local, (ordinal, camera, stamp, position, orientation) in enumerate(survey.keyframes):
             chunk = wanted.get(offset + local)
             if chunk is not None:
-                starts[chunk] = (b, _ChunkStart(offset + local, ordinal, dict(latest)))
+                starts[chunk] = (b, _ChunkStart(offset + local, ordinal, dict(latest), dict(ordinals)))
             latest[camera] = (stamp, position, orientation)
+            ordinals[camera] = ordinal
         offset += len(survey.keyframes)
     return starts
 
@@ -1136,6 +1206,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="metres travelled between keyframes (default 1.0)")
     parser.add_argument("--min-rotation", type=float, default=0.26,
                         help="radians turned between keyframes (default 0.26)")
+    parser.add_argument("--min-view-overlap", type=float, default=DEFAULT_MIN_VIEW_OVERLAP, metavar="SHARE",
+                        help="also a keyframe when less than this share of an image's local features match the "
+                             "camera's last keyframe's (cameras with intrinsics; 0 disables; default "
+                             f"{DEFAULT_MIN_VIEW_OVERLAP})")
     parser.add_argument("--max-pose-gap", type=float, default=2.0,
                         help="seconds between poses beyond which images get no pose (skipped, counted; default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -1208,7 +1282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = BuildOptions(
             image_topics=tuple(args.image_topics),
             pose_topic=args.pose_topic,
-            selection=SelectionConfig(args.min_interval, args.min_distance, args.min_rotation),
+            selection=SelectionConfig(args.min_interval, args.min_distance, args.min_rotation,
+                                      0.0 if args.no_local_features else args.min_view_overlap),
             max_pose_gap_s=args.max_pose_gap,
             chunk_size=args.chunk_size,
             shard=args.shard,
@@ -1269,8 +1344,8 @@ def _summary(result: BuildResult) -> str:
     ]
     for topic, s in result.cameras.items():
         lines.append(
-            f"  {topic}: {s.images} images, {s.keyframes} keyframes; skipped: {s.outside_pose_range} outside "
-            f"pose range, {s.in_pose_gap} in pose gaps, {s.undecodable} undecodable"
+            f"  {topic}: {s.images} images, {s.keyframes} keyframes ({s.view_keyframes} by view change); skipped: "
+            f"{s.outside_pose_range} outside pose range, {s.in_pose_gap} in pose gaps, {s.undecodable} undecodable"
         )
     damaged = result.skipped.get("damaged_bags") or {}
     for name, why in damaged.items():
