@@ -22,8 +22,8 @@ from qaa_vpr_ros.decision import LocalizeConfig, parameter_table
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "localize.launch.py"
-ARGUMENTS = ("map", "model", "params_file", "image_topics", "device", "namespace", "odom_topic", "min_score",
-             "min_confidence", "use_sim_time", "log_level", "respawn")
+ARGUMENTS = ("map", "model", "params_file", "image_topics", "depth_topics", "camera_intrinsics", "device", "namespace",
+             "odom_topic", "min_score", "min_confidence", "use_sim_time", "log_level", "respawn")
 EXECUTABLES = ("localize_node", "pose_graph_node", "build_map", "merge_maps", "map_info", "eval_map", "export_map")
 TRAINING = "qaa_vpr_ros_training"
 # pip name -> rosdep key where the key is not simply python3-<pip name> (rosdistro's rosdep/python.yaml).

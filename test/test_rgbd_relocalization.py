@@ -21,6 +21,7 @@ weak: the query's nearest keyframes by descriptor are verified geometrically):
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from pathlib import Path
 
@@ -61,17 +62,18 @@ def tum():
 
 
 @pytest.fixture(scope="module")
-def tum_map(tum, tmp_path_factory) -> Path:
-    """``build_map`` at its defaults on a bag of the first 50 frames (ground truth on /odom)."""
-    from qaa_vpr_ros.map_tools.build import main as build_map
-
+def tum_map(ros2_env, tum, tmp_path_factory) -> Path:
+    """``build_map`` at its defaults on a bag of the first 50 frames (ground truth on /odom), run
+    the way a user runs it (``ros2 run qaa_vpr_ros build_map``)."""
     work = tmp_path_factory.mktemp("tum_map")
     bag = tum_rgbd.write_tum_bag(work / "mapping", tum, MAP_FRAMES)
     out = work / "map"
-    code = build_map([str(bag.path), "--model", str(MODEL), "--image-topics", tum_rgbd.RGB_TOPIC,
-                      "--depth-topics", tum_rgbd.DEPTH_TOPIC, "--pose-topic", tum_rgbd.ODOM_TOPIC, "-o", str(out),
-                      "--device", "cpu", "--no-progress"])
-    assert code == 0
+    done = subprocess.run(["ros2", "run", "qaa_vpr_ros", "build_map", str(bag.path), "--model", str(MODEL),
+                           "--image-topics", tum_rgbd.RGB_TOPIC, "--depth-topics", tum_rgbd.DEPTH_TOPIC,
+                           "--pose-topic", tum_rgbd.ODOM_TOPIC, "-o", str(out), "--no-progress"],
+                          env=ros2_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout)
     return out
 
 
@@ -227,6 +229,8 @@ def test_metric_relocalization_with_depth_through_ros2_launch(ros2_env, client, 
     assert np.median(pos) <= 0.03 and np.median(rot) <= 2.0, (np.median(pos), np.median(rot))
     assert not np.any((pos > 0.10) | (rot > 5.0)), sorted(zip(pos, rot, strict=True))[-5:]
     ratio = _honest(metric, axes)
+    print(f"\n{len(metric)} metric geometry records: median {100 * np.median(pos):.2f} cm / {np.median(rot):.2f} deg, "
+          f"max {100 * pos.max():.2f} cm / {rot.max():.2f} deg; sigma / RMS error per axis {np.round(ratio, 2)}")
     assert np.all((ratio >= 0.5) & (ratio <= 2.0)), f"sigma / RMS error per axis {ratio}"
 
     # ~/place_match: the query's own pose in the map frame (= the first session's odometry frame).
@@ -240,6 +244,9 @@ def test_metric_relocalization_with_depth_through_ros2_launch(ros2_env, client, 
     assert not np.any((pos > 0.10) | (rot > 5.0)), sorted(zip(pos, rot, strict=True))[-5:]
     right = [index[s] for s, p, r in zip(stamps, pos, rot, strict=True) if p <= 0.10 and r <= 10.0]
     seen = _first_seen(tum, frames)
+    print(f"{len(matches)} place matches of {len(frames)} frames: median {100 * np.median(pos):.2f} cm / "
+          f"{np.median(rot):.2f} deg, max {100 * pos.max():.2f} cm / {rot.max():.2f} deg; first right at frame "
+          f"{right[:1]}, first mapped view at frame {seen}")
     assert right and right[0] <= seen + 3, f"first right relocalization at frame {right[:1]}, view seen at {seen}"
 
 
@@ -249,6 +256,8 @@ def test_depth_withheld_still_verifies_the_rotation(ros2_env, client, launch, tu
     verified = [r for r in records if r.transform_source in ("geometry", "geometry_rotation") and not r.is_online]
     assert len(verified) >= 30, f"{len(verified)} verified records\n{run.output[-3000:]}"
     _, rot, _ = _record_errors(tum, verified)
+    sources = {s: sum(r.transform_source == s for r in verified) for s in ("geometry", "geometry_rotation")}
+    print(f"\ndepth withheld: {len(verified)} verified records {sources}, rotation median {np.median(rot):.2f} deg")
     assert np.median(rot) <= 2.5, np.median(rot)
 
 
@@ -259,4 +268,6 @@ def test_online_loop_closures_over_the_whole_sequence(ros2_env, client, launch, 
                 if r.is_online and r.accepted and r.transform_source == "geometry"}
     assert len(closures) >= 10, f"{len(closures)} geometry-verified loop closures\n{run.output[-3000:]}"
     pos, rot, _ = _record_errors(tum, list(closures.values()))
+    print(f"\n{len(closures)} online loop closures: median {100 * np.median(pos):.2f} cm / {np.median(rot):.2f} deg, "
+          f"max {100 * pos.max():.2f} cm / {rot.max():.2f} deg")
     assert not np.any((pos > 0.10) | (rot > 5.0)), sorted(zip(pos, rot, strict=True))[-5:]

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import rclpy.time
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from qaa_vpr_ros.decision import ConfigError, LocalizeConfig, Localizer, ParamSpec
 from qaa_vpr_ros.decision.parameters import parse_extrinsics
@@ -49,14 +51,19 @@ class Loaded:
 def declare_parameters(node: Node, specs: Iterable[ParamSpec]) -> LocalizeConfig:
     """Declare the parameter table (descriptors with types, ranges, read-only) and validate the
     values given. Raises :class:`ConfigError` naming the parameter."""
-    names = []
+    values = {}
     for spec in specs:
         try:
-            node.declare_parameter(spec.name, spec.default, descriptor_of(spec))
+            # An empty list says nothing of its type: declare it as a string array (uninitialised).
+            default = Parameter.Type.STRING_ARRAY if spec.type == "str[]" and not spec.default else spec.default
+            node.declare_parameter(spec.name, default, descriptor_of(spec))
         except Exception as err:  # rclpy's InvalidParameter*Exception: name the parameter
             raise ConfigError(f"parameter '{spec.name}': {err}") from err
-        names.append(spec.name)
-    return LocalizeConfig.from_dict({name: node.get_parameter(name).value for name in names}).validate()
+        try:
+            values[spec.name] = node.get_parameter(spec.name).value
+        except ParameterUninitializedException:  # an empty list in a params file carries no type: the default
+            values[spec.name] = spec.default
+    return LocalizeConfig.from_dict(values).validate()
 
 
 def build_pipeline(node: Node, cfg: LocalizeConfig, tf_buffer: TransformBuffer | None) -> FramePipeline:
