@@ -465,27 +465,44 @@ def _swap_covariance(t_match_query: np.ndarray, cov_match_in_query: np.ndarray) 
 
 def _essential(n_q: np.ndarray, n_m: np.ndarray, k_q: Intrinsics, matches: int,
                cfg: FeatureVerificationConfig) -> Verification:
-    """No depth on either side: the essential matrix (rotation, direction of translation)."""
+    """No depth on either side: the essential matrix (rotation, direction of translation), or a
+    homography that is a pure rotation (a camera turning on the spot, where the essential matrix is
+    degenerate: ORB-SLAM's model selection on inlier counts)."""
     threshold = cfg.essential_threshold_px / k_q.focal
     e, mask = cv2.findEssentialMat(n_m, n_q, np.eye(3), method=cv2.USAC_MAGSAC, prob=cfg.confidence,
                                    threshold=threshold)
-    if e is None or mask is None or e.shape[0] < 3:
+    h, h_mask = cv2.findHomography(n_m, n_q, ROBUST_METHOD, 1.5 / k_q.focal, confidence=cfg.confidence)
+    e_inliers = int(mask.sum()) if e is not None and mask is not None and e.shape[0] >= 3 else 0
+    h_inliers = int(h_mask.sum()) if h is not None and h_mask is not None else 0
+    if h_inliers >= cfg.min_inliers and h_inliers >= 0.75 * e_inliers and np.all(np.isfinite(h)) \
+            and abs(float(np.linalg.det(h))) > 1e-12:
+        rotation, residual = _nearest_rotation(h)
+        if residual <= VerificationConfig().max_rotation_residual and h_inliers >= cfg.min_inlier_ratio * matches:
+            return _rotation_only(rotation.T, h_inliers, matches, cfg, "rotation")
+    if e_inliers == 0:
         return _rejected("geometry", "no essential matrix", matches)
     e = e[:3]
-    inliers = int(mask.sum())
-    if inliers < cfg.min_inliers:
-        return _rejected("inliers", f"{inliers} essential-matrix inliers < min_inliers {cfg.min_inliers}",
-                         matches, inliers)
-    if inliers < cfg.min_inlier_ratio * matches:
-        return _rejected("inlier_ratio", f"inlier ratio {inliers / matches:.2f} < min_inlier_ratio "
-                         f"{cfg.min_inlier_ratio}", matches, inliers)
+    if e_inliers < cfg.min_inliers:
+        return _rejected("inliers", f"{e_inliers} essential-matrix inliers < min_inliers {cfg.min_inliers}",
+                         matches, e_inliers)
+    if e_inliers < cfg.min_inlier_ratio * matches:
+        return _rejected("inlier_ratio", f"inlier ratio {e_inliers / matches:.2f} < min_inlier_ratio "
+                         f"{cfg.min_inlier_ratio}", matches, e_inliers)
     front, r, t, _ = cv2.recoverPose(e, n_m, n_q, np.eye(3), mask=mask.copy())
     if front < cfg.min_inliers:  # cheirality: a twisted pair puts the points behind a camera
         return _rejected("geometry", f"{front} inliers in front of both cameras < min_inliers {cfg.min_inliers}",
                          matches, int(front))
+    out = _rotation_only(r.T, int(front), matches, cfg, "essential")
     direction = -r.T @ t.ravel()
-    sigma = cfg.essential_rotation_sigma_rad / math.sqrt(front)
+    out.translation_direction = direction / np.linalg.norm(direction)
+    return out
+
+
+def _rotation_only(rotation: np.ndarray, inliers: int, matches: int, cfg: FeatureVerificationConfig,
+                   model: str) -> Verification:
+    """An accepted rotation-only verification with its rotation covariance from the inlier count."""
+    sigma = cfg.essential_rotation_sigma_rad / math.sqrt(inliers)
     cov = np.zeros((6, 6))
     cov[3:, 3:] = np.eye(3) * (sigma ** 2 + cfg.covariance_floor_rad ** 2)
-    return Verification(True, "", "essential", matches, int(front), r.T, direction / np.linalg.norm(direction),
-                        covariance=cov, inlier_ratio=inliers / matches)
+    return Verification(True, "", model, matches, inliers, rotation, np.zeros(3), covariance=cov,
+                        inlier_ratio=inliers / matches)

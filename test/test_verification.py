@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from qaa_vpr_ros.verification import Intrinsics, VerificationConfig, verify_pair
+from qaa_vpr_ros.local_features import extract_local_features
+from qaa_vpr_ros.verification import Intrinsics, VerificationConfig, verify_features, verify_pair
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "rtabmap_samples"
 pytestmark = pytest.mark.skipif(not (SAMPLES / "images" / "1.jpg").is_file(),
@@ -95,52 +96,97 @@ def test_bad_input_names_the_culprit():
     assert not verify_pair(blank, blank, K).accepted
 
 
-def _result(camera, sec, keyframe_id, best_id=None):
-    """A QueryResult-shaped object: the query, its online keyframe, an accepted online candidate."""
+# --- verification from stored local features (what the node runs) ----------------------------
+
+
+@pytest.mark.parametrize("number, rotvec", CASES)
+def test_features_without_depth_recover_a_known_rotation_within_2_degrees(number, rotvec):
+    image = _image(number)
+    r_new_old = Rotation.from_rotvec(rotvec).as_matrix()
+    query = _rotated_view(image, r_new_old, K, K, (512, 384))
+    result = verify_features(extract_local_features(query), K, extract_local_features(image), K)
+    assert result.accepted, result.reason
+    assert result.model in ("rotation", "essential") and not result.metric
+    assert _angle_deg(result.rotation, r_new_old.T) < 2.0
+    assert result.covariance is not None and np.all(np.diag(result.covariance)[3:] > 0)
+
+
+@pytest.mark.parametrize("a, b", _unrelated_pairs())
+def test_features_of_unrelated_real_images_are_rejected(a, b):
+    result = verify_features(extract_local_features(_image(a)), K, extract_local_features(_image(b)), K)
+    assert not result.accepted and result.reason
+
+
+class _Store:
+    """The online database's part the verifier reads: features per keyframe id, cameras."""
+
+    def __init__(self, features: dict[int, object]) -> None:
+        self._features, self.cameras = features, {}
+
+    def local_features(self, keyframe_id: int):
+        return self._features.get(keyframe_id)
+
+
+def _online_result(camera: str, sec: int, candidate_id: int, accepted: bool = True):
+    from qaa_vpr_ros.decision.decision import Candidate, ChannelResult
+    from qaa_vpr_ros.decision.localizer import Query, QueryResult
+    from qaa_vpr_ros.maps import Keyframe
+
+    keyframe = Keyframe(id=candidate_id, stamp_sec=100 + candidate_id, stamp_nanosec=0, camera=camera, frame_id="cam")
+    candidate = Candidate(keyframe=keyframe, score=0.9, rank=0, accepted=accepted)
+    result = QueryResult(Query(camera, sec, 0), online=ChannelResult("online", "odom", [candidate]))
+    return result, candidate
+
+
+def test_candidate_verifier_gives_the_base_frame_rotation_and_unaccepts_a_wrong_loop_closure():
     from types import SimpleNamespace
 
-    query = SimpleNamespace(camera=camera, stamp_sec=sec, stamp_nanosec=0)
-    candidate = None
-    if best_id is not None:
-        candidate = SimpleNamespace(keyframe=SimpleNamespace(id=best_id), accepted=True, reason="")
-    online = SimpleNamespace(best=candidate, candidates=[candidate] if candidate else [])
-    return SimpleNamespace(query=query, online=online, keyframe=SimpleNamespace(id=keyframe_id)), candidate
+    from qaa_vpr_ros.decision import LocalizeConfig
+    from qaa_vpr_ros.decision.record import OPTICAL_IN_BASE, LoopClosureRecord, with_geometry_rotation
+    from qaa_vpr_ros.decision.verifier import CandidateVerifier
 
-
-def test_keyframe_verifier_gives_the_base_frame_rotation_and_unaccepts_a_wrong_loop_closure():
-    from qaa_vpr_ros.decision.record import OPTICAL_IN_BASE, LoopClosureRecord, with_geometry
-    from qaa_vpr_ros.verification import KeyframeVerifier
-
-    verifier = KeyframeVerifier(max_images=10)
-    verifier.set_intrinsics("/cam", K)
     first = _image(30)
-    verifier.check(_result("/cam", 100, keyframe_id=0)[0], first)  # stored as online keyframe 0
-    verifier.check(_result("/cam", 101, keyframe_id=1)[0], _image(75))  # an unrelated place, keyframe 1
+    store = _Store({0: extract_local_features(first), 1: extract_local_features(_image(75))})
+    verifier = CandidateVerifier(LocalizeConfig(geometry_accept=False))
+    verifier.set_intrinsics("/cam", K)
+    localizer = SimpleNamespace(prior_map=None, online_map=store)
     # Later the robot is back at keyframe 0's place, turned 6 deg to the left (yaw about base z).
     yaw = math.radians(6.0)
     r_base = Rotation.from_euler("z", yaw).as_matrix()  # the query base in the match base
     r_optical = OPTICAL_IN_BASE[:3, :3].T @ r_base @ OPTICAL_IN_BASE[:3, :3]  # R_match_query, optical
-    query_image = _rotated_view(first, r_optical.T, K, K, (512, 384))
-    result, candidate = _result("/cam", 200, keyframe_id=2, best_id=0)
-    outcome = verifier.check(result, query_image)
-    assert outcome.accepted and candidate.accepted
-    v = verifier.verification_of(0, 200, 0)
-    record = LoopClosureRecord(200, 0, "/cam", 0, 100, 0, "online", "odom", accepted=True)
-    verified = with_geometry(record, v.rotation, v.inliers, OPTICAL_IN_BASE, OPTICAL_IN_BASE)
-    assert verified.transform_source == "geometry" and verified.inliers == v.inliers > 0
+    query = extract_local_features(_rotated_view(first, r_optical.T, K, K, (512, 384)))
+    result, candidate = _online_result("/cam", 200, 0)
+    assert verifier.verify(result, query, localizer) == []
+    v = candidate.verification
+    assert v.accepted and candidate.accepted
+    record = LoopClosureRecord(200, 0, "/cam", 0, 100, 0, "online", "odom", accepted=True,
+                               relative_translation=(1.5, 0.0, 0.0))
+    verified = with_geometry_rotation(record, v.rotation, v.covariance[3:, 3:], v.inliers, OPTICAL_IN_BASE,
+                                      OPTICAL_IN_BASE)
+    assert verified.transform_source == "geometry_rotation" and verified.inliers == v.inliers > 0
+    assert verified.relative_translation == (1.5, 0.0, 0.0)  # the translation it had is kept
     assert _angle_deg(verified.relative_matrix[:3, :3], r_base) < 2.0
     assert math.degrees(Rotation.from_matrix(verified.relative_matrix[:3, :3]).as_euler("xyz")[2]) == \
         pytest.approx(6.0, abs=1.0)
-    # A "loop closure" of keyframe 1's unrelated image: geometry rejects it, so it is un-accepted.
-    result, candidate = _result("/cam", 300, keyframe_id=3, best_id=1)
-    outcome = verifier.check(result, first)
-    assert not outcome.accepted and not candidate.accepted and candidate.reason == "geometry"
-    assert (verifier.verified, verifier.rejected) == (1, 1)
+    # A "loop closure" to keyframe 1's unrelated image: geometry rejects it, so it is un-accepted.
+    result, candidate = _online_result("/cam", 300, 1)
+    verifier.verify(result, extract_local_features(first), localizer)
+    assert not candidate.verification.accepted and not candidate.accepted and candidate.reason == "geometry"
+    counts = verifier.counts()
+    assert (counts["verified"], counts["rejected"], counts["unaccepted_by_geometry"]) == (1, 1, 1)
+    # Without intrinsics for the camera the candidate stays as decided, counted as skipped.
+    result, candidate = _online_result("/other", 400, 1)
+    verifier.verify(result, query, localizer)
+    assert candidate.accepted and candidate.verification is None
+    assert verifier.counts()["skipped_no_intrinsics"] == 1
 
 
 def test_an_opencv_error_is_a_rejection_with_its_reason_and_counted(monkeypatch):
-    from qaa_vpr_ros import verification
-    from qaa_vpr_ros.verification import KeyframeVerifier
+    from types import SimpleNamespace
+
+    from qaa_vpr_ros.decision import LocalizeConfig
+    from qaa_vpr_ros.decision import verifier as verifier_module
+    from qaa_vpr_ros.decision.verifier import CandidateVerifier
 
     def broken(*args, **kwargs):
         raise cv2.error("OpenCV(test) forced: (-215:Assertion failed) in function 'solvePoly'")
@@ -148,19 +194,24 @@ def test_an_opencv_error_is_a_rejection_with_its_reason_and_counted(monkeypatch)
     image = _image(40)
     query = _rotated_view(image, Rotation.from_euler("y", 0.05).as_matrix(), K, K, (512, 384))
     assert verify_pair(query, image, K).accepted  # a revisit that verifies ...
+    features_q, features_m = extract_local_features(query), extract_local_features(image)
+    assert verify_features(features_q, K, features_m, K).accepted
     monkeypatch.setattr(cv2, "findEssentialMat", broken)
+    monkeypatch.setattr(cv2, "findHomography", broken)
     result = verify_pair(query, image, K)  # ... is rejected, not raised, when OpenCV fails
     assert not result.accepted and result.rejection == "opencv_error"
     assert result.reason.startswith("opencv error:") and "solvePoly" in result.reason
+    assert verify_features(features_q, K, features_m, K).rejection == "opencv_error"
 
-    verifier = KeyframeVerifier(max_images=10)
+    verifier = CandidateVerifier(LocalizeConfig())
     verifier.set_intrinsics("/cam", K)
-    verifier.check(_result("/cam", 100, keyframe_id=0)[0], image)
-    res, candidate = _result("/cam", 200, keyframe_id=1, best_id=0)
-    assert not verifier.check(res, query).accepted and not candidate.accepted
-    monkeypatch.setattr(verification, "verify_pair", lambda *a, **k: 1 / 0)  # any other error: also a rejection
-    res, candidate = _result("/cam", 300, keyframe_id=2, best_id=0)
-    outcome = verifier.check(res, query)
-    assert not outcome.accepted and not candidate.accepted and "ZeroDivisionError" in outcome.reason
+    localizer = SimpleNamespace(prior_map=None, online_map=_Store({0: features_m}))
+    res, candidate = _online_result("/cam", 200, 0)
+    errors = verifier.verify(res, features_q, localizer)
+    assert not candidate.accepted and "solvePoly" in errors[0]
+    monkeypatch.setattr(verifier_module, "verify_features", lambda *a, **k: 1 / 0)  # any other error: a rejection
+    res, candidate = _online_result("/cam", 300, 0)
+    errors = verifier.verify(res, features_q, localizer)
+    assert not candidate.accepted and "ZeroDivisionError" in errors[0]
     counts = verifier.counts()
     assert (counts["rejected"], counts["rejected_opencv_error"], counts["rejected_error"]) == (2, 1, 1)

@@ -45,7 +45,8 @@ class CandidateVerifier:
         self.verification = verification or FeatureVerificationConfig()
         self._intrinsics: dict[str, Intrinsics] = {}
         self._lock = threading.Lock()
-        self.counts_ = {"verified": 0, "verified_pnp": 0, "verified_essential": 0, "rejected": 0,
+        self.counts_ = {"verified": 0, "verified_pnp": 0, "verified_essential": 0, "verified_rotation": 0,
+                        "rejected": 0,
                         "accepted_on_geometry": 0, "unaccepted_by_geometry": 0,
                         **{f"rejected_{name}": 0 for name in REJECTIONS},
                         **{f"skipped_{name}": 0 for name in SKIPS}}
@@ -116,7 +117,8 @@ class CandidateVerifier:
     def strong(self, verification: Verification | None) -> bool:
         """Whether a verification is strong enough to accept its candidate without sequence support."""
         cfg = self.config
-        return (verification is not None and verification.accepted and verification.model in ("pnp", "essential")
+        return (verification is not None and verification.accepted
+                and verification.model in ("pnp", "essential", "rotation")
                 and (verification.model == "pnp" or cfg.geometry_accept_essential)
                 and verification.inliers >= cfg.geometry_accept_min_inliers
                 and verification.inlier_ratio >= cfg.geometry_accept_min_inlier_ratio)
@@ -142,7 +144,8 @@ class CandidateVerifier:
         with self._lock:
             if outcome.accepted:
                 self.counts_["verified"] += 1
-                self.counts_[f"verified_{outcome.model}"] = self.counts_.get(f"verified_{outcome.model}", 0) + 1
+                key = f"verified_{outcome.model}"
+                self.counts_[key] = self.counts_.get(key, 0) + 1
             else:
                 self.counts_["rejected"] += 1
                 key = f"rejected_{outcome.rejection}"
