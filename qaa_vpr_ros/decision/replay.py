@@ -213,7 +213,7 @@ def replay_geometry(config: LocalizeConfig, reference: PlaceMap, query: PlaceMap
         if not kf.has_pose:
             continue
         truth = pose_matrix(kf.position, kf.orientation)
-        verified, seen = [], set()
+        passing, seen = [], set()  # passing: strong at any inlier count
         for c in (result.map.candidates + result.map.hits) if result.map is not None else []:
             if c.verification is None or int(c.keyframe.id) in seen:
                 continue
@@ -233,8 +233,8 @@ def replay_geometry(config: LocalizeConfig, reference: PlaceMap, query: PlaceMap
             outcome = GeometryOutcome(n, int(match.id), v, node_rule.strong(v), correct, position_m, rotation_deg)
             outcomes.append(outcome)
             if any_inliers.strong(v):
-                verified.append(outcome)
-        best = max(verified, key=lambda o: o.verification.inliers, default=None)
+                passing.append(outcome)
+        best = max(passing, key=lambda o: o.verification.inliers, default=None)
         if best is None:
             decisions.append(Decision(False, False, False, math.nan, -1))
         else:

@@ -231,13 +231,13 @@ class GeometryCalibration:
     tolerance_m: float
     tolerance_deg: float
     recall_queries: int
+    config: Any  # the LocalizeConfig replayed (its geometry_accept_* thresholds are "the defaults")
 
     def report(self) -> list[str]:
         """The geometry lines of eval_map's report: strong candidates right/wrong and what the node
-        would accept on geometry at its defaults, then the chosen threshold."""
-        from qaa_vpr_ros.decision import LocalizeConfig
-
-        cfg = LocalizeConfig()
+        would accept on geometry at the replayed configuration's thresholds (the node does where the
+        sequence decision accepted nothing)."""
+        cfg = self.config
         strong = [o for o in self.outcomes if o.strong]
         right = [o for o in strong if o.correct]
         accepted = [d for d in self.decisions if d.accepted]
@@ -276,12 +276,12 @@ def calibrate_geometry(reference: PlaceMap, query: PlaceMap, radius_m: float, ta
         return "the queries have no local features"
     if not query.cameras:
         return "the queries have no camera intrinsics (a camera_info topic beside the image topic)"
-    decisions, outcomes = replay_geometry(config or LocalizeConfig(), reference, query, radius_m,
-                                          tolerance_m, tolerance_deg)
+    config = config or LocalizeConfig()
+    decisions, outcomes = replay_geometry(config, reference, query, radius_m, tolerance_m, tolerance_deg)
     queries = len(decisions) if recall_queries is None else recall_queries
     choice = choose_threshold(decisions, target_precision, "geometry_accept_min_inliers", level=level, folds=folds,
                               allow_below_default=allow_below_default, recall_queries=queries)
-    return GeometryCalibration(decisions, outcomes, choice, tolerance_m, tolerance_deg, queries)
+    return GeometryCalibration(decisions, outcomes, choice, tolerance_m, tolerance_deg, queries, config)
 
 
 def format_calibration(results: list[Calibration], target_precision: float) -> str:
