@@ -163,3 +163,55 @@ def test_a_stretch_of_route_that_needs_more_raises_the_threshold_by_the_fold_mar
     assert margin == pytest.approx(rise + 0.005, abs=1e-4)
     assert "(margin 0.0050)" in (tmp_path / "no_folds.yaml").read_text()
     assert written(tmp_path / "folds.yaml")["min_confidence"] > written(tmp_path / "no_folds.yaml")["min_confidence"]
+
+
+# --- geometry_accept_min_inliers: an integer threshold (issue 23) ------------------------------------
+
+DEFAULT_MIN_INLIERS = 40  # parameters.py geometry_accept_min_inliers
+
+
+def inlier_decisions(rng: np.random.Generator, correct: int, wrong_at: list[int]) -> list[Decision]:
+    """``correct`` right candidates with inlier counts spread over [30, 400] and wrong ones with the
+    given counts (the inliers are the "confidence"), shuffled along the route."""
+    out = [Decision(True, False, True, float(n), i) for i, n in enumerate(np.linspace(30, 400, correct).round())]
+    out += [Decision(True, False, False, float(n), -1) for n in wrong_at]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def lowest_certified(decided: list[Decision], floor: int, target: float = 0.99) -> int:
+    """The lowest whole inlier count >= floor whose accepted candidates' 95 % Clopper-Pearson lower
+    bound of precision reaches the target (counted here, the slow way)."""
+    for t in range(floor, 401):
+        accepted, correct = at(decided, t)
+        if accepted and correct and beta.ppf(0.05, correct, accepted - correct + 1) >= target:
+            return t
+    raise AssertionError("no threshold certifies the target")
+
+
+@pytest.mark.parametrize("allow_below_default", [False, True])
+def test_the_inlier_threshold_is_a_whole_number_the_lowest_that_certifies_the_target(allow_below_default):
+    """Without a fold margin the written count is exactly the lowest certifying one: no float16
+    margin (which would turn 52 into 52.005, i.e. accept from 53 inliers on) and a whole number the
+    node's integer parameter takes."""
+    from qaa_vpr_ros.decision.calibration import choose_threshold
+
+    # Wrong candidates with 35-60 inliers among 900 right ones: the target needs more than 40.
+    decided = inlier_decisions(np.random.default_rng(6), 900, wrong_at=[35, 38, 44, 47, 52, 58, 60])
+    choice = choose_threshold(decided, 0.99, "geometry_accept_min_inliers", folds=1,
+                              allow_below_default=allow_below_default)
+    floor = 6 if allow_below_default else DEFAULT_MIN_INLIERS  # the parameter's range starts at 6
+    assert choice.certified and choice.margin == 0.0
+    assert choice.threshold == int(choice.threshold) == lowest_certified(decided, floor)
+    assert (choice.accepted, choice.correct) == at(decided, choice.threshold)
+
+
+def test_the_inlier_threshold_with_a_fold_margin_stays_whole_and_not_below_the_default():
+    from qaa_vpr_ros.decision.calibration import choose_threshold
+
+    rng = np.random.default_rng(7)
+    clean = inlier_decisions(rng, 500, wrong_at=[])
+    messy = inlier_decisions(rng, 500, wrong_at=[41, 45, 50, 55, 62, 70])  # the second half needs more
+    choice = choose_threshold(clean + messy, 0.99, "geometry_accept_min_inliers")
+    assert choice.margin > 0 and choice.margin == int(choice.margin)
+    assert choice.threshold == int(choice.threshold) >= DEFAULT_MIN_INLIERS
+    assert (choice.accepted, choice.correct) == at(clean + messy, choice.threshold)

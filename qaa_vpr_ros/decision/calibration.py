@@ -27,6 +27,10 @@ is chosen as follows; every figure is over the replayed decisions (:mod:`qaa_vpr
    written threshold is the one with the highest bound among those whose point precision is >= P
    (``certified`` False: more calibration data is needed to promise P); when none reaches P even
    as a point estimate, the top of the range (nothing is accepted; ``reachable`` False).
+5. **Integer parameters** (``geometry_accept_min_inliers``, whose "confidence" is a verification's
+   inlier count): the margin is the fold shift alone (no :data:`FLOAT16_MARGIN`: inliers are
+   counted, not computed from float16 descriptors) and the written threshold is rounded up to a
+   whole number, so a candidate is accepted exactly when its inliers reach it.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ by ~1e-3, so a threshold right at the edge of the calibration data could flip.""
 class ThresholdChoice:
     """The threshold written for one parameter and what it gives on the calibration data."""
 
-    parameter: str  # "min_confidence" | "loop_min_confidence"
+    parameter: str  # "min_confidence" | "loop_min_confidence" | "geometry_accept_min_inliers"
     threshold: float  # the value written (inside the parameter's range)
     target: float  # the target precision P
     level: float  # confidence level of the bound
@@ -150,11 +154,14 @@ def choose_threshold(decisions: Sequence, target: float, parameter: str, *, leve
     floor = lo if allow_below_default else max(lo, float(spec.default))
     queries = max(len(decisions) if recall_queries is None else recall_queries, 1)
     conf, correct = _usable(decisions)
-    margin = min(fold_shift(decisions, target, floor, folds) + FLOAT16_MARGIN, hi - floor)
+    integer = spec.type == "int"
+    margin = min(fold_shift(decisions, target, floor, folds) + (0.0 if integer else FLOAT16_MARGIN), hi - floor)
 
     base = np.unique(np.r_[floor, conf[(conf >= floor) & (conf <= hi)]])  # ascending
-    # Written with 4 decimals, rounded up (a threshold only ever rises by it).
-    written = np.minimum(np.ceil(np.round((base + margin) * 1e4, 6)) / 1e4, hi)
+    # Written rounded up (a threshold only ever rises by it): to a whole number for an integer
+    # parameter, else to 4 decimals.
+    scale = 1.0 if integer else 1e4
+    written = np.minimum(np.ceil(np.round((base + margin) * scale, 6)) / scale, hi)
     n_base, k_base = _counts(conf, correct, base)
     n, k = _counts(conf, correct, written)
     bound = precision_lower_bound(k, n, level)

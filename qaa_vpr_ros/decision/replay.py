@@ -6,6 +6,13 @@ against the ground truth: a match is correct when the matched keyframe lies with
 of the query's true position. Because the best hypothesis of each query does not depend on the
 thresholds, one replay yields the whole precision-recall curve over ``min_confidence`` (matches
 against a prebuilt map) or ``loop_min_confidence`` (loop closures against the robot's own past).
+
+:func:`replay_geometry` adds the node's geometric verification (:class:`CandidateVerifier`, from
+the maps' stored local features): each verified candidate is right when the query pose it gives
+(the keyframe's pose composed with the relative transform through the camera extrinsics) lies
+within a position and rotation tolerance of the query's true pose; one replay again yields the
+whole curve over ``geometry_accept_min_inliers`` (the candidate with the most inliers is the one
+the node would accept on geometry).
 """
 from __future__ import annotations
 
@@ -22,9 +29,10 @@ from qaa_vpr_ros.decision.parameters import LocalizeConfig
 
 if TYPE_CHECKING:
     from qaa_vpr_ros.maps import Keyframe, PlaceMap
+    from qaa_vpr_ros.verification import Verification
 
-__all__ = ["Decision", "PRCurve", "map_queries", "pr_curve", "replay_loop_closures", "replay_map_queries",
-           "replay_place_matches"]
+__all__ = ["Decision", "GeometryOutcome", "PRCurve", "map_queries", "pr_curve", "replay_geometry",
+           "replay_loop_closures", "replay_map_queries", "replay_place_matches"]
 
 
 @dataclass
@@ -148,3 +156,88 @@ def replay_loop_closures(config: LocalizeConfig, laps: list[PlaceMap], radius_m:
             last_stamp = q.stamp
         out.append(decisions)
     return out
+
+
+@dataclass
+class GeometryOutcome:
+    """One candidate the node verified geometrically for one query, scored against the ground truth."""
+
+    query_index: int  # in the query map's stamp order
+    keyframe_id: int
+    verification: Verification
+    strong: bool  # accepted on geometry at the configuration's thresholds
+    correct: bool  # the pose it gives is within the tolerances of the truth
+    position_error_m: float  # NaN when the transform is not metric (essential matrix)
+    rotation_error_deg: float
+
+
+def replay_geometry(config: LocalizeConfig, reference: PlaceMap, query: PlaceMap, radius_m: float,
+                    tolerance_m: float = 0.10, tolerance_deg: float = 5.0,
+                    extrinsics: np.ndarray | None = None) -> tuple[list[Decision], list[GeometryOutcome]]:
+    """Decide and verify every keyframe of ``query`` against ``reference`` as the node does (the
+    :class:`Localizer`, then :class:`CandidateVerifier` on the query's stored local features with
+    its camera's stored intrinsics; ``geometry_accept`` itself off so the verifications stay raw).
+
+    A verified candidate is correct when the query pose it gives, ``T_map_keyframe * E *
+    T_match_query * E^-1`` (``E``: ``extrinsics``, the base -> camera transform, default the node's
+    :data:`OPTICAL_IN_BASE`), is within ``tolerance_m`` and ``tolerance_deg`` of the query's true
+    pose; without a metric translation (essential matrix), when its rotation is and the keyframe
+    lies within ``radius_m`` (horizontal). Returns one :class:`Decision` per query with a pose, in
+    stamp order, whose ``confidence`` is the inlier count of the candidate the node would accept
+    on geometry at the lowest ``geometry_accept_min_inliers`` (the most inliers among those passing
+    every other ``strong`` rule; NaN and not decidable when none does) and ``accepted`` whether it
+    is strong at ``config``'s thresholds; and every verified candidate's :class:`GeometryOutcome`."""
+    from qaa_vpr_ros.decision.parameters import parameter_table
+    from qaa_vpr_ros.decision.record import OPTICAL_IN_BASE
+    from qaa_vpr_ros.decision.verifier import CandidateVerifier
+    from qaa_vpr_ros.poses import pose_matrix, transform_error
+
+    e = np.asarray(OPTICAL_IN_BASE if extrinsics is None else extrinsics, np.float64)
+    e_inv = np.linalg.inv(e)
+    config = replace(config, online_loop_closure=False, verify_geometry=True).validate()
+    verifier = CandidateVerifier(replace(config, geometry_accept=False))
+    lowest = int(next(s for s in parameter_table() if s.name == "geometry_accept_min_inliers").range[0])
+    node_rule = CandidateVerifier(config)  # the node's strong(): its thresholds
+    any_inliers = CandidateVerifier(replace(config, geometry_accept_min_inliers=lowest))  # the ratio rule alone
+    for camera, intrinsics in query.cameras.items():
+        verifier.set_intrinsics(camera, intrinsics)
+    loc = Localizer(config, reference.dim, reference.model_fingerprint, prior_map=reference)
+    queries, descriptors, _ = map_queries(query)
+    keyframes = [query.keyframes[i] for i in sorted(range(len(query.keyframes)),  # map_queries' order
+                                                    key=lambda i: (query.keyframes[i].stamp, i))]
+    decisions: list[Decision] = []
+    outcomes: list[GeometryOutcome] = []
+    for n, (q, d, kf) in enumerate(zip(queries, descriptors, keyframes, strict=True)):
+        (result,) = loc.process([q], d[None])
+        verifier.verify(result, query.local_features(int(kf.id)), loc)
+        if not kf.has_pose:
+            continue
+        truth = pose_matrix(kf.position, kf.orientation)
+        passing, seen = [], set()  # passing: strong at any inlier count
+        for c in (result.map.candidates + result.map.hits) if result.map is not None else []:
+            if c.verification is None or int(c.keyframe.id) in seen:
+                continue
+            seen.add(int(c.keyframe.id))
+            v, match = c.verification, c.keyframe
+            position_m, rotation_deg, correct = math.nan, math.nan, False
+            if match.has_pose and v.accepted:
+                estimate = pose_matrix(match.position, match.orientation) @ e @ v.matrix @ e_inv
+                error = transform_error(estimate, truth)
+                rotation_deg = math.degrees(float(np.linalg.norm(error[3:])))
+                if v.metric:
+                    position_m = float(np.linalg.norm(error[:3]))
+                    correct = position_m <= tolerance_m and rotation_deg <= tolerance_deg
+                else:
+                    near = np.linalg.norm(np.subtract(match.position[:2], kf.position[:2])) <= radius_m
+                    correct = bool(near) and rotation_deg <= tolerance_deg
+            outcome = GeometryOutcome(n, int(match.id), v, node_rule.strong(v), correct, position_m, rotation_deg)
+            outcomes.append(outcome)
+            if any_inliers.strong(v):
+                passing.append(outcome)
+        best = max(passing, key=lambda o: o.verification.inliers, default=None)
+        if best is None:
+            decisions.append(Decision(False, False, False, math.nan, -1))
+        else:
+            decisions.append(Decision(True, best.strong, best.correct, float(best.verification.inliers),
+                                      best.keyframe_id))
+    return decisions, outcomes

@@ -16,10 +16,19 @@ of precision is >= P, raised by a margin learnt from stretches of the route and 
 node's defaults (:mod:`qaa_vpr_ros.decision.calibration`), and writes a ROS 2 parameter file for
 ``localize.launch.py params_file:=FILE`` with the expected precision and its bound in its header.
 
+Where the map and the queries have local features (and the queries camera intrinsics: camera_info
+beside the image topic; ``--depth-topics`` for metric PnP), the node's geometric verification is
+replayed too (:func:`qaa_vpr_ros.decision.replay.replay_geometry`): a verified candidate is right
+when the query pose it gives is within ``--pose-tolerance`` of the truth; the report gives the
+strong candidates right and wrong at the node's ``geometry_accept_*`` defaults, and
+``--target-precision`` also picks ``geometry_accept_min_inliers`` the same conservative way.
+
 Example::
 
     eval_map campus_map --query-bags run2/ --pose-topic /odom --model model/ --radius 10 -o eval/
     eval_map campus_map --query-map run2_map --target-precision 0.99 --write-params tuned.yaml
+    eval_map room_map --query-bags run2/ --pose-topic /odom --model model/ --radius 1 \
+        --depth-topics /camera/depth/image_raw --write-params tuned.yaml
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -45,9 +55,10 @@ from qaa_vpr_ros.paths import path_argument
 
 if TYPE_CHECKING:  # the decision is imported when a replay runs (it pulls in scipy)
     from qaa_vpr_ros.decision.calibration import ThresholdChoice
-    from qaa_vpr_ros.decision.replay import PRCurve
+    from qaa_vpr_ros.decision.replay import Decision, GeometryOutcome, PRCurve
 
-__all__ = ["Calibration", "EvalResult", "calibrate", "evaluate_queries", "main"]
+__all__ = ["Calibration", "EvalResult", "GeometryCalibration", "calibrate", "calibrate_geometry",
+           "evaluate_queries", "main"]
 
 
 @dataclass
@@ -209,6 +220,70 @@ def calibrate(reference: PlaceMap, query: PlaceMap, radius_m: float, target_prec
     return out
 
 
+@dataclass
+class GeometryCalibration:
+    """The node's geometric verification replayed on the queries, and ``geometry_accept_min_inliers``
+    chosen for the target (:func:`qaa_vpr_ros.decision.calibration.choose_threshold`)."""
+
+    decisions: list[Decision]  # per query with a pose: the candidate it would accept on geometry
+    outcomes: list[GeometryOutcome]  # every verified candidate
+    choice: ThresholdChoice  # for geometry_accept_min_inliers
+    tolerance_m: float
+    tolerance_deg: float
+    recall_queries: int
+    config: Any  # the LocalizeConfig replayed (its geometry_accept_* thresholds are "the defaults")
+
+    def report(self) -> list[str]:
+        """The geometry lines of eval_map's report: strong candidates right/wrong and what the node
+        would accept on geometry at the replayed configuration's thresholds (the node does where the
+        sequence decision accepted nothing)."""
+        cfg = self.config
+        strong = [o for o in self.outcomes if o.strong]
+        right = [o for o in strong if o.correct]
+        accepted = [d for d in self.decisions if d.accepted]
+        correct = sum(d.correct for d in accepted)
+        metric = [o for o in right if math.isfinite(o.position_error_m)]
+        error = (f"; right ones' median error {100 * np.median([o.position_error_m for o in metric]):.1f} cm "
+                 f"{np.median([o.rotation_error_deg for o in metric]):.2f} deg" if metric else "")
+        precision = f"precision {correct / len(accepted):.3f}, " if accepted else ""
+        return [
+            f"geometry (the node's verification of up to {cfg.verify_candidates} candidates and "
+            f"{cfg.verify_candidates} search hits per query; right: the query pose it gives within "
+            f"{self.tolerance_m:g} m and {self.tolerance_deg:g} deg):",
+            f"  {len(self.outcomes)} candidates verified over {len(self.decisions)} queries; strong at the node's "
+            f"defaults (geometry_accept_min_inliers {cfg.geometry_accept_min_inliers}, min_inlier_ratio "
+            f"{cfg.geometry_accept_min_inlier_ratio:g}): {len(right)} right, {len(strong) - len(right)} wrong{error}",
+            f"  accepted on geometry at the defaults: {len(accepted)} queries, {correct} right ({precision}recall "
+            f"{correct / max(self.recall_queries, 1):.3f})",
+        ]
+
+
+def calibrate_geometry(reference: PlaceMap, query: PlaceMap, radius_m: float, target_precision: float = 0.99,
+                       config: Any = None, *, tolerance_m: float = 0.10, tolerance_deg: float = 5.0,
+                       level: float = 0.95, folds: int = 2, allow_below_default: bool = False,
+                       recall_queries: int | None = None) -> GeometryCalibration | str:
+    """Replay the node's geometric verification (``config``, default the node's defaults) and choose
+    ``geometry_accept_min_inliers`` for ``target_precision`` as :func:`calibrate` chooses the other
+    thresholds (the inlier ratio stays at its value in ``config``). Returns why not instead when the
+    maps cannot be verified (no local features, no query intrinsics)."""
+    from qaa_vpr_ros.decision import LocalizeConfig
+    from qaa_vpr_ros.decision.calibration import choose_threshold
+    from qaa_vpr_ros.decision.replay import replay_geometry
+
+    if not reference.has_local_features:
+        return "the map has no local features (build it without --no-local-features)"
+    if not query.has_local_features:
+        return "the queries have no local features"
+    if not query.cameras:
+        return "the queries have no camera intrinsics (a camera_info topic beside the image topic)"
+    config = config or LocalizeConfig()
+    decisions, outcomes = replay_geometry(config, reference, query, radius_m, tolerance_m, tolerance_deg)
+    queries = len(decisions) if recall_queries is None else recall_queries
+    choice = choose_threshold(decisions, target_precision, "geometry_accept_min_inliers", level=level, folds=folds,
+                              allow_below_default=allow_below_default, recall_queries=queries)
+    return GeometryCalibration(decisions, outcomes, choice, tolerance_m, tolerance_deg, queries, config)
+
+
 def format_calibration(results: list[Calibration], target_precision: float) -> str:
     pct = f"{100 * results[0].match_choice.level:g}%" if results else "95%"
     lines = [f"decision replay (the node's code; thresholds for precision >= {target_precision:g} at the "
@@ -242,25 +317,33 @@ def choose(results: list[Calibration]) -> Calibration:
     return max(results, key=key)
 
 
-def describe_choice(chosen: Calibration) -> list[str]:
+def describe_choice(chosen: Calibration, geometry: ThresholdChoice | None = None) -> list[str]:
     """One line per tuned threshold: its value and the expected precision with its bound."""
-    return [f"{label} {c.parameter} {c.threshold:.4f} (margin {c.margin:.4f}): {c.describe()}"
-            for label, c in (("place matches:", chosen.match_choice), ("loop closures:", chosen.loop_choice))]
+    lines = [f"{label} {c.parameter} {c.threshold:.4f} (margin {c.margin:.4f}): {c.describe()}"
+             for label, c in (("place matches:", chosen.match_choice), ("loop closures:", chosen.loop_choice))]
+    if geometry is not None:
+        lines.append(f"accepted on geometry: {geometry.parameter} {int(geometry.threshold)} (margin "
+                     f"{geometry.margin:g}): {geometry.describe()}")
+    return lines
 
 
-def write_params(path: Path, chosen: Calibration, target_precision: float, source: str) -> dict[str, Any]:
+def write_params(path: Path, chosen: Calibration, target_precision: float, source: str,
+                 geometry: ThresholdChoice | None = None) -> dict[str, Any]:
     """Write the tuned parameters as a ROS 2 params file (atomically); returns them. The header
-    holds the expected precision, its lower bound and recall on ``source``."""
+    holds the expected precision, its lower bound and recall on ``source``. ``geometry``: the
+    choice of ``geometry_accept_min_inliers`` (None: not calibrated, the node's default stays)."""
     from qaa_vpr_ros.atomic import atomic_write_text
     from qaa_vpr_ros.decision.parameters import params_yaml
 
     values: dict[str, Any] = {"sequence_length_m": chosen.sequence_length_m,
                               "min_confidence": float(chosen.min_confidence),
                               "loop_min_confidence": float(chosen.loop_min_confidence)}
+    if geometry is not None:
+        values["geometry_accept_min_inliers"] = int(geometry.threshold)
     header = "\n".join(
         [f"localize_node parameters tuned by eval_map for precision >= {target_precision:g} on {source}",
          f"expected (on {source}, sequence_length_m {chosen.sequence_length_m:g}):"]
-        + [f"  {line}" for line in describe_choice(chosen)]
+        + [f"  {line}" for line in describe_choice(chosen, geometry)]
         + ["use: ros2 launch qaa_vpr_ros localize.launch.py params_file:=THIS_FILE map:=... model:=..."])
     full = params_yaml(values, header=header)
     # Only the tuned values (the rest keep the node's defaults; launch arguments still apply).
@@ -341,6 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="query map built with the same model (its poses are the ground truth)")
     parser.add_argument("--model", type=path_argument, help="model for --query-bags (must be the map's model)")
     parser.add_argument("--image-topics", nargs="+", default=[], help="query camera topics (default: all)")
+    parser.add_argument("--depth-topics", nargs="+", default=[],
+                        help="query depth topics, paired with --image-topics in order (as build_map's): metric "
+                             "geometric verification of the queries")
+    parser.add_argument("--pose-tolerance", nargs=2, type=float, default=[0.10, 5.0], metavar=("M", "DEG"),
+                        help="a geometrically verified candidate is right when the query pose it gives is within "
+                             "M metres and DEG degrees of the truth (default 0.10 5)")
     parser.add_argument("--pose-topic", help="ground-truth pose topic of the query bags")
     parser.add_argument("--min-interval", type=float, default=0.0, help="query sampling: seconds between queries")
     parser.add_argument("--min-distance", type=float, default=0.0, help="query sampling: metres between queries")
@@ -380,6 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--query-bags needs --model and --pose-topic")
     if args.ray and not args.query_bags:
         parser.error("--ray computes the descriptors of --query-bags; a --query-map needs none")
+    if args.depth_topics and not args.query_bags:
+        parser.error("--depth-topics is read from --query-bags; a --query-map has its depth already")
+    if not all(v > 0 for v in args.pose_tolerance):
+        parser.error(f"--pose-tolerance M DEG must be > 0, got {args.pose_tolerance}")
     try:
         with tempfile.TemporaryDirectory(prefix="eval_map-") as tmp:
             if args.query_bags:
@@ -395,6 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibration = None if args.no_decision else calibrate(
                 reference, query, args.radius, args.target_precision, level=args.confidence_level,
                 folds=args.folds, allow_below_default=args.allow_below_default)
+            geometry = None if args.no_decision else calibrate_geometry(
+                reference, query, args.radius, args.target_precision, tolerance_m=args.pose_tolerance[0],
+                tolerance_deg=args.pose_tolerance[1], level=args.confidence_level, folds=args.folds,
+                allow_below_default=args.allow_below_default, recall_queries=result.num_with_positive)
     except RayMissingError as err:
         print(f"eval_map: error: {err}", file=sys.stderr)
         return 2
@@ -405,16 +502,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if calibration is not None:
         print(format_calibration(calibration, args.target_precision))
         chosen = choose(calibration)
+        if isinstance(geometry, GeometryCalibration):
+            print("\n".join(geometry.report()))
+        else:
+            print(f"geometry: not evaluated: {geometry}")
+        geometry_choice = geometry.choice if isinstance(geometry, GeometryCalibration) else None
         print(f"  chosen: sequence_length_m {chosen.sequence_length_m:g}")
-        for line in describe_choice(chosen):
+        for line in describe_choice(chosen, geometry_choice):
             print(f"    {line}")
-        for c in (chosen.match_choice, chosen.loop_choice):
-            if not c.certified:
+        for c in (chosen.match_choice, chosen.loop_choice, geometry_choice):
+            if c is not None and not c.certified:
                 print(f"eval_map: warning: {c.parameter}: {c.describe()}", file=sys.stderr)
         if args.write_params:
             try:
                 values = write_params(Path(args.write_params), chosen, args.target_precision,
-                                      Path(args.query_map or args.query_bags[0]).name)
+                                      Path(args.query_map or args.query_bags[0]).name, geometry_choice)
             except (OSError, ValueError) as err:  # ValueError: ConfigError of a value the node would refuse
                 print(f"eval_map: error: cannot write {args.write_params}: {err}", file=sys.stderr)
                 return 1
@@ -427,7 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _query_from_bags(args: argparse.Namespace, tmp: Path) -> tuple[PlaceMap, PlaceMap]:
+    from qaa_vpr_ros.decision import LocalizeConfig
     from qaa_vpr_ros.keyframes import SelectionConfig
+    from qaa_vpr_ros.local_features import FeatureConfig
     from qaa_vpr_ros.map_tools.build import (
         BuildOptions,
         ExtractorSpec,
@@ -438,9 +542,11 @@ def _query_from_bags(args: argparse.Namespace, tmp: Path) -> tuple[PlaceMap, Pla
     )
 
     spec = ExtractorSpec(str(args.model), args.device, args.batch_size)
-    options = BuildOptions(
+    options = BuildOptions(  # local features as the node extracts them from its queries
         image_topics=tuple(args.image_topics), pose_topic=args.pose_topic,
         selection=SelectionConfig(args.min_interval, args.min_distance, 0.0),
+        local_features=FeatureConfig(max_features=LocalizeConfig().local_features_max),
+        depth_topics=tuple(args.depth_topics),
     )
     if args.ray:  # the same query map, its bags' work spread over the cluster
         with ray_pool(args) as pool:
