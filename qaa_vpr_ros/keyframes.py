@@ -265,13 +265,13 @@ VIEW_RATIO = 0.8  # Lowe's ratio test: what verify_features matches with (Featur
 def view_overlap(current: LocalFeatures, reference: LocalFeatures, ratio: float = VIEW_RATIO) -> float:
     """Share of ``current``'s local features whose ratio-test match (the matching of
     :func:`qaa_vpr_ros.verification.verify_features`) is in ``reference``; NaN without features."""
-    from qaa_vpr_ros.verification import feature_matches  # cv2: only where features exist
+    from qaa_vpr_ros.local_features import match_features  # cv2: only where features exist
 
     if len(current) == 0:
         return math.nan
     if len(reference) < 2:  # the ratio test needs two neighbours
         return 0.0
-    rows, _ = feature_matches(current, reference, ratio)
+    rows, _ = match_features(current, reference, ratio)
     return len(rows) / len(current)
 
 

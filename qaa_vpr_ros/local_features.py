@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 __all__ = ["DESCRIPTOR_BYTES", "FeatureConfig", "Intrinsics", "LocalFeatures", "add_depth",
-           "extract_local_features", "parse_intrinsics"]
+           "extract_local_features", "match_features", "parse_intrinsics"]
 
 DESCRIPTOR_BYTES = 128  # SIFT
 MAX_DEPTH_MM = 65535  # uint16
@@ -183,6 +183,21 @@ class LocalFeatures:
     def empty(with_depth: bool = False) -> LocalFeatures:
         return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES), np.uint8),
                              np.zeros(0, np.uint16) if with_depth else None)
+
+
+def match_features(query: LocalFeatures, reference: LocalFeatures, ratio: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Ratio-test matches ``(query rows, reference rows)`` of the uint8 SIFT descriptors (L2,
+    Lowe's test: the best match is kept when closer than ``ratio`` times the second best). The one
+    matching of geometric verification and of keyframe selection's view rule."""
+    if len(query) == 0 or len(reference) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query.descriptors.astype(np.float32),
+                                                 reference.descriptors.astype(np.float32), k=2)
+    good = [(p[0].queryIdx, p[0].trainIdx) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if not good:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = np.asarray(good, np.int64)
+    return rows[:, 0], rows[:, 1]
 
 
 _SIFT_CACHE: dict[tuple[int, float], cv2.Feature2D] = {}

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from qaa_vpr_ros.local_features import Intrinsics, LocalFeatures, parse_intrinsics
+from qaa_vpr_ros.local_features import Intrinsics, LocalFeatures, match_features, parse_intrinsics
 from qaa_vpr_ros.poses import rotation_angle
 
 __all__ = ["REJECTIONS", "ROBUST_METHOD", "FeatureVerificationConfig", "Intrinsics",
@@ -277,18 +277,6 @@ class FeatureVerificationConfig:
             raise ValueError(f"FeatureVerificationConfig: min_inliers >= 6 and covariance_scale > 0, got {self}")
 
 
-def _feature_matches(query: LocalFeatures, match: LocalFeatures, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ratio-test matches ``(query rows, match rows)`` of the uint8 SIFT descriptors (L2)."""
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query.descriptors.astype(np.float32),
-                                                 match.descriptors.astype(np.float32), k=2)
-    good = [(p[0].queryIdx, p[0].trainIdx) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
-    if not good:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    rows = np.asarray(good, np.int64)
-    return rows[:, 0], rows[:, 1]
-
-
-feature_matches = _feature_matches  # public: keyframe selection's view rule matches alike (keyframes.py)
 
 
 @dataclass
@@ -394,7 +382,7 @@ def verify_features(query: LocalFeatures, query_intrinsics: Intrinsics, match: L
 
 def _verify_features(query: LocalFeatures, k_q: Intrinsics, match: LocalFeatures, k_m: Intrinsics,
                      cfg: FeatureVerificationConfig) -> Verification:
-    rows_q, rows_m = _feature_matches(query, match, cfg.ratio)
+    rows_q, rows_m = match_features(query, match, cfg.ratio)
     matches = len(rows_q)
     if matches < cfg.min_matches:
         return _rejected("matches", f"{matches} feature matches < min_matches {cfg.min_matches}", matches)

@@ -4,7 +4,8 @@ TUM RGB-D freiburg1_rpy (``../shared/data/tum_fr1_rpy``: a handheld Kinect turni
 axes within ~0.2 m, motion-capture ground truth): ``build_map`` at its defaults makes a map from a
 bag of the first 50 frames (ground-truth poses on ``/odom``, registered depth, camera_info beside
 the image topic); the other frames are replayed live, at 5 Hz, to ``ros2 launch qaa_vpr_ros
-localize.launch.py`` as a second session whose odometry is the ground truth in another frame.
+localize.launch.py`` as a second session whose odometry is the ground truth in another frame, at
+most 5 Hz and each frame after the node answered the one before (no frame lost to a busy CPU).
 Errors are against the ground truth interpolated at the image stamps (the base pose: the camera
 pose through the node's default extrinsics, ``OPTICAL_IN_BASE``).
 
@@ -49,7 +50,7 @@ if not tum_rgbd.TUM_FR1_RPY.is_dir():
 MODEL = real_launch.MODEL
 ros2_env, client, launch = real_launch.ros2_env, real_launch.client, real_launch.launch  # the real tooling's fixtures
 MAP_FRAMES = range(50)
-RATE_HZ = 5.0  # the issue's replay rate (half the recording's 10 Hz of our held-out checks)
+RATE_HZ = 5.0  # at most (the issue's replay rate); each frame waits for the node's answer to the one before
 NODE = "/localize_node"
 # The second session's odometry frame: the ground truth turned 90 deg about z and moved.
 WORLD_IN_ODOM = pose_matrix((3.0, -2.0, 0.5), matrix_quaternion(
@@ -113,9 +114,13 @@ def _odometry(pose: np.ndarray, stamp_ns: int) -> Odometry:
     return msg
 
 
-def replay(client, tum, frames, *, depth: bool, world_in_odom: np.ndarray = WORLD_IN_ODOM) -> None:
-    """Publish ``frames`` as a live camera at RATE_HZ: odometry (the ground truth in the session's
-    frame, 100 Hz up to 50 ms past each image), camera_info, the registered depth, the image."""
+def replay(client, tum, frames, recorder: Recorder, *, depth: bool,
+           world_in_odom: np.ndarray = WORLD_IN_ODOM) -> None:
+    """Publish ``frames`` as a camera at RATE_HZ at most: odometry (the ground truth in the
+    session's frame, 100 Hz up to 50 ms past each image), camera_info, the registered depth, the
+    image; the next frame goes once the node answered this one (its loop candidates arrived, or
+    10 s passed), so no frame is dropped for want of CPU: what is checked is the accuracy, on any
+    machine (the speed is measured by the bench, not by a test)."""
     image_pub = client.create_publisher(Image, tum_rgbd.RGB_TOPIC, 10)
     depth_pub = client.create_publisher(Image, tum_rgbd.DEPTH_TOPIC, 10)
     info_pub = client.create_publisher(CameraInfo, tum_rgbd.INFO_TOPIC, 10)
@@ -137,6 +142,10 @@ def replay(client, tum, frames, *, depth: bool, world_in_odom: np.ndarray = WORL
         if depth:
             depth_pub.publish(_depth(np.rint(tum.depth_png(i) / 5.0).astype(np.uint16), frame.depth_stamp_ns))
         image_pub.publish(_image(rgb, frame.rgb_stamp_ns))
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not any(_stamp_ns(m) == frame.rgb_stamp_ns
+                                                      for m in recorder.get("records")[-4:]):
+            time.sleep(0.005)
         time.sleep(max(0.0, start + (n + 1) / RATE_HZ - time.monotonic()))
     for pub in (image_pub, depth_pub, info_pub, odom_pub):
         client.destroy_publisher(pub)
@@ -158,7 +167,7 @@ def run_session(ros2_env, client, launch, tum, frames, *, map_folder: Path | Non
             client.create_subscription(PointCloud2, f"{NODE}/loop_candidates", recorder.callback("records"), 100)]
     try:
         run.wait_line(r"ready: device", 120.0)
-        replay(client, tum, frames, depth=depth)
+        replay(client, tum, frames, recorder, depth=depth)
         _wait_quiet(recorder, "records", 3.0, 60.0)
     finally:
         for sub in subs:
