@@ -248,8 +248,8 @@ def _verification(results: dict[str, Any], lines: list[str]) -> None:
         return
     lines += [f"{section['queries']} real Kinect query frames (50-138, {section['image']}, at most "
               f"{section['max_features']} SIFT features) against map frames 0-49: each query's nearest map view "
-              f"by the ground truth ({section['nearest_deg_median']:.0f} deg apart in the median; the candidates that "
-              f"verify) and its {section['unrelated_per_query']} farthest ({section['unrelated_deg_min']:.0f}-"
+              f"by the ground truth ({section['nearest_deg_median']:.0f} deg apart in the median: the candidates meant "
+              f"to verify) and its {section['unrelated_per_query']} farthest ({section['unrelated_deg_min']:.0f}-"
               f"{section['unrelated_deg_max']:.0f} deg: unrelated views, which RANSAC runs on up to its "
               f"{section['pnp_iterations']}-iteration cap when they pass the ratio test with >= "
               f"{section['min_inliers']} matches); with depth on both sides and with it left out. CPU, OpenCV's "
@@ -297,9 +297,9 @@ def _node_verification(results: dict[str, Any], lines: list[str]) -> None:
                      f"{r['features_ms_median']:.1f} | {r['search_ms_median']:.1f} |")
     per_frame = (section["verified"] + section["rejected"]) / max(section["processed_on"], 1)
     lines += ["", f"On / off: **{section['ratio_median']:.2f}x** (median), {section['ratio_p90']:.2f}x (p90): "
-              f"**+{section['overhead_ms_median']:.0f} ms per frame** (median), "
-              f"{_versus_descriptor(section, section.get('overhead_vs_descriptor'))} "
-              "(the DINOv2-B + QAA descriptor at 322x322, batch 1, same run). The bundled model is tiny (its "
+              f"**+{section['overhead_ms_median']:.0f} ms per frame** (median); against the DINOv2-B + QAA "
+              "descriptor (322x322, batch 1, same run) that overhead is "
+              f"{_versus_descriptor(section, section.get('overhead_vs_descriptor'))}. The bundled model is tiny (its "
               "descriptor column above), so the on / off ratio is that of the cheapest node; the added "
               "milliseconds are what carries over to a release model. "
               f"{section['verified']} candidates verified ({section['verified_pnp']} by PnP), {section['rejected']} "
@@ -321,7 +321,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     if len(runs) > 1:
         lines += [f"This report combines {len(runs)} runs (the first spent its budget on a loaded machine; a "
                   "section measured twice is reported from the later run):", ""]
-        lines += [f"- `{run['command']}`: {run['total_s']:.0f} s, sections {', '.join(run['sections']) or 'none'}; "
+        # A run records its CPU (older runs did not): a later run may be on another machine.
+        lines += [f"- `{run['command']}`{' on ' + run['cpu'] if run.get('cpu') else ''}: {run['total_s']:.0f} s, "
+                  f"sections {', '.join(run['sections']) or 'none'}; "
                   f"other processes used {100 * run['others_share']:.0f} % of the CPU" for run in runs]
         lines.append("")
     _heads(results, out, lines)

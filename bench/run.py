@@ -489,8 +489,10 @@ def section_verification(ctx: Context) -> dict[str, Any]:
                     kind = "ransac" if reaches_ransac(query, match) else "before_ransac"
                     kind = "accepted" if outcome.accepted else kind  # a wrong acceptance: reported as such
                 times.setdefault((view, depth, kind), []).append(ms)
-    rows = [{"view": view, "depth": depth, "outcome": kind, "count": len(ms), **_ms_stats(ms)}
-            for (view, depth, kind), ms in sorted(times.items())]
+    order = [(view, depth, kind) for view in ("nearest", "unrelated") for depth in ("depth", "no_depth")
+             for kind in ("verified", "rejected", "before_ransac", "ransac", "accepted")]
+    rows = [{"view": view, "depth": depth, "outcome": kind, "count": len(times[view, depth, kind]),
+             **_ms_stats(times[view, depth, kind])} for view, depth, kind in order if (view, depth, kind) in times]
     out: dict[str, Any] = {
         "queries": len(queries), "map_frames": len(map_frames), "image": "640x480",
         "max_features": FeatureConfig().max_features, "pnp_iterations": config.pnp_iterations,
@@ -731,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.monotonic() - started
     given = argv if argv is not None else sys.argv[1:]
     results["command"] = " ".join(["python -m bench.run", *given]) if given else "make bench"
-    results["runs"] = [{"command": results["command"], "total_s": results["total_s"],
+    results["runs"] = [{"command": results["command"], "cpu": info["cpu"], "total_s": results["total_s"],
                         "others_share": results["overall_load"]["others_share"],
                         "sections": list(results["sections"])}]
     if earlier is not None:

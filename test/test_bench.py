@@ -126,8 +126,9 @@ def test_report_states_the_node_overhead_of_verification(tmp_path, descriptor_ms
     on = next(line for line in lines if line.startswith("| true |"))
     assert on == "| true | 350.0 | 900.0 | 10.0 | 100.0 | 190.0 |"
     assert next(line for line in lines if line.startswith("| false |")).startswith("| false | 14.0 | 100.0 |")
-    assert "On / off: **25.00x** (median), 9.00x (p90): **+336 ms per frame** (median), " in report
-    assert (f"{336 / 400:.3f}x its 400 ms" if descriptor_ms else "not measured in this run") in report
+    assert "On / off: **25.00x** (median), 9.00x (p90): **+336 ms per frame** (median); " in report
+    assert "that overhead is " + (f"{336 / 400:.3f}x its 400 ms." if descriptor_ms else "not measured in this run.") \
+        in report
     assert ("every frame" if step == 1 else "1 frame in 2 (--quick)") in report
 
 
@@ -137,3 +138,16 @@ def test_report_says_why_a_tum_section_was_skipped(tmp_path, name) -> None:
     results["sections"][name] = {"skipped": "TUM RGB-D data absent: /nowhere"}
     write_report(results, tmp_path)
     assert "Skipped: TUM RGB-D data absent: /nowhere." in (tmp_path / "report.md").read_text()
+
+
+def test_report_names_the_cpu_of_each_combined_run(tmp_path) -> None:
+    results = _results(8.0, 1.0)
+    results["runs"] = [{"command": "make bench", "total_s": 1000.0, "others_share": 0.8, "sections": ["heads"]},
+                       {"command": "python -m bench.run --complete bench/results.json --only search",
+                        "cpu": "Intel(R) Xeon(R) Processor", "total_s": 100.0, "others_share": 0.5,
+                        "sections": ["search"]}]
+    write_report(results, tmp_path)
+    runs = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("- `")]
+    assert runs[0].startswith("- `make bench`: 1000 s, sections heads;")  # an older run: no CPU recorded
+    assert runs[1].startswith("- `python -m bench.run --complete bench/results.json --only search` on "
+                              "Intel(R) Xeon(R) Processor: 100 s, sections search;")
