@@ -21,7 +21,15 @@ figure), so that a loaded or slow machine shifts both sides alike:
    Ray's start-up (``scripts.bench_maps.bench_ray_build``);
 7. local features: SIFT extraction ms per 640x480 TUM fr1/rpy frame (1 OpenCV thread and the
    default), as a ratio to the DINOv2 descriptor's time when section 2 ran in the same run, and
-   the feature bytes per keyframe with depth (``../shared/data/tum_fr1_rpy``; skipped without it).
+   the feature bytes per keyframe with depth (``../shared/data/tum_fr1_rpy``; skipped without it);
+8. verification: ``verify_features`` ms per candidate on TUM fr1/rpy (queries 50-138 against map
+   frames 0-49): nearest views that verify (PnP both ways on depth), unrelated views (before
+   RANSAC, or RANSAC with no consistent model), and the same without depth (essential matrix), as
+   a ratio to the DINOv2-B descriptor's time when section 2 ran in the same run;
+9. node_verification: ``FramePipeline.process`` per frame (what the node runs) with
+   ``verify_geometry`` true vs false in the same run, TUM queries 50-138 against an in-process map
+   of frames 0-49 (``models/nordland_tiny``), online loop closure on, depth paired: the ratio and
+   the milliseconds added (``--quick``: every other frame).
 
 Every section runs under its own time limit inside ``--budget-s`` (default 19 minutes) and in a
 try/except, so one failure is reported and the rest still run. How busy the CPU was with other
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -420,6 +429,209 @@ def section_local_features(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def _ms_stats(values: list[float]) -> dict[str, float]:
+    return {"ms_median": float(np.median(values)), "ms_p90": float(np.percentile(values, 90))}
+
+
+UNRELATED_PER_QUERY = 5  # unrelated candidates timed per query: few reach RANSAC (most fail the ratio test)
+
+
+def section_verification(ctx: Context) -> dict[str, Any]:
+    """``verify_features`` per candidate on TUM fr1/rpy: each query frame 50-138 against the map frame
+    0-49 nearest in view (ground truth: the smallest angle between the optical axes; the candidates
+    that verify) and the :data:`UNRELATED_PER_QUERY` farthest ones (unrelated views of the room), with
+    depth on both sides (PnP both ways) and with the depth left out (the essential matrix)."""
+    from qaa_vpr_ros.local_features import FeatureConfig, LocalFeatures, extract_local_features
+    from qaa_vpr_ros.verification import FeatureVerificationConfig, feature_matches, verify_features
+    from scripts.tum_rgbd import TUM_FR1_INTRINSICS, TUM_FR1_RPY, load_tum
+
+    if not (TUM_FR1_RPY / "associations.txt").is_file():
+        return {"skipped": f"TUM RGB-D data absent: {TUM_FR1_RPY} (../shared/data/README.md)"}
+    sequence = load_tum(TUM_FR1_RPY)
+    intrinsics, config = TUM_FR1_INTRINSICS, FeatureVerificationConfig()
+    map_frames = np.arange(0, 50)
+    queries = list(range(50, len(sequence), 2 if ctx.quick else 1))
+    features = {int(i): extract_local_features(sequence.rgb(int(i)), sequence.depth_m(int(i)), FeatureConfig())
+                for i in (*map_frames, *queries)}
+    axes = sequence.camera_pose([f.rgb_stamp_ns for f in sequence.frames])[:, :3, 2]  # optical axes in the world
+
+    def reaches_ransac(query: LocalFeatures, match: LocalFeatures) -> bool:
+        """Whether verify_features gets to RANSAC: enough ratio-test matches (with depth on the match
+        side for PnP, whose 3D points come from it) for ``min_inliers``."""
+        rows_q, rows_m = feature_matches(query, match, config.ratio)
+        if len(rows_q) < config.min_matches:
+            return False
+        return not match.has_depth or int(np.sum(match.depth_mm[rows_m] > 0)) >= config.min_inliers
+
+    # (view, depth, outcome) -> ms per candidate; outcome: "verified"/"rejected" for the nearest view,
+    # "ransac" (ran to its cap: no consistent model) / "before_ransac" for the unrelated one.
+    times: dict[tuple[str, str, str], list[float]] = {}
+    angles: dict[str, list[float]] = {"nearest": [], "unrelated": []}
+    both_ways = 0
+    verify_features(features[queries[0]], intrinsics, features[0], intrinsics, config)  # warm-up
+    for q in queries:
+        degrees = np.degrees(np.arccos(np.clip(axes[map_frames] @ axes[q], -1.0, 1.0)))
+        farthest = np.argsort(-degrees)[:UNRELATED_PER_QUERY]
+        for view, row in [("nearest", int(np.argmin(degrees)))] + [("unrelated", int(r)) for r in farthest]:
+            m = int(map_frames[row])
+            angles[view].append(float(degrees[row]))
+            for depth in ("depth", "no_depth"):
+                query, match = features[q], features[m]
+                if depth == "no_depth":
+                    query, match = (LocalFeatures(f.keypoints, f.descriptors) for f in (query, match))
+                started = time.perf_counter()
+                outcome = verify_features(query, intrinsics, match, intrinsics, config)
+                ms = 1e3 * (time.perf_counter() - started)
+                if view == "nearest":
+                    kind = "verified" if outcome.accepted else "rejected"
+                    both_ways += depth == "depth" and outcome.accepted and math.isfinite(outcome.disagreement_deg)
+                else:
+                    kind = "ransac" if reaches_ransac(query, match) else "before_ransac"
+                    kind = "accepted" if outcome.accepted else kind  # a wrong acceptance: reported as such
+                times.setdefault((view, depth, kind), []).append(ms)
+    order = [(view, depth, kind) for view in ("nearest", "unrelated") for depth in ("depth", "no_depth")
+             for kind in ("verified", "rejected", "before_ransac", "ransac", "accepted")]
+    rows = [{"view": view, "depth": depth, "outcome": kind, "count": len(times[view, depth, kind]),
+             **_ms_stats(times[view, depth, kind])} for view, depth, kind in order if (view, depth, kind) in times]
+    out: dict[str, Any] = {
+        "queries": len(queries), "map_frames": len(map_frames), "image": "640x480",
+        "max_features": FeatureConfig().max_features, "pnp_iterations": config.pnp_iterations,
+        "min_inliers": config.min_inliers, "verified_both_ways": both_ways, "unrelated_per_query": UNRELATED_PER_QUERY,
+        "nearest_deg_median": float(np.median(angles["nearest"])),
+        "unrelated_deg_min": float(np.min(angles["unrelated"])),
+        "unrelated_deg_max": float(np.max(angles["unrelated"])),
+        "rows": rows}
+    extraction = ctx.sections.get("extraction", {}).get("322")
+    if extraction:  # the DINOv2-B + QAA descriptor measured earlier in this run (batch 1, 322x322)
+        out["descriptor_ms"] = 1e3 / extraction["full_img_s"]
+        for row in rows:
+            row["ratio_vs_descriptor"] = row["ms_median"] / out["descriptor_ms"]
+    for row in rows:
+        versus = (f" = {row['ratio_vs_descriptor']:.3f}x the descriptor's {out['descriptor_ms']:.0f} ms"
+                  if "ratio_vs_descriptor" in row else "")
+        log(f"  {row['view']:9s} {row['depth']:8s} {row['outcome']:13s} {row['count']:3d} candidates: "
+            f"{row['ms_median']:6.1f} ms median, {row['ms_p90']:6.1f} ms p90{versus}")
+    log(f"  ({len(queries)} TUM queries x map frames 0-49; nearest view {out['nearest_deg_median']:.0f} deg apart "
+        f"in the median, the {UNRELATED_PER_QUERY} unrelated {out['unrelated_deg_min']:.0f}-"
+        f"{out['unrelated_deg_max']:.0f} deg; "
+        f"{both_ways} verified by PnP both ways)")
+    return out
+
+
+def section_node_verification(ctx: Context) -> dict[str, Any]:
+    """``FramePipeline.process`` per frame (what the node runs) with ``verify_geometry`` on and off in
+    the same run: TUM fr1/rpy queries 50-138 against a map of frames 0-49 built in-process (descriptors
+    of the bundled ``models/nordland_tiny``, SIFT + depth, the camera's intrinsics), online loop
+    closure on, depth paired, odometry the ground truth. The two pipelines take each frame in turn,
+    alternating which goes first, so both see the same load."""
+    from qaa_vpr_ros.bag_writer import depth_message, image_message
+    from qaa_vpr_ros.decision import LocalizeConfig, Localizer
+    from qaa_vpr_ros.decision.verifier import CandidateVerifier
+    from qaa_vpr_ros.extractor import DescriptorExtractor
+    from qaa_vpr_ros.extrinsics import ExtrinsicsSource
+    from qaa_vpr_ros.local_features import FeatureConfig, extract_local_features
+    from qaa_vpr_ros.maps import Keyframe, PlaceMap
+    from qaa_vpr_ros.model import load_model
+    from qaa_vpr_ros.pipeline import Frame, FramePipeline
+    from qaa_vpr_ros.poses import matrix_quaternion
+    from scripts.tum_rgbd import CAMERA_FRAME, DEPTH_TOPIC, RGB_TOPIC, TUM_FR1_INTRINSICS, TUM_FR1_RPY, load_tum
+
+    if not (TUM_FR1_RPY / "associations.txt").is_file():
+        return {"skipped": f"TUM RGB-D data absent: {TUM_FR1_RPY} (../shared/data/README.md)"}
+    sequence = load_tum(TUM_FR1_RPY)
+    model_path = REPO / "models" / "nordland_tiny"
+    extractor = DescriptorExtractor(load_model(model_path), device="cpu", batch_size=16)
+    configs = {verify: LocalizeConfig(image_topics=[RGB_TOPIC], depth_topics=[DEPTH_TOPIC], odom_topic="/odom",
+                                      online_loop_closure=True, verify_geometry=verify).validate()
+               for verify in (True, False)}
+    map_frames = range(50)
+    stamps = [sequence.frames[i].rgb_stamp_ns for i in map_frames]
+    poses = sequence.base_pose(stamps)
+    keyframes = [Keyframe(id=i, stamp_sec=s // 10**9, stamp_nanosec=s % 10**9, camera=RGB_TOPIC,
+                          frame_id=CAMERA_FRAME, position=tuple(p[:3, 3]), orientation=matrix_quaternion(p[:3, :3]))
+                 for i, s, p in zip(map_frames, stamps, poses, strict=True)]
+    images = [sequence.rgb(i) for i in map_frames]
+    place_map = PlaceMap.create(extractor.dim, extractor.fingerprint, map_frame="map")
+    feature_config = FeatureConfig(max_features=configs[True].local_features_max)
+    place_map.add(extractor.extract(images), keyframes,
+                  features=[extract_local_features(image, sequence.depth_m(i), feature_config)
+                            for i, image in zip(map_frames, images, strict=True)])
+    place_map.set_camera(RGB_TOPIC, TUM_FR1_INTRINSICS)
+    pipelines: dict[bool, FramePipeline] = {}
+    for verify, cfg in configs.items():
+        verifier = None
+        if verify:  # as the node's start-up makes it (camera_info gives the intrinsics)
+            verifier = CandidateVerifier(cfg)
+            verifier.set_intrinsics(RGB_TOPIC, TUM_FR1_INTRINSICS)
+        pipelines[verify] = FramePipeline(cfg, ExtrinsicsSource(cfg.base_frame, {}), verifier)
+        pipelines[verify].attach(extractor, Localizer(cfg, extractor.dim, extractor.fingerprint, place_map), "tum-map")
+
+    step = 2 if ctx.quick else 1
+    queries = list(range(50, len(sequence), step))
+    gt = sequence.gt_stamps_ns
+    ms: dict[bool, list[float]] = {True: [], False: []}
+    parts: dict[bool, dict[str, list[float]]] = {v: {"inference": [], "features": [], "search": []} for v in ms}
+    geometry_matches = dict.fromkeys(ms, 0)
+    processed = dict.fromkeys(ms, 0)
+    sent = int(sequence.frames[queries[0]].rgb_stamp_ns) - 200_000_000
+    for n, q in enumerate(queries):
+        frame = sequence.frames[q]
+        # What a live camera and odometry have delivered by the time the frame is processed: the ground
+        # truth up to 50 ms past the image, and the depth images up to the next frame's (so the pairing
+        # never waits depth_max_age_s for one stamped after the colour image).
+        rows = np.flatnonzero((gt > sent) & (gt <= frame.rgb_stamp_ns + 50_000_000))
+        sent = int(frame.rgb_stamp_ns) + 50_000_000
+        odometry = [(int(gt[r]) * 1e-9, (tuple(p[:3, 3]), matrix_quaternion(p[:3, :3])))
+                    for r, p in zip(rows, sequence.base_pose(gt[rows]) if len(rows) else [], strict=True)]
+        depths = [(sequence.frames[i].depth_stamp_ns, np.rint(sequence.depth_png(i) / 5.0).astype(np.uint16))
+                  for i in range(q, min(q + 2, len(sequence)))]
+        message = image_message(sequence.rgb(q), frame.rgb_stamp_ns, CAMERA_FRAME)
+        sec, nanosec = divmod(frame.rgb_stamp_ns, 10**9)
+        for verify in ((True, False) if n % 2 == 0 else (False, True)):
+            pipeline = pipelines[verify]
+            for stamp, pose in odometry:
+                pipeline.add_odometry(stamp, pose, "odom")
+            for stamp_ns, depth_mm in depths:
+                pipeline.depth.add(RGB_TOPIC, stamp_ns * 1e-9, depth_message(depth_mm, stamp_ns, CAMERA_FRAME))
+            started = time.perf_counter()
+            batch = pipeline.process([Frame(RGB_TOPIC, sec, nanosec, CAMERA_FRAME, message)])
+            ms[verify].append(1e3 * (time.perf_counter() - started))
+            if batch.answers:
+                processed[verify] += 1
+                for key in parts[verify]:
+                    parts[verify][key].append(getattr(batch, f"{key}_ms"))
+                match = batch.answers[0].place_match
+                geometry_matches[verify] += match is not None and match.accepted and match.source == "geometry"
+    on, off = (_ms_stats(ms[v]) for v in (True, False))
+    counts = pipelines[True].verifier.counts()
+    out: dict[str, Any] = {
+        "frames": len(queries), "step": step, "map_keyframes": len(map_frames), "model": "models/nordland_tiny",
+        "processed_on": processed[True], "processed_off": processed[False],
+        "on": on | {f"{k}_ms_median": float(np.median(v)) for k, v in parts[True].items() if v},
+        "off": off | {f"{k}_ms_median": float(np.median(v)) for k, v in parts[False].items() if v},
+        "ratio_median": on["ms_median"] / off["ms_median"], "ratio_p90": on["ms_p90"] / off["ms_p90"],
+        "overhead_ms_median": on["ms_median"] - off["ms_median"],
+        "verified": counts["verified"], "verified_pnp": counts["verified_pnp"], "rejected": counts["rejected"],
+        "geometry_place_matches": geometry_matches[True], "online_keyframes": len(pipelines[True].localizer.online_map)}
+    subsampled = f" (1 frame in {step}: --quick)" if step > 1 else ""
+    log(f"  {len(queries)} TUM queries{subsampled} against {len(map_frames)} keyframes, online loop closure on, "
+        f"depth paired: verify_geometry on {on['ms_median']:.0f} ms median / {on['ms_p90']:.0f} ms p90 per frame, off "
+        f"{off['ms_median']:.0f} / {off['ms_p90']:.0f} ms -> on / off {out['ratio_median']:.2f}x (median), "
+        f"{out['ratio_p90']:.2f}x (p90); +{out['overhead_ms_median']:.0f} ms per frame")
+    log(f"  on: SIFT {out['on']['features_ms_median']:.0f} ms, decision + verification "
+        f"{out['on']['search_ms_median']:.0f} ms (off: decision {out['off']['search_ms_median']:.1f} ms) per frame "
+        f"(median); {counts['verified']} "
+        f"candidates verified ({counts['verified_pnp']} by PnP), {counts['rejected']} rejected; "
+        f"{geometry_matches[True]} place matches from geometry")
+    extraction = ctx.sections.get("extraction", {}).get("322")
+    if extraction:  # the overhead against the release model's descriptor (the tiny model's is much cheaper)
+        out["descriptor_ms"] = 1e3 / extraction["full_img_s"]
+        out["overhead_vs_descriptor"] = out["overhead_ms_median"] / out["descriptor_ms"]
+        log(f"  -> the overhead is {out['overhead_vs_descriptor']:.3f}x the DINOv2-B + QAA descriptor's "
+            f"{out['descriptor_ms']:.0f} ms (322x322, same run)")
+    return out
+
+
 # --- driver -----------------------------------------------------------------------------------------
 SECTIONS: list[tuple[str, Callable[[Context], Any], float]] = [
     # Search first after the heads: its 1M x 1024 part is the headline figure and the slowest.
@@ -431,6 +643,8 @@ SECTIONS: list[tuple[str, Callable[[Context], Any], float]] = [
     ("build", section_build, 150),
     ("ray_build", section_ray_build, 150),
     ("local_features", section_local_features, 90),
+    ("verification", section_verification, 60),
+    ("node_verification", section_node_verification, 150),
 ]
 
 
@@ -519,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.monotonic() - started
     given = argv if argv is not None else sys.argv[1:]
     results["command"] = " ".join(["python -m bench.run", *given]) if given else "make bench"
-    results["runs"] = [{"command": results["command"], "total_s": results["total_s"],
+    results["runs"] = [{"command": results["command"], "cpu": info["cpu"], "total_s": results["total_s"],
                         "others_share": results["overall_load"]["others_share"],
                         "sections": list(results["sections"])}]
     if earlier is not None:

@@ -67,3 +67,87 @@ def test_report_states_the_local_feature_budget_and_ratio(tmp_path, bytes_max, v
     assert one_thread.startswith("| 1 | 80.0 | 95.0 |")
     assert ("0.200x its 400 ms" if descriptor_ms else "not measured in this run") in one_thread
     assert f"83.2 kB mean, {bytes_max / 1e3:.1f} kB max** (budget 100 kB at 640x480: {verdict})" in report
+
+
+def _verification_section(descriptor_ms: float | None) -> dict:
+    rows = [{"view": "nearest", "depth": "depth", "outcome": "verified", "count": 59, "ms_median": 22.3,
+             "ms_p90": 57.4},
+            {"view": "nearest", "depth": "no_depth", "outcome": "verified", "count": 43, "ms_median": 18.0,
+             "ms_p90": 30.0},
+            {"view": "unrelated", "depth": "depth", "outcome": "ransac", "count": 86, "ms_median": 45.0,
+             "ms_p90": 81.8},
+            {"view": "unrelated", "depth": "depth", "outcome": "before_ransac", "count": 359, "ms_median": 6.1,
+             "ms_p90": 11.8}]
+    section = {"queries": 89, "map_frames": 50, "image": "640x480", "max_features": 700, "pnp_iterations": 1000,
+               "min_inliers": 30, "verified_both_ways": 59, "unrelated_per_query": 5, "nearest_deg_median": 3.0,
+               "unrelated_deg_min": 46.0, "unrelated_deg_max": 78.0, "rows": rows}
+    if descriptor_ms:
+        section["descriptor_ms"] = descriptor_ms
+        for row in rows:
+            row["ratio_vs_descriptor"] = row["ms_median"] / descriptor_ms
+    return section
+
+
+@pytest.mark.parametrize("descriptor_ms", [400.0, None])
+def test_report_states_the_verification_time_per_candidate(tmp_path, descriptor_ms) -> None:
+    results = _results(8.0, 1.0)
+    results["sections"]["verification"] = _verification_section(descriptor_ms)
+    write_report(results, tmp_path)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    verified = next(line for line in lines if line.startswith("| nearest view | both (PnP both ways) | verified |"))
+    assert verified.startswith("| nearest view | both (PnP both ways) | verified | 59 | 22.3 | 57.4 |")
+    assert verified.endswith(f"| {22.3 / 400:.3f}x its 400 ms |" if descriptor_ms else "| not measured in this run |")
+    ransac = next(line for line in lines
+                  if line.startswith("| unrelated view | both (PnP both ways) | rejected after RANSAC"))
+    assert "| 86 | 45.0 | 81.8 |" in ransac
+    summary = next(line for line in lines if line.startswith("Per candidate (median):"))
+    assert "(PnP both ways) **22.3 ms**" in summary and "(essential matrix) **18.0 ms**" in summary
+    assert "reaches RANSAC (with depth) **45.0 ms**" in summary
+
+
+@pytest.mark.parametrize(("descriptor_ms", "step"), [(400.0, 1), (None, 2)])
+def test_report_states_the_node_overhead_of_verification(tmp_path, descriptor_ms, step) -> None:
+    results = _results(8.0, 1.0)
+    parts = {"inference_ms_median": 10.0, "features_ms_median": 100.0, "search_ms_median": 190.0}
+    section = {"frames": 89 // step, "step": step, "map_keyframes": 50, "model": "models/nordland_tiny",
+               "processed_on": 89 // step, "processed_off": 89 // step,
+               "on": {"ms_median": 350.0, "ms_p90": 900.0, **parts},
+               "off": {"ms_median": 14.0, "ms_p90": 100.0, **parts, "features_ms_median": 0.0,
+                       "search_ms_median": 2.0},
+               "ratio_median": 350.0 / 14.0, "ratio_p90": 9.0, "overhead_ms_median": 336.0,
+               "verified": 162, "verified_pnp": 162, "rejected": 346, "geometry_place_matches": 55,
+               "online_keyframes": 89 // step}
+    if descriptor_ms:
+        section |= {"descriptor_ms": descriptor_ms, "overhead_vs_descriptor": 336.0 / descriptor_ms}
+    results["sections"]["node_verification"] = section
+    write_report(results, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    lines = report.splitlines()
+    on = next(line for line in lines if line.startswith("| true |"))
+    assert on == "| true | 350.0 | 900.0 | 10.0 | 100.0 | 190.0 |"
+    assert next(line for line in lines if line.startswith("| false |")).startswith("| false | 14.0 | 100.0 |")
+    assert "On / off: **25.00x** (median), 9.00x (p90): **+336 ms per frame** (median); " in report
+    assert "that overhead is " + (f"{336 / 400:.3f}x its 400 ms." if descriptor_ms else "not measured in this run.") \
+        in report
+    assert ("every frame" if step == 1 else "1 frame in 2 (--quick)") in report
+
+
+@pytest.mark.parametrize("name", ["verification", "node_verification"])
+def test_report_says_why_a_tum_section_was_skipped(tmp_path, name) -> None:
+    results = _results(8.0, 1.0)
+    results["sections"][name] = {"skipped": "TUM RGB-D data absent: /nowhere"}
+    write_report(results, tmp_path)
+    assert "Skipped: TUM RGB-D data absent: /nowhere." in (tmp_path / "report.md").read_text()
+
+
+def test_report_names_the_cpu_of_each_combined_run(tmp_path) -> None:
+    results = _results(8.0, 1.0)
+    results["runs"] = [{"command": "make bench", "total_s": 1000.0, "others_share": 0.8, "sections": ["heads"]},
+                       {"command": "python -m bench.run --complete bench/results.json --only search",
+                        "cpu": "Intel(R) Xeon(R) Processor", "total_s": 100.0, "others_share": 0.5,
+                        "sections": ["search"]}]
+    write_report(results, tmp_path)
+    runs = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("- `")]
+    assert runs[0].startswith("- `make bench`: 1000 s, sections heads;")  # an older run: no CPU recorded
+    assert runs[1].startswith("- `python -m bench.run --complete bench/results.json --only search` on "
+                              "Intel(R) Xeon(R) Processor: 100 s, sections search;")
