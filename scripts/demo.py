@@ -14,12 +14,16 @@ winter frames (:func:`qaa_vpr_ros.decision.replay.replay_map_queries`, the node'
 frame at a time with its odometry pose): the same figures in seconds, no DDS. The doc test checks
 the README's figures with it (see :func:`replay_localize` for when the live run can differ).
 
+Then the SLAM part (``scripts/demo_slam.py``; ``--no-slam`` or ``--replay`` skip it) and the RGB-D
+relocalization part (``scripts/demo_rgbd.py``, on the TUM RGB-D frames shipped in
+``data/tum_fr1_rpy_mini``, in-process; ``--no-rgbd`` skips it).
+
 Default: held-out Nordland places shipped in ``data/nordland_heldout`` (places 1920-2399, which the
 bundled model never saw) and the model bundled in ``models/nordland_tiny`` (trained with
 ``training/configs/nordland_cpu.yaml`` on places 0-1919); a random tiny model is used, and said
 so, when that folder is missing. Nothing outside the repository is read unless ``--data`` says so.
 
-    python -m scripts.demo --out demo_out [--model DIR] [--places 120] [--data DIR] [--replay]
+    python -m scripts.demo --out demo_out [--model DIR] [--places 120] [--data DIR] [--replay] [--no-rgbd]
 """
 
 from __future__ import annotations
@@ -225,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", action="store_true",
                         help="decide offline with the node's decision code instead of the live node "
                              "(the same figures in seconds; implies --no-slam)")
+    parser.add_argument("--no-rgbd", action="store_true",
+                        help="skip the RGB-D relocalization part (scripts/demo_rgbd.py: a room mapped, then "
+                             "relocalized with metric poses)")
     parser.add_argument("--data", type=expand_path, default=DEFAULT_DATA,
                         help="Nordland folder with summer/ and winter/ images-XXXXX.png "
                              "(default: the held-out places shipped in data/nordland_heldout)")
@@ -264,13 +271,19 @@ def main(argv: list[str] | None = None) -> int:
           f"recall: correct accepted matches per winter frame)")
     print(f"(a random match would be right with probability ~{(2 * TOLERANCE_FRAMES + 1) / len(winter):.3f})")
     print(f"plot: {out / 'matches.png'}")
-    if args.no_slam or args.replay:
-        return 0 if matches else 1
-    from scripts.demo_slam import main as slam_main
+    codes = [0 if matches else 1]
+    if not (args.no_slam or args.replay):
+        from scripts.demo_slam import main as slam_main
 
-    print("\n[SLAM] our loop closures in a pose graph: the drift of a second session removed (scripts/demo_slam.py)")
-    slam_code = slam_main(["--out", str(out / "slam"), "--model", str(model_dir), "--data", str(data)])
-    return 0 if matches and slam_code == 0 else 1
+        print("\n[SLAM] our loop closures in a pose graph: the drift of a second session removed "
+              "(scripts/demo_slam.py)")
+        codes.append(slam_main(["--out", str(out / "slam"), "--model", str(model_dir), "--data", str(data)]))
+    if not args.no_rgbd:
+        from scripts.demo_rgbd import main as rgbd_main
+
+        print("\n[RGB-D] a room mapped, then relocalized with metric poses (scripts/demo_rgbd.py)")
+        codes.append(rgbd_main(["--out", str(out / "rgbd"), "--model", str(model_dir)]))
+    return 0 if not any(codes) else 1
 
 
 if __name__ == "__main__":

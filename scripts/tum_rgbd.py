@@ -6,7 +6,8 @@ A recording (:func:`write_tum_bag`) holds what a robot's RGB-D camera and odomet
 - ``/camera/rgb/image_raw``: rgb8 colour at the rgb stamps;
 - ``/camera/depth/image_raw``: the depth registered to colour, 16UC1 (millimetres) or 32FC1
   (metres), at the depth stamps (a few ms from the rgb ones, as in TUM);
-- ``/camera/rgb/camera_info``: :data:`TUM_FR1_INTRINSICS` with its plumb_bob distortion;
+- ``/camera/rgb/camera_info``: the sequence's intrinsics (:data:`TUM_FR1_INTRINSICS`, or its folder's
+  ``intrinsics.txt``) with their plumb_bob distortion;
 - ``/odom``: nav_msgs/Odometry of ``base_link`` in the odometry frame: the motion-capture ground
   truth (100 Hz) of the camera, moved to the base with :data:`OPTICAL_IN_BASE` (the node's default
   camera extrinsics), optionally expressed in another frame (``world_in_odom``: a second session).
@@ -37,7 +38,8 @@ from qaa_vpr_ros.local_features import Intrinsics
 from qaa_vpr_ros.poses import interpolate_pose, matrix_quaternion, pose_matrix, transform_error
 
 __all__ = ["DEPTH_TOPIC", "INFO_TOPIC", "ODOM_TOPIC", "OPTICAL_IN_BASE", "RGB_TOPIC", "TUM_FR1_INTRINSICS",
-           "TUM_FR1_RPY", "TumBag", "TumFrame", "TumSequence", "load_tum", "relative_error", "write_tum_bag"]
+           "TUM_FR1_RPY", "TumBag", "TumFrame", "TumSequence", "downsampled_intrinsics", "load_tum", "relative_error",
+           "write_tum_bag"]
 
 REPO = Path(__file__).resolve().parents[1]
 TUM_FR1_RPY = REPO.parent / "shared" / "data" / "tum_fr1_rpy"
@@ -47,6 +49,7 @@ TUM_FR1_INTRINSICS = Intrinsics(fx=517.3, fy=516.5, cx=318.6, cy=255.3,
                                 distortion=(0.2624, -0.9531, -0.0054, 0.0026, 1.1633))
 """TUM's published freiburg1 colour calibration (k1 k2 p1 p2 k3); depth is registered to colour."""
 
+INTRINSICS_FILE = "intrinsics.txt"  # optional in a TUM folder: "fx fy cx cy k1 k2 p1 p2 k3" (one line)
 DEPTH_PER_METRE = 5000.0  # TUM depth PNGs: metres = value / 5000, 0 = no depth
 RGB_TOPIC = "/camera/rgb/image_raw"
 DEPTH_TOPIC = "/camera/depth/image_raw"
@@ -76,27 +79,29 @@ class TumFrame:
 
 @dataclass(frozen=True, eq=False)
 class TumSequence:
-    """A TUM RGB-D sequence: its associated frames and its ground truth (camera poses in the
-    motion-capture world frame; ``gt_quaternions`` as (qx, qy, qz, qw))."""
+    """A TUM RGB-D sequence: its associated frames, its ground truth (camera poses in the
+    motion-capture world frame; ``gt_quaternions`` as (qx, qy, qz, qw)) and its colour camera's
+    intrinsics (depth is registered to colour)."""
 
     folder: Path
     frames: tuple[TumFrame, ...]
     gt_stamps_ns: np.ndarray  # (M,) int64, increasing
     gt_positions: np.ndarray  # (M, 3) metres
     gt_quaternions: np.ndarray  # (M, 4)
+    intrinsics: Intrinsics = TUM_FR1_INTRINSICS
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def rgb(self, i: int) -> np.ndarray:
-        """Frame ``i``'s colour image, RGB uint8 (480, 640, 3)."""
+        """Frame ``i``'s colour image, RGB uint8 (H, W, 3) (480 x 640 in TUM)."""
         bgr = cv2.imread(str(self.frames[i].rgb_path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise FileNotFoundError(f"cannot read colour image {self.frames[i].rgb_path}")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def depth_png(self, i: int) -> np.ndarray:
-        """Frame ``i``'s depth image as stored: uint16 (480, 640), metres = value / 5000, 0 = none."""
+        """Frame ``i``'s depth image as stored: uint16 (H, W), metres = value / 5000, 0 = none."""
         depth = cv2.imread(str(self.frames[i].depth_path), cv2.IMREAD_UNCHANGED)
         if depth is None or depth.dtype != np.uint16 or depth.ndim != 2:
             raise ValueError(f"{self.frames[i].depth_path}: expected a 16-bit single-channel PNG, got "
@@ -104,7 +109,7 @@ class TumSequence:
         return depth
 
     def depth_m(self, i: int) -> np.ndarray:
-        """Frame ``i``'s depth, float32 (480, 640) metres, NaN where there is none."""
+        """Frame ``i``'s depth, float32 (H, W) metres, NaN where there is none."""
         raw = self.depth_png(i)
         depth = raw.astype(np.float32) / np.float32(DEPTH_PER_METRE)
         depth[raw == 0] = np.nan
@@ -138,7 +143,8 @@ class TumSequence:
 
 
 def load_tum(folder: Path = TUM_FR1_RPY) -> TumSequence:
-    """Read ``associations.txt`` and ``groundtruth.txt`` of a TUM RGB-D folder (images stay on disk).
+    """Read ``associations.txt`` and ``groundtruth.txt`` of a TUM RGB-D folder (images stay on disk),
+    and its ``intrinsics.txt`` when it has one (else :data:`TUM_FR1_INTRINSICS`).
 
     Raises FileNotFoundError naming a missing file, ValueError naming a malformed line."""
     folder = Path(folder)
@@ -157,7 +163,33 @@ def load_tum(folder: Path = TUM_FR1_RPY) -> TumSequence:
     if np.any(np.diff(gt_stamps) <= 0):
         raise ValueError(f"{folder / 'groundtruth.txt'}: stamps are not strictly increasing")
     values = np.array([[float(v) for v in f[1:]] for _, f in truth])
-    return TumSequence(folder, tuple(frames), gt_stamps, values[:, :3], values[:, 3:])
+    return TumSequence(folder, tuple(frames), gt_stamps, values[:, :3], values[:, 3:], _intrinsics(folder))
+
+
+def _intrinsics(folder: Path) -> Intrinsics:
+    path = folder / INTRINSICS_FILE
+    if not path.is_file():
+        return TUM_FR1_INTRINSICS
+    rows = list(_rows(path, 9))
+    if len(rows) != 1:
+        raise ValueError(f"{path}: expected one line 'fx fy cx cy k1 k2 p1 p2 k3', got {len(rows)}")
+    number, fields = rows[0]
+    try:
+        return Intrinsics.from_parameter([float(v) for v in fields])
+    except ValueError as err:
+        raise ValueError(f"{path} line {number}: {err}") from err
+
+
+def downsampled_intrinsics(intrinsics: Intrinsics, factor: int) -> Intrinsics:
+    """The intrinsics of the image shrunk by an integer ``factor`` (each new pixel the mean of a
+    ``factor`` x ``factor`` block). Pixel centres are at integer coordinates (OpenCV's convention),
+    so old x = factor * new x + (factor - 1) / 2: fx / factor and (cx + 0.5) / factor - 0.5. The
+    distortion coefficients act on normalised coordinates and stay as they are."""
+    if factor < 1:
+        raise ValueError(f"downsampled_intrinsics: factor must be an integer >= 1, got {factor}")
+    k = intrinsics
+    return Intrinsics(k.fx / factor, k.fy / factor, (k.cx + 0.5) / factor - 0.5, (k.cy + 0.5) / factor - 0.5,
+                      k.distortion)
 
 
 def _rows(path: Path, count: int):
@@ -230,7 +262,7 @@ def write_tum_bag(path: Path, sequence: TumSequence, frames: Sequence[int], *,
     events += [(scaled(int(gt[row])), 2, int(row)) for row in odom_rows]
     events.sort()
     base_in_camera = np.linalg.inv(OPTICAL_IN_BASE)
-    info = TUM_FR1_INTRINSICS
+    info = sequence.intrinsics
     topics = {rgb_topic: "sensor_msgs/msg/Image", info_topic: "sensor_msgs/msg/CameraInfo",
               odom_topic: "nav_msgs/msg/Odometry", **({depth_topic: "sensor_msgs/msg/Image"} if depth else {})}
     with BagWriter(Path(path), storage, overwrite=overwrite) as bag:

@@ -39,12 +39,20 @@ def _readme_demo_figure() -> str:
     return figure.text
 
 
+def _readme_replay_figures() -> list[str]:
+    """Every figure the README quotes from ``scripts.demo --replay`` (Nordland and RGB-D parts)."""
+    import doc_blocks
+
+    _, figures = doc_blocks.parse(REPO / "README.md", REPO)
+    return [f.text for f in figures if "scripts.demo --replay" in f.command and f.text and not f.unchecked]
+
+
 @pytest.mark.slow
 @pytest.mark.ros
 def test_demo_runs_from_a_copy_with_nothing_beside_it(tmp_path):
-    """The demo (live node, the demo's size) on the shipped data, in a copy of the repository that
-    has no ../shared beside it, prints the README's figures (which the doc test checks against
-    ``--replay``, the node's decision replayed offline)."""
+    """The demo (live node, the demo's size; then the RGB-D part) on the shipped data, in a copy of
+    the repository that has no ../shared beside it, prints the README's figures (which the doc test
+    checks against ``--replay``, the node's decision replayed offline)."""
     clone = tmp_path / "clone" / "qaa_vpr_ros"
     clone.mkdir(parents=True)
     # scripts/ is copied (the demo finds the repository from its own resolved path); the rest is linked.
@@ -67,6 +75,13 @@ def test_demo_runs_from_a_copy_with_nothing_beside_it(tmp_path):
     quoted = _readme_demo_figure()
     printed = next((line for line in proc.stdout.splitlines() if line.startswith("precision ")), "")
     assert printed.startswith(quoted + " "), f"README quotes {quoted!r}, the live demo printed {printed!r}"
+    import doc_blocks
+
+    figures = _readme_replay_figures()
+    assert any("relocalized" in f for f in figures), figures  # the RGB-D part is quoted too
+    for figure in figures:
+        assert doc_blocks.figure_matches(figure, proc.stdout), f"README quotes {figure!r}; not printed:\n{proc.stdout}"
+    assert (out / "rgbd" / "rgbd_map").is_dir()
 
 
 def test_demo_names_a_missing_data_folder(tmp_path):
