@@ -271,8 +271,8 @@ def _with_depth(features: LocalFeatures, shape: tuple[int, int], depth_m: np.nda
     pts = features.keypoints
     h, w = shape
     dh, dw = depth_m.shape
-    u = np.clip(np.rint(pts[:, 0] * (dw / w) - 0.5 * (dw / w - 1)).astype(np.int64), 0, dw - 1)
-    v = np.clip(np.rint(pts[:, 1] * (dh / h) - 0.5 * (dh / h - 1)).astype(np.int64), 0, dh - 1)
+    u = np.clip(np.rint(pts[:, 0] * (dw / w) + 0.5 * (dw / w - 1)).astype(np.int64), 0, dw - 1)
+    v = np.clip(np.rint(pts[:, 1] * (dh / h) + 0.5 * (dh / h - 1)).astype(np.int64), 0, dh - 1)
     z = depth_m[v, u].astype(np.float64)
     ok = np.isfinite(z) & (z >= cfg.min_depth_m) & (z <= cfg.max_depth_m)
     depth = np.where(ok, np.rint(np.where(ok, z, 0.0) * 1000.0), 0).astype(np.uint16)
