@@ -267,8 +267,9 @@ class FeatureVerificationConfig:
     max_disagreement_m: float = 0.10
     covariance_scale: float = 3.0
     covariance_floor_m: float = 0.015
-    covariance_floor_rad: float = math.radians(0.8)
-    essential_rotation_sigma_rad: float = math.radians(12.0)  # x 1/sqrt(inliers): 2.2 deg at 30
+    covariance_floor_rad: float = math.radians(1.2)
+    essential_rotation_sigma_rad: float = math.radians(10.0)  # x 1/sqrt(inliers): 1.8 deg at 30
+    essential_floor_rad: float = math.radians(1.0)  # without depth, in quadrature
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio < 1 or not 0 < self.min_inlier_ratio <= 1 or self.pnp_threshold_px <= 0:
@@ -491,6 +492,6 @@ def _rotation_only(rotation: np.ndarray, inliers: int, matches: int, cfg: Featur
     """An accepted rotation-only verification with its rotation covariance from the inlier count."""
     sigma = cfg.essential_rotation_sigma_rad / math.sqrt(inliers)
     cov = np.zeros((6, 6))
-    cov[3:, 3:] = np.eye(3) * (sigma ** 2 + cfg.covariance_floor_rad ** 2)
+    cov[3:, 3:] = np.eye(3) * (sigma ** 2 + cfg.essential_floor_rad ** 2)
     return Verification(True, "", model, matches, inliers, rotation, np.zeros(3), covariance=cov,
                         inlier_ratio=inliers / matches)
