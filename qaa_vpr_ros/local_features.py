@@ -48,9 +48,12 @@ class Intrinsics:
         distortion = tuple(float(v) for v in self.distortion)
         if not all(math.isfinite(v) for v in distortion):
             raise ValueError(f"intrinsics distortion {distortion} holds non-finite values")
-        if distortion and len(distortion) not in (4, 5, 8, 12, 14):
-            raise ValueError(f"intrinsics distortion has {len(distortion)} coefficients; OpenCV takes 4, 5, 8, "
-                             "12 or 14 (k1 k2 p1 p2 [k3 [k4 k5 k6 [s1..s4 [tx ty]]]])")
+        if len(distortion) > 14:
+            raise ValueError(f"intrinsics distortion has {len(distortion)} coefficients; OpenCV takes at most 14 "
+                             "(k1 k2 p1 p2 [k3 [k4 k5 k6 [s1..s4 [tx ty]]]])")
+        if distortion:  # OpenCV takes 4, 5, 8, 12 or 14: 'k1 k2' means k1 k2 0 0 (radial only), and so on
+            size = next(n for n in (4, 5, 8, 12, 14) if n >= len(distortion))
+            distortion += (0.0,) * (size - len(distortion))
         if distortion and not any(distortion):
             distortion = ()  # all zero: no distortion (saves undistorting)
         object.__setattr__(self, "distortion", distortion)

@@ -80,8 +80,9 @@ def test_features_and_cameras_survive_save_and_load(tmp_path):
             assert_same(loaded.local_features(kf.id), expected)
     manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
     assert manifest["format_version"] == 2
-    assert manifest["local_features"] == {"detector": "sift", "max_features": 700, "contrast_threshold": 0.04,
-                                          "count": sum(len(f) for f in features if f is not None)}
+    assert manifest["local_features"] == {"detector": "sift", "max_features": 700,
+                                           "contrast_threshold": FeatureConfig().contrast_threshold,
+                                           "count": sum(len(f) for f in features if f is not None)}
     assert manifest["cameras"] == {"/cam": TUM_INTRINSICS.as_list()}
     assert {"features_index.npy", "features_keypoints.npy", "features_descriptors.npy",
             "features_depth.npy"} <= set(manifest["files"])

@@ -141,6 +141,9 @@ def _online_result(camera: str, sec: int, candidate_id: int, accepted: bool = Tr
 def test_candidate_verifier_gives_the_base_frame_rotation_and_unaccepts_a_wrong_loop_closure():
     from types import SimpleNamespace
 
+    pytest.importorskip("faiss", reason="the decision's keyframes come with the map store (faiss): not in "
+                        ".venv-opencv-other, where only the verification itself is compared")
+
     from qaa_vpr_ros.decision import LocalizeConfig
     from qaa_vpr_ros.decision.record import OPTICAL_IN_BASE, LoopClosureRecord, with_geometry_rotation
     from qaa_vpr_ros.decision.verifier import CandidateVerifier
@@ -184,10 +187,6 @@ def test_candidate_verifier_gives_the_base_frame_rotation_and_unaccepts_a_wrong_
 def test_an_opencv_error_is_a_rejection_with_its_reason_and_counted(monkeypatch):
     from types import SimpleNamespace
 
-    from qaa_vpr_ros.decision import LocalizeConfig
-    from qaa_vpr_ros.decision import verifier as verifier_module
-    from qaa_vpr_ros.decision.verifier import CandidateVerifier
-
     def broken(*args, **kwargs):
         raise cv2.error("OpenCV(test) forced: (-215:Assertion failed) in function 'solvePoly'")
 
@@ -202,6 +201,12 @@ def test_an_opencv_error_is_a_rejection_with_its_reason_and_counted(monkeypatch)
     assert not result.accepted and result.rejection == "opencv_error"
     assert result.reason.startswith("opencv error:") and "solvePoly" in result.reason
     assert verify_features(features_q, K, features_m, K).rejection == "opencv_error"
+
+    pytest.importorskip("faiss", reason="the decision's keyframes come with the map store (faiss): not in "
+                        ".venv-opencv-other, where only the verification itself is compared")
+    from qaa_vpr_ros.decision import LocalizeConfig
+    from qaa_vpr_ros.decision import verifier as verifier_module
+    from qaa_vpr_ros.decision.verifier import CandidateVerifier
 
     verifier = CandidateVerifier(LocalizeConfig())
     verifier.set_intrinsics("/cam", K)

@@ -81,9 +81,14 @@ def test_verification_tests_pass_on_the_other_opencv_major():
     other = _other_python()
     assert {_major(other), _major(sys.executable)} == {4, 5}, "the two venvs must hold OpenCV 4.x and 5.x"
     # --noconftest: the conftest imports torch, which the small venv does not have.
-    done = _run(other, "-m", "pytest", "-q", "--noconftest", "-p", "no:cacheprovider", "test/test_verification.py")
+    # -rs: the only skips allowed are the parts that need the map store (faiss), not in that venv.
+    done = _run(other, "-m", "pytest", "-q", "-rs", "--noconftest", "-p", "no:cacheprovider",
+                "test/test_verification.py")
     assert done.returncode == 0, f"test_verification.py on {other}:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
-    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
+    assert " passed" in done.stdout, done.stdout[-2000:]
+    skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all("map store (faiss)" in line for line in skips), skips
+    assert len(skips) <= 2, skips
 
 
 def test_verify_pair_decides_alike_on_opencv_4_and_5():
