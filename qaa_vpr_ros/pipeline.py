@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -220,6 +220,20 @@ class DepthImages:
             self._images.clear()
 
 
+class _FrameFeatures:
+    """A frame's local features, computed on first call and kept (the view rule of the keyframe
+    gate and verification share them)."""
+
+    def __init__(self, compute: Callable[[], LocalFeatures | None]) -> None:
+        self._compute: Callable[[], LocalFeatures | None] | None = compute
+        self._value: LocalFeatures | None = None
+
+    def __call__(self) -> LocalFeatures | None:
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value
+
+
 class StampJumps:
     """Notes every image stamp as it arrives (thread-safe) and tells a jump of the stamps (a bag
     looped or replayed, a simulator reset, a gap in a recording) once.
@@ -347,9 +361,9 @@ class FramePipeline:
                 with self.lock:
                     self.localizer.restart_sequences()
         cfg = self.config
-        taken: list[tuple[Frame, Query, np.ndarray, str, np.ndarray | None]] = []
+        taken: list[tuple[Frame, Query, np.ndarray, str, _FrameFeatures]] = []
         for frame in frames:
-            query = self._admit(frame, cfg)
+            query, by_view = self._admit(frame, cfg)
             if query is None:
                 out.outcomes.append(FrameOutcome(frame, "gated"))
                 continue
@@ -358,17 +372,22 @@ class FramePipeline:
             except ImageDecodeError as err:
                 out.outcomes.append(FrameOutcome(frame, "bad", str(err)))
                 continue
-            self.gate.admit(frame.camera, frame.stamp, query.pose)  # commit: decoded and taken
             depth, status, error = self._depth(frame, cfg)
+            feats = _FrameFeatures(lambda f=frame, i=image, d=depth: self._features(f, i, d, out.verification_errors))
+            # The motion rules skip it: a keyframe still if its view changed (features compared with
+            # the last keyframe's; only now, as they cost far more than a pose).
+            if by_view and not self.gate.admit(frame.camera, frame.stamp, query.pose, commit=False, view=feats):
+                out.outcomes.append(FrameOutcome(frame, "gated"))
+                continue
+            self.gate.admit(frame.camera, frame.stamp, query.pose, view=feats)  # commit: decoded and taken
             out.outcomes.append(FrameOutcome(frame, "processed", depth=status, depth_error=error))
-            taken.append((frame, query, image, encoding, depth))
+            taken.append((frame, query, image, encoding, feats))
         if not taken:
             return out
         t0 = time.perf_counter()
         descriptors = self.extractor.extract([t[2] for t in taken], [t[3] for t in taken])
         t1 = time.perf_counter()
-        features = [self._features(frame, image, depth, out.verification_errors)
-                    for frame, _, image, _, depth in taken]
+        features = [feats() for *_, feats in taken]
         t2 = time.perf_counter()
         with self.lock:
             results = self.localizer.process([t[1] for t in taken], descriptors, features)
@@ -415,20 +434,25 @@ class FramePipeline:
             errors.append(f"{frame.camera}: local features failed, the frame is not verified: {err!r}")
             return None
 
-    def _admit(self, frame: Frame, cfg: LocalizeConfig) -> Query | None:
-        """The frame's query (with its odometry pose) when the keyframe gate takes it, else None.
+    def _admit(self, frame: Frame, cfg: LocalizeConfig) -> tuple[Query | None, bool]:
+        """The frame's query (with its odometry pose) when the keyframe gate takes it, else None;
+        and whether only the view rule can still take it (the motion rules skip it, the view rule
+        is on and the camera's features can be computed): then the caller decides with features.
         The time rule needs no pose: a frame it skips never waits for odometry."""
         stamp = frame.stamp
         if not self.gate.admit(frame.camera, stamp, None, commit=False):
-            return None
+            return None, False
         if cfg.odom_topic:  # odometry may trail the image: wait (briefly) for the sample after it
             self.poses.wait_for(stamp, cfg.odom_max_age_s)
         found = self.poses.lookup(stamp, cfg.odom_max_age_s)
         pose, pose_frame = found if found is not None else (None, cfg.odom_frame)
+        query = Query(camera=frame.camera, stamp_sec=frame.stamp_sec, stamp_nanosec=frame.stamp_nanosec,
+                      frame_id=frame.frame_id, pose=pose, pose_frame=pose_frame)
         if pose is not None and not self.gate.admit(frame.camera, stamp, pose, commit=False):
-            return None
-        return Query(camera=frame.camera, stamp_sec=frame.stamp_sec, stamp_nanosec=frame.stamp_nanosec,
-                     frame_id=frame.frame_id, pose=pose, pose_frame=pose_frame)
+            view_rule = (cfg.min_view_overlap > 0 and self.verifier is not None
+                         and self.verifier.intrinsics(frame.camera) is not None)
+            return (query, True) if view_rule else (None, False)
+        return query, False
 
     def _place_match(self, result: QueryResult, channels: list[ChannelAnswer]) -> PlaceMatch | None:
         """The accepted match: the query's own pose when geometry gave a metric relative pose (the

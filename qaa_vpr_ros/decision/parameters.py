@@ -147,6 +147,11 @@ class LocalizeConfig:
         "(or min_rotation_rad of rotation). 0 disables motion gating.", range=(0.0, 10000.0))
     min_rotation_rad: float = _param(
         0.0, "With odometry: ... or this much rotation. 0 disables.", range=(0.0, math.pi))
+    min_view_overlap: float = _param(
+        0.10, "With motion gating and local features (verify_geometry, intrinsics): a frame the travel and "
+        "rotation rules skip is still a keyframe when less than this share of its features match the "
+        "camera's last keyframe's (a handheld camera turning on the spot). 0 disables; build_map's "
+        "--min-view-overlap is the same rule.", range=(0.0, 1.0))
     # Outputs
     covariance_base: list[float] = _param(
         [640.0, 110.0, 1.0, 0.1, 0.1, 0.1], "Covariance diagonal (x, y, z m^2; roll, pitch, yaw "
