@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 __all__ = ["DESCRIPTOR_BYTES", "FeatureConfig", "Intrinsics", "LocalFeatures", "add_depth",
-           "extract_local_features", "match_features", "parse_intrinsics"]
+           "extract_local_features", "gray_image", "match_features", "parse_intrinsics"]
 
 DESCRIPTOR_BYTES = 128  # SIFT
 MAX_DEPTH_MM = 65535  # uint16
@@ -206,15 +206,16 @@ def match_features(query: LocalFeatures, reference: LocalFeatures, ratio: float 
 _SIFT_CACHE: dict[tuple[int, float], cv2.Feature2D] = {}
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def gray_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """uint8 HxW, HxWx1 or RGB HxWx3 -> grey HxW; ValueError naming ``name`` otherwise."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"image must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}")
+        raise ValueError(f"{name} image must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}")
     if image.ndim == 3:
         if image.shape[2] == 1:
             return image[:, :, 0]
         if image.shape[2] != 3:
-            raise ValueError(f"image has {image.shape[2]} channels; expected 1 or 3")
+            raise ValueError(f"{name} image has {image.shape[2]} channels; expected 1 or 3")
         return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     return image
 
@@ -227,7 +228,7 @@ def extract_local_features(image: np.ndarray, depth_m: np.ndarray | None = None,
 
     Raises ValueError for an image or depth array of the wrong type or shape."""
     cfg = config or FeatureConfig()
-    gray = _gray(image)
+    gray = gray_image(image)
     depth_m = _checked_depth(depth_m)
     features = _detect(gray, cfg)
     return features if depth_m is None else _with_depth(features, gray.shape[:2], depth_m, cfg)

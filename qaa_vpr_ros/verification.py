@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from qaa_vpr_ros.local_features import Intrinsics, LocalFeatures, match_features, parse_intrinsics
+from qaa_vpr_ros.local_features import Intrinsics, LocalFeatures, gray_image, match_features, parse_intrinsics
 from qaa_vpr_ros.poses import rotation_angle
 
 __all__ = ["REJECTIONS", "ROBUST_METHOD", "FeatureVerificationConfig", "Intrinsics",
@@ -109,19 +109,6 @@ class Verification:
         return float(rotation_angle(self.rotation))
 
 
-def _gray(image: np.ndarray, name: str) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"{name} image must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}")
-    if image.ndim == 3:
-        if image.shape[2] == 1:
-            return image[:, :, 0]
-        if image.shape[2] != 3:
-            raise ValueError(f"{name} image has {image.shape[2]} channels; expected 1 or 3")
-        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return image
-
-
 def _normalized(points: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
     """Pixel points (N, 2) -> undistorted normalized image coordinates (N, 2)."""
     dist = np.asarray(intrinsics.distortion, dtype=np.float64) if intrinsics.distortion else None
@@ -184,7 +171,7 @@ def verify_pair(query: np.ndarray, match: np.ndarray, query_intrinsics: Intrinsi
     """
     cfg = config or VerificationConfig()
     k_m = match_intrinsics or query_intrinsics
-    gray_q, gray_m = _gray(query, "query"), _gray(match, "match")
+    gray_q, gray_m = gray_image(query, "query"), gray_image(match, "match")
     try:
         return _verify(gray_q, gray_m, query_intrinsics, k_m, cfg)
     except (cv2.error, np.linalg.LinAlgError) as err:
