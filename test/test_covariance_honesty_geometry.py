@@ -62,6 +62,7 @@ def test_geometry_pnp_covariance_is_honest_per_axis(pairs):
         sigmas.append(np.sqrt(np.diag(v.covariance)))
     assert len(errors) >= 30, len(errors)
     ratio = _ratios(np.array(errors), np.array(sigmas))
+    print(f"\ngeometry: {len(errors)} pairs, sigma / RMS error (x y z rx ry rz) {np.round(ratio, 2)}")
     assert np.all((ratio >= 0.5) & (ratio <= 2.0)), f"sigma / RMS error (x y z rx ry rz): {np.round(ratio, 2)}"
 
 
@@ -78,4 +79,5 @@ def test_geometry_rotation_covariance_is_honest_per_axis(pairs):
         sigmas.append(np.sqrt(np.diag(v.covariance)[3:]))
     assert len(errors) >= 30, len(errors)
     ratio = _ratios(np.array(errors), np.array(sigmas))
+    print(f"\ngeometry_rotation: {len(errors)} pairs, sigma / RMS error (rx ry rz) {np.round(ratio, 2)}")
     assert np.all((ratio >= 0.5) & (ratio <= 2.0)), f"sigma / RMS error (rx ry rz): {np.round(ratio, 2)}"
