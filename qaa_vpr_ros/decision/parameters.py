@@ -200,8 +200,9 @@ class LocalizeConfig:
         "", "Intrinsics when no camera_info topic: ';'-separated entries "
         "'TOPIC fx fy cx cy [k1 k2 p1 p2 k3]' (pixels).", read_only=True)
     verify_candidates: int = _param(
-        3, "Candidates per database (best sequence score first) verified for each query; the accepted one "
-        "always is.", range=(0, 100))
+        3, "Candidates per database (best sequence score first), and as many nearest keyframes by descriptor, "
+        "verified for each query, after the accepted one and until one settles the query (docs/NODE.md).",
+        range=(0, 100))
     local_features_max: int = _param(
         700, "Local features (SIFT, strongest first) extracted per query and kept per online keyframe.",
         range=(50, 10000), read_only=True)

@@ -22,8 +22,17 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+import cv2
+
 from qaa_vpr_ros.local_features import Intrinsics, LocalFeatures
-from qaa_vpr_ros.verification import REJECTIONS, FeatureVerificationConfig, Verification, _rejected, verify_features
+from qaa_vpr_ros.verification import (
+    REJECTIONS,
+    FeatureVerificationConfig,
+    Verification,
+    _opencv_error,
+    _rejected,
+    verify_features,
+)
 
 if TYPE_CHECKING:
     from qaa_vpr_ros.decision.decision import Candidate, ChannelResult
@@ -90,9 +99,13 @@ class CandidateVerifier:
                  errors: list[str]) -> None:
         cfg = self.config
         store = localizer.prior_map if channel.source == "map" else localizer.online_map
-        chosen = channel.candidates[: max(cfg.verify_candidates, 0)]
-        chosen += [c for c in channel.candidates[len(chosen):] if c.accepted]  # the accepted one, always
-        chosen += channel.hits  # the nearest keyframes by descriptor (verify_candidates of them)
+        # The accepted one first (always verified), then the best-ranked candidates, then the nearest
+        # keyframes by descriptor (verify_candidates of each). The first that settles the query
+        # ends it: an accepted candidate that verifies, or a strong one while none is accepted
+        # (each verification costs 5-70 ms: a revisit is answered after one or two).
+        ranked = channel.candidates[: max(cfg.verify_candidates, 0)]
+        chosen = [c for c in channel.candidates if c.accepted]
+        chosen += [c for c in ranked if not c.accepted] + channel.hits
         for candidate in chosen:
             outcome = self._one(candidate, features, k_query, store, channel.source)
             if outcome is None:
@@ -103,6 +116,9 @@ class CandidateVerifier:
             if not outcome.accepted and candidate.accepted:
                 candidate.accepted, candidate.reason = False, "geometry"
                 self._count("unaccepted_by_geometry")
+            if outcome.accepted and (candidate.accepted or (cfg.geometry_accept and channel.best is None
+                                                            and self.strong(outcome))):
+                break
         if cfg.geometry_accept and channel.best is None:
             strong = [c for c in chosen if self.strong(c.verification)]
             if strong:
@@ -136,7 +152,9 @@ class CandidateVerifier:
             return None
         try:
             outcome = verify_features(features, k_query, stored, k_match, self.verification)
-        except Exception as err:  # never out of the node's batch: a counted rejection
+        except cv2.error as err:  # never out of the node's batch: a counted rejection, naming it
+            outcome = _opencv_error(err)
+        except Exception as err:
             outcome = _rejected("error", f"verification failed: {err!r}")
         if outcome.rejection == "features":  # tiny images: cannot verify, not a rejection
             self._count("skipped_few_features")
