@@ -33,7 +33,6 @@ __all__ = [
     "bag_message_count",
     "bag_sha256",
     "bag_topics",
-    "camera_info_topic",
     "iter_image_messages",
     "message_stamp_ns",
     "open_bag",
@@ -200,13 +199,6 @@ def open_bag(path: str | Path) -> Iterator[OpenBag]:
             reader.close()
         except _READ_ERRORS:
             pass
-
-
-def camera_info_topic(image_topic: str) -> str:
-    """The ``sensor_msgs/CameraInfo`` topic beside an image topic (image_transport's rule):
-    ``/ns/image_raw`` and ``/ns/image_raw/compressed`` -> ``/ns/camera_info``."""
-    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
-    return base.rsplit("/", 1)[0] + "/camera_info"
 
 
 def bag_topics(path: str | Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["DESCRIPTOR_BYTES", "FeatureConfig", "Intrinsics", "LocalFeatures", "add_depth",
+__all__ = ["DESCRIPTOR_BYTES", "FeatureConfig", "Intrinsics", "LocalFeatures", "add_depth", "camera_info_topic",
            "extract_local_features", "gray_image", "match_features", "parse_intrinsics"]
 
 DESCRIPTOR_BYTES = 128  # SIFT
@@ -97,6 +97,14 @@ class Intrinsics:
         if len(values) < 4:
             raise ValueError(f"intrinsics parameter needs [fx, fy, cx, cy, distortion...], got {values}")
         return cls(*values[:4], distortion=tuple(values[4:]))
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The ``sensor_msgs/CameraInfo`` topic beside an image topic (image_transport's rule), where the
+    node and ``build_map`` read a camera's intrinsics: ``/ns/image_raw`` and
+    ``/ns/image_raw/compressed`` -> ``/ns/camera_info``."""
+    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+    return base.rsplit("/", 1)[0] + "/camera_info"
 
 
 def parse_intrinsics(text: str) -> dict[str, Intrinsics]:

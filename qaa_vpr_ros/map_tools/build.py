@@ -58,7 +58,6 @@ from qaa_vpr_ros.bags import (
     TopicError,
     bag_message_count,
     bag_sha256,
-    camera_info_topic,
     check_topics,
     iter_image_messages,
     open_bag,
@@ -72,6 +71,7 @@ from qaa_vpr_ros.local_features import (
     Intrinsics,
     LocalFeatures,
     add_depth,
+    camera_info_topic,
     extract_local_features,
     parse_intrinsics,
 )

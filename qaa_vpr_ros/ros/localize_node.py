@@ -35,7 +35,7 @@ from std_srvs.srv import Trigger
 
 from qaa_vpr_ros.decision import ConfigError, LocalizeConfig, Localizer, PoseHistory, normalize, parameter_table
 from qaa_vpr_ros.extrinsics import TransformBuffer
-from qaa_vpr_ros.local_features import Intrinsics
+from qaa_vpr_ros.local_features import Intrinsics, camera_info_topic
 from qaa_vpr_ros.ros import diagnostics, messages
 from qaa_vpr_ros.ros.diagnostics import CameraState, Counters
 from qaa_vpr_ros.ros.messages import LOOP_CANDIDATE_DTYPE
@@ -104,7 +104,7 @@ class LocalizeNode(Node):
             self.create_subscription(Odometry, cfg.odom_topic, self._on_odom, self._image_qos, callback_group=io)
         if self.pipeline.verifier is not None:  # intrinsics from each camera's sibling camera_info topic
             for topic in cfg.image_topics:
-                self.create_subscription(CameraInfo, messages.camera_info_topic(topic),
+                self.create_subscription(CameraInfo, camera_info_topic(topic),
                                          lambda msg, cam=topic: self._on_camera_info(cam, msg), 10, callback_group=io)
             for topic, depth in self.pipeline.depth_of.items():  # registered depth, paired by stamp
                 self.create_subscription(Image, depth, lambda msg, cam=topic: self._on_depth(cam, msg),

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # faiss: imported with the map, when loading
     from qaa_vpr_ros.maps import Keyframe
 
 __all__ = [
-    "LOOP_CANDIDATE_DTYPE", "camera_info_topic", "candidate_markers", "candidates_msg", "descriptor_of", "frame_of",
+    "LOOP_CANDIDATE_DTYPE", "candidate_markers", "candidates_msg", "descriptor_of", "frame_of",
     "initialpose_msg",
     "keyframe_marker", "lio_sam_msg", "localization_status_msg", "loop_closure_msg", "loop_line_marker",
     "odometry_of", "path_msg",
@@ -75,13 +75,6 @@ def descriptor_of(spec: ParamSpec) -> ParameterDescriptor:
 
 
 # --- inputs ------------------------------------------------------------------------------------
-def camera_info_topic(image_topic: str) -> str:
-    """The ``sensor_msgs/CameraInfo`` topic beside an image topic (image_transport's rule):
-    ``/ns/image_raw`` and ``/ns/image_raw/compressed`` -> ``/ns/camera_info``."""
-    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
-    return base.rsplit("/", 1)[0] + "/camera_info"
-
-
 def frame_of(camera: str, msg: Image | CompressedImage) -> Frame:
     """An image message (``Image`` or ``CompressedImage``) of camera topic ``camera`` as a Frame."""
     return Frame(camera, msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id, msg)
